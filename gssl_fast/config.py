@@ -1,0 +1,386 @@
+"""Recipe sections: one frozen dataclass each, loaded from TOML.
+
+Every key has a default, so ``[data]\\nname = "shapes"`` is a whole recipe. Functions
+elsewhere take their own section (``DataConfig``, ``OptimConfig``...), never a Recipe.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import difflib
+import math
+import os
+import tempfile
+import typing
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Sequence
+
+from gssl_fast.errors import UserError
+
+try:
+    import tomllib
+except ModuleNotFoundError:  # python 3.10: the same parser, packaged separately
+    import tomli as tomllib
+
+
+@dataclass(frozen=True)
+class DataConfig:
+    name: str = "shapes"  # a key of gssl_fast.data.DATASETS
+    root: str = ""  # dataset folder (CIFAR batches, Tiny-ImageNet, ImageFolder); unused by shapes
+    image_size: int = 32  # side in pixels after resizing; even when a pretext task is on
+    crop_padding: int = 4  # pixels of zero padding of the random crop; 0 disables the crop
+    mean: tuple[float, ...] = ()  # per-channel normalization mean in [0, 1]; () = dataset default
+    std: tuple[float, ...] = ()  # per-channel std in [0, 1]; () = dataset default
+    longtail: str = "none"  # "none" | "exp" | "step": long-tailed subsampling of the train split
+    imbalance_ratio: float = 0.01  # rho = n_min / n_max of the long-tailed train split, in (0, 1]
+    train_size: int = 10000  # images of the built-in dataset's train split
+    val_size: int = 2000  # images of the built-in dataset's val split
+    seed: int = 0  # seed of the built-in dataset's generator
+    beton: str = ""  # FFCV .beton of the train split (train.loader = "ffcv"); "" = convert on first use
+
+
+@dataclass(frozen=True)
+class ModelConfig:
+    backbone: str = "resnet32_cifar"  # any timm.create_model name, plus gssl_fast.models' CIFAR nets
+    pretrained: bool = False  # timm pretrained weights (must already be in the local cache)
+    drop_rate: float = 0.0  # dropout before the heads
+    channels_last: bool = False  # memory format of images and weights (faster on recent GPUs)
+
+
+@dataclass(frozen=True)
+class PretextConfig:
+    tasks: tuple[str, ...] = ("rotation", "flip", "perm")  # subset of gssl_fast.pretext.TASKS; () = supervised only
+    gate: str = "reference"  # "reference" (authors' code) | "learned" (paper text)
+    combine: str = "gated"  # "gated" | "sum" | "mean"
+    lam: float = 0.1  # TOML key "lambda": weight of the pretext loss, >= 0
+    flip_axis: str = "horizontal"  # "horizontal" (left-right) | "vertical" (the LT-CIFAR script)
+
+
+@dataclass(frozen=True)
+class LossConfig:
+    name: str = "ce"  # "ce" | "ldam"
+    ldam_max_margin: float = 0.5  # largest per-class margin of LDAM
+    ldam_scale: float = 30.0  # logit scale s of LDAM (cosine logits times s)
+    drw: bool = False  # deferred re-weighting with class-balanced weights
+    drw_start_epoch: int = 160  # first epoch (0-based) with re-weighting
+    drw_beta: float = 0.9999  # beta of the class-balanced weights
+
+
+@dataclass(frozen=True)
+class OptimConfig:
+    name: str = "sgd"
+    lr: float = 0.1  # peak learning rate (for the whole batch, no scaling rule)
+    momentum: float = 0.9
+    nesterov: bool = False
+    weight_decay: float = 5e-4
+    schedule: str = "cosine"  # "cosine" | "step" | "constant", updated every optimizer step
+    warmup_epochs: float = 0.0  # linear warm-up from ~0 to lr
+    milestones: tuple[int, ...] = (160, 180)  # "step": epochs at which the factor changes
+    milestone_factors: tuple[float, ...] = (0.01, 0.0001)  # "step": lr multiplier from each milestone on
+
+
+@dataclass(frozen=True)
+class TrainConfig:
+    epochs: int = 30
+    batch_size: int = 128  # per process
+    eval_batch_size: int = 256  # per process
+    seed: int = 0
+    mixed_precision: str = "no"  # "no" | "fp16" | "bf16"
+    grad_accum_steps: int = 1
+    loader: str = "torch"  # "torch" | "dali" | "ffcv"
+    cpu: bool = False  # train on the CPU even where CUDA is present
+    num_threads: int = 0  # torch threads per process; 0 = the cores this process may use
+    steps_per_epoch: int = 0  # cap on optimizer steps per epoch; 0 = the whole epoch
+    keep_checkpoints: int = 2  # newest checkpoints kept in the run folder
+
+
+@dataclass(frozen=True)
+class Recipe:
+    name: str = "recipe"  # run name: the recipe file's stem
+    data: DataConfig = field(default_factory=DataConfig)
+    model: ModelConfig = field(default_factory=ModelConfig)
+    pretext: PretextConfig = field(default_factory=PretextConfig)
+    loss: LossConfig = field(default_factory=LossConfig)
+    optim: OptimConfig = field(default_factory=OptimConfig)
+    train: TrainConfig = field(default_factory=TrainConfig)
+
+
+SECTIONS = {
+    "data": DataConfig,
+    "model": ModelConfig,
+    "pretext": PretextConfig,
+    "loss": LossConfig,
+    "optim": OptimConfig,
+    "train": TrainConfig,
+}
+
+# TOML keys that are Python keywords, spelled differently in the dataclass.
+KEY_ALIASES = {("pretext", "lambda"): "lam"}
+
+
+# ---------------------------------------------------------------------------
+# # Loading: TOML -> dict -> typed sections -> checks. Every problem is a UserError
+# on one line naming the source (file path, or the file plus the --set overrides),
+# the key in its TOML spelling, the rule and the value found.
+
+
+
+def _toml_key(section: str, field_name: str) -> str:
+    """The TOML spelling of a field, e.g. ("pretext", "lam") -> "lambda"."""
+    for (sec, key), name in KEY_ALIASES.items():
+        if sec == section and name == field_name:
+            return key
+    return field_name
+
+
+def _field_name(section: str, key: str) -> str:
+    return KEY_ALIASES.get((section, key), key)
+
+
+def _section_keys(section: str) -> list[str]:
+    """Valid TOML keys of a section, in declaration order."""
+    return [_toml_key(section, f.name) for f in dataclasses.fields(SECTIONS[section])]
+
+
+def _show(value: Any) -> str:
+    """A value as the user would write it in TOML (strings quoted, true/false)."""
+    if isinstance(value, bool):
+        return "true" if value else "false"
+    if isinstance(value, (list, tuple)):
+        return "[" + ", ".join(_show(v) for v in value) + "]"
+    return repr(value)
+
+
+def _unknown_key(section: str, key: str, source: str) -> UserError:
+    valid = _section_keys(section)
+    close = difflib.get_close_matches(key, valid, n=1)
+    hint = f"; did you mean '{section}.{close[0]}'?" if close else ""
+    return UserError(
+        f"unknown key '{section}.{key}' in {source}; "
+        f"valid keys of [{section}]: {', '.join(valid)}{hint}"
+    )
+
+
+def _unknown_section(section: str, source: str) -> UserError:
+    valid = ", ".join(f"[{s}]" for s in SECTIONS)
+    return UserError(f"unknown section [{section}] in {source}; valid sections: {valid}")
+
+
+def _check_layout(d: dict, source: str) -> None:
+    """Every top-level entry is a known section table holding known keys."""
+    for section, table in d.items():
+        if section not in SECTIONS:
+            raise _unknown_section(section, source)
+        if not isinstance(table, dict):
+            raise UserError(
+                f"'{section}' in {source} must be a table: write [{section}] on its own line "
+                f"followed by key = value lines, got {section} = {_show(table)}"
+            )
+        for key in table:
+            if key not in _section_keys(section):
+                raise _unknown_key(section, key, source)
+
+
+# ---------------------------------------------------------------------------
+# Types: TOML gives str, int, float, bool and lists; fields are str, int, float,
+# bool and homogeneous tuples. ints are fine where a float is wanted, nothing else
+# is converted (true is not 1, "3" is not 3).
+
+_KINDS = {bool: "true or false", int: "an integer", float: "a finite number", str: "a string"}
+_LIST_KINDS = {int: "a list of integers", float: "a list of finite numbers", str: "a list of strings"}
+
+
+def _scalar(value: Any, kind: type) -> tuple[bool, Any]:
+    """(ok, converted value) for one scalar of the field type ``kind``."""
+    if kind is bool or kind is str:
+        return isinstance(value, kind), value
+    if isinstance(value, bool):  # bool is an int subclass in Python, never in TOML
+        return False, value
+    if kind is int:
+        return isinstance(value, int), value
+    if isinstance(value, (int, float)) and math.isfinite(value):  # kind is float
+        return True, float(value)
+    return False, value
+
+
+def _coerce(value: Any, hint: Any, key: str, source: str) -> Any:
+    """Checks ``value`` against the field type ``hint``; lists become tuples."""
+    if typing.get_origin(hint) is tuple:
+        kind = typing.get_args(hint)[0]
+        items = []
+        ok = isinstance(value, (list, tuple))
+        for item in value if ok else ():
+            item_ok, item = _scalar(item, kind)
+            ok = ok and item_ok
+            items.append(item)
+        if not ok:
+            raise UserError(f"{key} must be {_LIST_KINDS[kind]}, got {_show(value)} ({source})")
+        return tuple(items)
+    ok, value = _scalar(value, hint)
+    if not ok:
+        raise UserError(f"{key} must be {_KINDS[hint]}, got {_show(value)} ({source})")
+    return value
+
+
+def _field_types(section: str) -> dict[str, Any]:
+    # The dataclasses use postponed annotations (strings); resolve them to types.
+    return typing.get_type_hints(SECTIONS[section])
+
+
+def recipe_from_dict(d: dict, source: str) -> Recipe:
+    """Builds and checks a Recipe from a TOML-shaped dict ``{section: {key: value}}``.
+
+    Missing sections and keys take their defaults; ``source`` names the origin in
+    error messages (a file path, "--set"...). The name is the default "recipe";
+    ``load_recipe`` sets it to the file stem.
+    """
+    _check_layout(d, source)
+    sections = {}
+    for section, cls in SECTIONS.items():
+        types = _field_types(section)
+        kwargs = {}
+        for key, value in d.get(section, {}).items():
+            name = _field_name(section, key)
+            kwargs[name] = _coerce(value, types[name], f"{section}.{key}", source)
+        sections[section] = cls(**kwargs)
+    recipe = Recipe(**sections)
+    check_recipe(recipe, source)
+    return recipe
+
+
+# ---------------------------------------------------------------------------
+# --set overrides: "section.key=value", the value parsed as a TOML value.
+
+
+def _parse_value(text: str) -> Any:
+    """A TOML value (3, 0.05, true, ['rotation']), or else the text as a bare string."""
+    try:
+        parsed = tomllib.loads(f"v = {text}")
+    except tomllib.TOMLDecodeError:
+        return text
+    # A value with a newline could smuggle in more keys; that is not one value.
+    return parsed["v"] if list(parsed) == ["v"] else text
+
+
+def apply_overrides(d: dict, overrides: Sequence[str]) -> dict:
+    """Returns a copy of the TOML-shaped dict ``d`` with ``section.key=value`` items set.
+
+    Values are TOML (``3``, ``0.05``, ``true``, ``['rotation']``, ``"x"``); text that is
+    not TOML is taken as a bare string, so ``data.name=cifar10`` works. A string field
+    always gets the text as written (``data.root=2024`` is the string "2024").
+    """
+    merged = {k: dict(v) if isinstance(v, dict) else v for k, v in d.items()}
+    for item in overrides:
+        where = f"--set '{item}'"
+        path, eq, text = item.partition("=")
+        parts = path.strip().split(".")
+        if not eq or len(parts) != 2 or not all(parts):
+            raise UserError(
+                f"{where}: an override must look like section.key=value, "
+                f"e.g. train.epochs=3 or pretext.tasks=['rotation']"
+            )
+        section, key = parts
+        if section not in SECTIONS:
+            raise _unknown_section(section, where)
+        if key not in _section_keys(section):
+            raise _unknown_key(section, key, where)
+        value = _parse_value(text.strip())
+        if _field_types(section)[_field_name(section, key)] is str and not isinstance(value, str):
+            value = text.strip()
+        table = merged.setdefault(section, {})
+        if isinstance(table, dict):  # otherwise recipe_from_dict reports the bad section
+            table[key] = value
+    return merged
+
+
+# ---------------------------------------------------------------------------
+# Reading and writing files.
+
+
+def _read_toml(path: Path) -> dict:
+    try:
+        with open(path, "rb") as f:
+            return tomllib.load(f)
+    except FileNotFoundError:
+        raise UserError(f"recipe file not found: {path}; check the path (recipes live in recipes/)") from None
+    except IsADirectoryError:
+        raise UserError(f"recipe path is a folder, not a TOML file: {path}") from None
+    except tomllib.TOMLDecodeError as exc:
+        raise UserError(f"{path}: invalid TOML: {exc}") from None
+    except UnicodeDecodeError:
+        raise UserError(f"{path}: invalid TOML: the file is not UTF-8 text") from None
+
+
+def load_recipe(path: str | os.PathLike, overrides: Sequence[str] = ()) -> Recipe:
+    """Reads a recipe TOML file, applies ``--set`` overrides, checks it.
+
+    The recipe's name is the file stem. Errors in values name the file, and the
+    overrides too when there are any (either may hold the bad value).
+    """
+    path = Path(path)
+    d = _read_toml(path)
+    _check_layout(d, str(path))
+    source = str(path)
+    if overrides:
+        d = apply_overrides(d, overrides)
+        source = f"{path} with --set {' '.join(overrides)}"
+    return dataclasses.replace(recipe_from_dict(d, source), name=path.stem)
+
+
+def _toml_string(s: str) -> str:
+    out = []
+    for ch in s:
+        if ch in '"\\':
+            out.append("\\" + ch)
+        elif ord(ch) < 0x20 or ord(ch) == 0x7F:  # control characters must be escaped in TOML
+            out.append(f"\\u{ord(ch):04x}")
+        else:
+            out.append(ch)
+    return '"' + "".join(out) + '"'
+
+
+def _toml_value(value: Any) -> str:
+    if isinstance(value, bool):
+        return "true" if value else "false"
+    if isinstance(value, str):
+        return _toml_string(value)
+    if isinstance(value, float):
+        # repr is the shortest text that reads back to the same float; TOML spells
+        # the non-finite ones inf / -inf / nan like Python does.
+        return repr(value)
+    if isinstance(value, int):
+        return str(value)
+    if isinstance(value, (list, tuple)):
+        return "[" + ", ".join(_toml_value(v) for v in value) + "]"
+    raise TypeError(f"cannot write {type(value).__name__} {value!r} as a TOML value")
+
+
+def recipe_to_toml(recipe: Recipe) -> str:
+    """The complete resolved recipe as TOML: every key of every section.
+
+    The name is not a key (it is the file stem), so it only appears in the header.
+    """
+    lines = [f"# Resolved recipe '{recipe.name}': every key, defaults included."]
+    for section in SECTIONS:
+        cfg = getattr(recipe, section)
+        lines += ["", f"[{section}]"]
+        for f in dataclasses.fields(cfg):
+            lines.append(f"{_toml_key(section, f.name)} = {_toml_value(getattr(cfg, f.name))}")
+    return "\n".join(lines) + "\n"
+
+
+def save_recipe(recipe: Recipe, path: str | os.PathLike) -> None:
+    """Writes ``recipe_to_toml(recipe)`` to ``path`` atomically (temp file + rename)."""
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
+    try:
+        with os.fdopen(fd, "w", encoding="utf-8") as f:
+            f.write(recipe_to_toml(recipe))
+            f.flush()
+            os.fsync(f.fileno())
+        os.replace(tmp, path)
+    except BaseException:
+        os.unlink(tmp)
+        raise

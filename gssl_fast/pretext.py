@@ -1,0 +1,195 @@
+"""Localizable pretext transforms and their pseudo-labels (SPEC section 1).
+
+One quadrant of each image is flipped, rotated by ``k * 90`` degrees and has its RGB
+channels permuted; the parameters are the pseudo-labels of the pretext heads:
+
+    rotation target = 4 * quadrant + k     (16 classes, LoRot-E)
+    flip target     = f                    (2 classes)
+    perm target     = p                    (6 classes)
+
+``apply_localizable`` is the one batched implementation every backend is checked
+against; ``reference_localizable`` is the authors' per-sample loop, kept for the
+parity tests and the benchmark.
+"""
+
+from __future__ import annotations
+
+import itertools
+from typing import Iterable, Mapping, Sequence
+
+import torch
+
+from gssl_fast.errors import unknown_name
+
+# Number of classes of each pretext head, in the canonical task order.
+TASKS: dict[str, int] = {"rotation": 16, "flip": 2, "perm": 6}
+
+# Output channel c of a permuted quadrant takes input channel PERMUTATIONS[p][c].
+PERMUTATIONS: tuple[tuple[int, ...], ...] = tuple(itertools.permutations(range(3)))
+
+FLIP_AXES = {"horizontal": -1, "vertical": -2}
+
+PARAM_KEYS = ("quadrant", "flip", "rotation", "perm")
+
+
+def check_tasks(tasks: Iterable[str]) -> tuple[str, ...]:
+    """Validate task names; returns them in canonical order (rotation, flip, perm)."""
+    tasks = tuple(tasks)
+    for t in tasks:
+        if t not in TASKS:
+            raise unknown_name("pretext task", t, TASKS)
+    if len(set(tasks)) != len(tasks):
+        raise ValueError(f"pretext tasks repeat a name: {list(tasks)}")
+    return tuple(t for t in TASKS if t in tasks)
+
+
+def check_image_batch(images: torch.Tensor) -> int:
+    """Checks ``[B, 3, H, W]`` with ``H == W`` even; returns the quadrant side ``H // 2``."""
+    shape = tuple(images.shape)
+    if images.dim() != 4 or shape[1] != 3:
+        raise ValueError(f"localizable transform needs RGB images [B, 3, H, W], got shape {shape}")
+    if shape[2] != shape[3] or shape[2] % 2:
+        raise ValueError(
+            f"localizable transform needs square images with an even side, got shape {shape}"
+        )
+    return shape[2] // 2
+
+
+def draw_localizable(
+    batch_size: int,
+    *,
+    tasks: Sequence[str] = tuple(TASKS),
+    generator: torch.Generator | None = None,
+    device: torch.device | str | None = None,
+) -> dict[str, torch.Tensor]:
+    """Draws the transform parameters and pseudo-labels of one batch.
+
+    Returns ``[B]`` int64 tensors: ``quadrant``, ``flip``, ``rotation``, ``perm`` (the
+    parameters; identity 0 for a disabled task) and ``target_<task>`` for every enabled
+    task. Drawing happens on the generator's device (CPU by default) so that a seed
+    gives the same parameters on every device; the result is moved to ``device``.
+    """
+    tasks = check_tasks(tasks)
+    gen_device = generator.device if generator is not None else torch.device("cpu")
+
+    def draw(high: int) -> torch.Tensor:
+        return torch.randint(high, (batch_size,), generator=generator, device=gen_device)
+
+    zeros = torch.zeros(batch_size, dtype=torch.int64, device=gen_device)
+    # Draw the quadrant first and always, then one tensor per enabled task in the
+    # canonical order, so the stream of random numbers is fixed by the task set.
+    params = {
+        "quadrant": draw(4),
+        "rotation": draw(4) if "rotation" in tasks else zeros,
+        "flip": draw(2) if "flip" in tasks else zeros,
+        "perm": draw(6) if "perm" in tasks else zeros.clone(),
+    }
+    params.update(pretext_targets(params, tasks))
+    return {k: v.to(device) if device is not None else v for k, v in params.items()}
+
+
+def pretext_targets(params: Mapping[str, torch.Tensor], tasks: Sequence[str]) -> dict[str, torch.Tensor]:
+    """Pseudo-labels ``target_<task>`` ([B] int64) of the enabled tasks from the parameters."""
+    targets = {}
+    for task in check_tasks(tasks):
+        if task == "rotation":
+            targets["target_rotation"] = 4 * params["quadrant"] + params["rotation"]
+        else:
+            targets[f"target_{task}"] = params[task].clone()
+    return targets
+
+
+_TABLES: dict[tuple, tuple[torch.Tensor, torch.Tensor]] = {}
+
+
+def _index_tables(side: int, flip_axis: str, device: torch.device) -> tuple[torch.Tensor, torch.Tensor]:
+    """Source-pixel tables of the 8 flip/rotation pairs and the channel permutations.
+
+    ``spatial[2 * 4 ... ]``: ``[8, side * side]`` int64, row ``4 * f + k`` holds, for every
+    output pixel of the quadrant, the flat index of the input pixel it copies. Built by
+    applying the reference ops to a grid of indices, so the semantics are torch's own.
+    ``channels``: ``[6, 3]`` int64, the permutations.
+    """
+    key = (side, flip_axis, str(device))
+    if key not in _TABLES:
+        dim = FLIP_AXES[flip_axis]
+        grid = torch.arange(side * side, dtype=torch.int64).view(side, side)
+        rows = []
+        for f in range(2):
+            g = grid.flip(dim) if f else grid
+            rows.extend(torch.rot90(g, k, dims=(-2, -1)).reshape(-1) for k in range(4))
+        spatial = torch.stack(rows).to(device)
+        channels = torch.tensor(PERMUTATIONS, dtype=torch.int64, device=device)
+        _TABLES[key] = (spatial, channels)
+    return _TABLES[key]
+
+
+def apply_localizable(
+    images: torch.Tensor,
+    *,
+    quadrant: torch.Tensor,
+    flip: torch.Tensor,
+    rotation: torch.Tensor,
+    perm: torch.Tensor,
+    flip_axis: str = "horizontal",
+) -> torch.Tensor:
+    """Applies the localizable transform to a whole batch; returns a new tensor.
+
+    images: ``[B, 3, H, W]``, any dtype and device, ``H == W`` even.
+    quadrant, flip, rotation, perm: ``[B]`` integer tensors (0..3, 0..1, 0..3, 0..5).
+    flip_axis: ``"horizontal"`` mirrors left-right (default), ``"vertical"`` top-bottom.
+
+    Flip, then ``rot90`` by ``rotation``, then the channel permutation, inside the chosen
+    quadrant only. A fixed number of tensor ops whatever the batch size: one gather
+    for the pixels of the quadrant, one for its channels, one indexed write.
+    """
+    if flip_axis not in FLIP_AXES:
+        raise unknown_name("flip_axis", flip_axis, FLIP_AXES)
+    r = check_image_batch(images)
+    b = images.shape[0]
+    device = images.device
+    spatial, channels = _index_tables(r, flip_axis, device)
+    quadrant, flip, rotation, perm = (t.to(device=device, dtype=torch.int64) for t in (quadrant, flip, rotation, perm))
+
+    out = images.contiguous().clone()
+    # [B, 3, 2, r, 2, r] view: dims 2 and 4 pick the half in rows and in columns.
+    blocks = out.view(b, 3, 2, r, 2, r)
+    batch = torch.arange(b, device=device)
+    qrow, qcol = quadrant // 2, quadrant % 2
+    quad = blocks[batch, :, qrow, :, qcol, :]  # [B, 3, r, r] (advanced indexing copies)
+
+    src = spatial[4 * flip + rotation]  # [B, r*r]
+    quad = quad.reshape(b, 3, r * r).gather(2, src[:, None, :].expand(b, 3, r * r))
+    chan = channels[perm]  # [B, 3]
+    quad = quad.gather(1, chan[:, :, None].expand(b, 3, r * r))
+    blocks[batch, :, qrow, :, qcol, :] = quad.view(b, 3, r, r)
+    return out
+
+
+def reference_localizable(
+    images: torch.Tensor,
+    *,
+    quadrant: torch.Tensor,
+    flip: torch.Tensor,
+    rotation: torch.Tensor,
+    perm: torch.Tensor,
+    flip_axis: str = "horizontal",
+) -> torch.Tensor:
+    """The authors' per-sample loop: slow, obviously right; for tests and benchmarks.
+
+    Same arguments and result as :func:`apply_localizable`.
+    """
+    r = check_image_batch(images)
+    dim = FLIP_AXES[flip_axis]
+    out = images.clone()
+    for i in range(images.shape[0]):
+        q = int(quadrant[i])
+        rows = slice(0, r) if q < 2 else slice(r, 2 * r)
+        cols = slice(0, r) if q % 2 == 0 else slice(r, 2 * r)
+        quad = images[i, :, rows, cols]
+        if int(flip[i]):
+            quad = quad.flip(dim)
+        quad = torch.rot90(quad, int(rotation[i]), dims=(-2, -1))
+        quad = quad[list(PERMUTATIONS[int(perm[i])])]
+        out[i, :, rows, cols] = quad
+    return out

@@ -1,0 +1,161 @@
+"""The training task: backbone + gated multi-head + losses, one forward, one dict out.
+
+    images [B, 3, H, W] --backbone--> features z [B, D] --heads--> logits, pretext logits, gate
+    loss = loss_cls + lambda * loss_ssl                       (paper eq. 3, SPEC section 2)
+
+One backbone pass serves the class head and every pretext head (LoRot-E): the images
+already carry the localizable transform, drawn by the loader.
+"""
+
+from __future__ import annotations
+
+from typing import Mapping, Sequence
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from gssl_fast.config import LossConfig, ModelConfig, PretextConfig
+from gssl_fast.errors import UserError
+from gssl_fast.heads import GatedMultiHead
+from gssl_fast.losses import ClassLoss, build_class_loss, check_gate_combine, combine_pretext_losses, cross_entropy
+
+
+class GSSLTask(nn.Module):
+    """Gated self-supervised learning on top of any backbone.
+
+    backbone: a module mapping ``[B, 3, H, W]`` float to pooled features ``[B, D]`` with
+    ``num_features == D`` (a timm model built with ``num_classes=0``).
+    tasks: enabled pretext tasks (names of ``gssl_fast.pretext.TASKS``), any order.
+    gate, combine, lam: ``pretext.gate``, ``pretext.combine``, ``pretext.lambda``.
+    class_loss: loss of the class head; plain cross-entropy when None.
+    normed_heads: cosine (``NormedLinear``) class and pretext heads, for LDAM.
+    pretext_scale: factor on the pretext logits before their cross-entropy. Cosine
+    logits lie in [-1, 1], so a 16-way softmax of them cannot go below a CE of about
+    ``log(1 + 15 / e^2) ~ 1.1``: with normed heads pass the LDAM scale (``s = 30``) so the
+    pretext heads can be learned, as the class head is. Keep 1.0 for ``nn.Linear``.
+
+    The gate layer trains only with ``gate="learned"`` and ``combine="gated"``; otherwise
+    nothing in the loss depends on it, and its parameters are frozen
+    (``requires_grad=False``) so DDP needs no ``find_unused_parameters``. In ``reference``
+    mode it stays at its random initialization, as in the authors' code.
+    """
+
+    def __init__(
+        self,
+        backbone: nn.Module,
+        num_classes: int,
+        tasks: Sequence[str],
+        *,
+        gate: str = "reference",
+        combine: str = "gated",
+        lam: float = 0.1,
+        class_loss: ClassLoss | None = None,
+        normed_heads: bool = False,
+        pretext_scale: float = 1.0,
+    ):
+        super().__init__()
+        check_gate_combine(gate, combine)
+        if lam < 0:
+            raise UserError(f"pretext.lambda must be >= 0, got {lam}")
+        self.backbone = backbone
+        self.heads = GatedMultiHead(backbone.num_features, num_classes, tasks, normed=normed_heads)
+        self.tasks = self.heads.tasks
+        self.class_loss = class_loss if class_loss is not None else ClassLoss(cross_entropy, num_classes)
+        self.gate_mode = gate
+        self.combine = combine
+        self.lam = float(lam)
+        self.pretext_scale = float(pretext_scale)
+        if self.heads.gate is not None and not (gate == "learned" and combine == "gated"):
+            self.heads.gate.requires_grad_(False)
+
+    def forward(
+        self,
+        images: torch.Tensor,
+        labels: torch.Tensor | None = None,
+        targets: Mapping[str, torch.Tensor] | None = None,
+    ) -> dict:
+        """images ``[B, 3, H, W]`` float; labels ``[B]`` int64; targets ``{"target_<task>": [B] int64}``.
+
+        Always: ``features`` ``[B, D]``, ``logits`` ``[B, K]``, ``pretext_logits``
+        ``{task: [B, n_t]}`` (and ``gate_logits`` ``[B, T]`` with a task).
+        With labels: ``loss_cls``. With targets and a task: ``loss_<task>`` (batch mean,
+        detached, for logging), ``loss_ssl``, ``gate`` ``[T]`` float32 detached (batch-mean
+        gate values). ``loss`` = ``loss_cls + lam * loss_ssl`` over the terms present
+        (``lam * loss_ssl`` alone for unlabeled images); absent when there is no term.
+        """
+        z = self.backbone(images)
+        out = {"features": z, **self.heads(z)}
+        terms = []
+        if labels is not None:
+            out["loss_cls"] = self.class_loss(out["logits"], labels)
+            terms.append(out["loss_cls"])
+        if targets is not None and self.tasks:
+            per_sample = self._pretext_losses(out["pretext_logits"], targets)  # [T, B]
+            for task, losses in zip(self.tasks, per_sample):
+                out[f"loss_{task}"] = losses.detach().mean()
+            out["loss_ssl"], out["gate"] = combine_pretext_losses(
+                per_sample, out.get("gate_logits"), gate=self.gate_mode, combine=self.combine
+            )
+            terms.append(self.lam * out["loss_ssl"])
+        if terms:
+            out["loss"] = terms[0] if len(terms) == 1 else terms[0] + terms[1]
+        return out
+
+    def _pretext_losses(self, pretext_logits: dict, targets: Mapping[str, torch.Tensor]) -> torch.Tensor:
+        """``[T, B]`` float32 per-sample cross-entropy of every enabled head."""
+        missing = [f"target_{t}" for t in self.tasks if f"target_{t}" not in targets]
+        if missing:
+            raise KeyError(f"pretext targets lack {missing}; got {sorted(targets)}")
+        return torch.stack(
+            [
+                F.cross_entropy(self.pretext_scale * pretext_logits[t].float(), targets[f"target_{t}"], reduction="none")
+                for t in self.tasks
+            ]
+        )
+
+
+def pretext_accuracy(out: Mapping, targets: Mapping[str, torch.Tensor]) -> dict[str, tuple[torch.Tensor, int]]:
+    """Top-1 hits of every pretext head: ``{task: (correct, count)}``.
+
+    out: a ``GSSLTask`` output; targets: ``{"target_<task>": [B] int64}``. ``correct`` is
+    a 0-dim int64 tensor on the logits' device (no host sync, sum it across steps and
+    processes), ``count`` the batch size.
+    """
+    result = {}
+    for task, logits in out["pretext_logits"].items():
+        target = targets[f"target_{task}"]
+        result[task] = ((logits.argmax(dim=1) == target).sum(), int(target.numel()))
+    return result
+
+
+def build_task(
+    model_cfg: ModelConfig,
+    pretext_cfg: PretextConfig,
+    loss_cfg: LossConfig,
+    *,
+    num_classes: int,
+    class_counts: Sequence[int],
+) -> GSSLTask:
+    """The recipe's ``[model]``, ``[pretext]`` and ``[loss]`` sections as a GSSLTask.
+
+    class_counts: ``[K]`` training images per class (LDAM margins, DRW weights).
+    LDAM brings cosine heads, with the pretext logits scaled by ``loss.ldam_scale``.
+    """
+    from gssl_fast.models import build_backbone  # models.py registers the CIFAR nets in timm
+
+    if len(class_counts) != num_classes:
+        raise ValueError(f"class_counts has {len(class_counts)} entries for {num_classes} classes")
+    class_loss = build_class_loss(loss_cfg, class_counts)
+    ldam = loss_cfg.name == "ldam"
+    return GSSLTask(
+        build_backbone(model_cfg),
+        num_classes,
+        pretext_cfg.tasks,
+        gate=pretext_cfg.gate,
+        combine=pretext_cfg.combine,
+        lam=pretext_cfg.lam,
+        class_loss=class_loss,
+        normed_heads=ldam,
+        pretext_scale=loss_cfg.ldam_scale if ldam else 1.0,
+    )
