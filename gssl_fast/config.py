@@ -120,129 +120,249 @@ KEY_ALIASES = {("pretext", "lambda"): "lam"}
 
 
 # ---------------------------------------------------------------------------
-# # Loading: TOML -> dict -> typed sections -> checks. Every problem is a UserError
-# on one line naming the source (file path, or the file plus the --set overrides),
-# the key in its TOML spelling, the rule and the value found.
+# Loading: TOML -> dict -> typed sections -> value checks. Every problem is a
+# UserError on one line naming the source (the file, plus the --set overrides when
+# there are any), the key as spelled in TOML, the rule and the value found.
 
-
-
-def _toml_key(section: str, field_name: str) -> str:
-    """The TOML spelling of a field, e.g. ("pretext", "lam") -> "lambda"."""
-    for (sec, key), name in KEY_ALIASES.items():
-        if sec == section and name == field_name:
-            return key
-    return field_name
-
-
-def _field_name(section: str, key: str) -> str:
-    return KEY_ALIASES.get((section, key), key)
-
-
-def _section_keys(section: str) -> list[str]:
-    """Valid TOML keys of a section, in declaration order."""
-    return [_toml_key(section, f.name) for f in dataclasses.fields(SECTIONS[section])]
+_TOML_KEYS = {(section, name): key for (section, key), name in KEY_ALIASES.items()}
+VALID_KEYS = {
+    section: tuple(_TOML_KEYS.get((section, f.name), f.name) for f in dataclasses.fields(cls))
+    for section, cls in SECTIONS.items()
+}
 
 
 def _show(value: Any) -> str:
-    """A value as the user would write it in TOML (strings quoted, true/false)."""
+    """A value as written in TOML: 'abc', 3, 0.1, true, ['rotation']."""
     if isinstance(value, bool):
         return "true" if value else "false"
     if isinstance(value, (list, tuple)):
-        return "[" + ", ".join(_show(v) for v in value) + "]"
+        return "[" + ", ".join(map(_show, value)) + "]"
     return repr(value)
 
 
-def _unknown_key(section: str, key: str, source: str) -> UserError:
-    valid = _section_keys(section)
-    close = difflib.get_close_matches(key, valid, n=1)
-    hint = f"; did you mean '{section}.{close[0]}'?" if close else ""
-    return UserError(
-        f"unknown key '{section}.{key}' in {source}; "
-        f"valid keys of [{section}]: {', '.join(valid)}{hint}"
-    )
+def _check_section(section: str, source: str) -> None:
+    if section not in SECTIONS:
+        valid = ", ".join(f"[{s}]" for s in SECTIONS)
+        raise UserError(f"unknown section [{section}] in {source}; valid sections: {valid}")
 
 
-def _unknown_section(section: str, source: str) -> UserError:
-    valid = ", ".join(f"[{s}]" for s in SECTIONS)
-    return UserError(f"unknown section [{section}] in {source}; valid sections: {valid}")
+def _check_key(section: str, key: str, source: str) -> None:
+    _check_section(section, source)
+    if key not in VALID_KEYS[section]:
+        close = difflib.get_close_matches(key, VALID_KEYS[section], n=1)
+        hint = f"; did you mean '{section}.{close[0]}'?" if close else ""
+        raise UserError(
+            f"unknown key '{section}.{key}' in {source}; "
+            f"valid keys of [{section}]: {', '.join(VALID_KEYS[section])}{hint}"
+        )
 
 
 def _check_layout(d: dict, source: str) -> None:
     """Every top-level entry is a known section table holding known keys."""
     for section, table in d.items():
-        if section not in SECTIONS:
-            raise _unknown_section(section, source)
+        if section not in SECTIONS and not isinstance(table, dict):
+            valid = ", ".join(f"[{s}]" for s in SECTIONS)
+            raise UserError(f"key '{section}' in {source} is outside any section; move it under one of {valid}")
+        _check_section(section, source)
         if not isinstance(table, dict):
             raise UserError(
-                f"'{section}' in {source} must be a table: write [{section}] on its own line "
-                f"followed by key = value lines, got {section} = {_show(table)}"
+                f"{section} = {_show(table)} in {source} must be a table: "
+                f"write [{section}] on its own line, then one key = value per line"
             )
         for key in table:
-            if key not in _section_keys(section):
-                raise _unknown_key(section, key, source)
+            _check_key(section, key, source)
 
 
-# ---------------------------------------------------------------------------
-# Types: TOML gives str, int, float, bool and lists; fields are str, int, float,
-# bool and homogeneous tuples. ints are fine where a float is wanted, nothing else
-# is converted (true is not 1, "3" is not 3).
-
+# TOML has str, int, float, bool and arrays; the fields are str, int, float, bool and
+# homogeneous tuples. An int is fine where a float is wanted; nothing else converts
+# (true is not 1, "3" is not 3), and no field wants inf or nan.
 _KINDS = {bool: "true or false", int: "an integer", float: "a finite number", str: "a string"}
 _LIST_KINDS = {int: "a list of integers", float: "a list of finite numbers", str: "a list of strings"}
 
 
 def _scalar(value: Any, kind: type) -> tuple[bool, Any]:
-    """(ok, converted value) for one scalar of the field type ``kind``."""
+    """(ok, value converted to ``kind``) for one scalar."""
     if kind is bool or kind is str:
         return isinstance(value, kind), value
-    if isinstance(value, bool):  # bool is an int subclass in Python, never in TOML
+    if isinstance(value, bool):  # an int in Python, never in TOML
         return False, value
     if kind is int:
         return isinstance(value, int), value
-    if isinstance(value, (int, float)) and math.isfinite(value):  # kind is float
-        return True, float(value)
-    return False, value
+    ok = isinstance(value, (int, float)) and math.isfinite(value)
+    return ok, float(value) if ok else value
 
 
 def _coerce(value: Any, hint: Any, key: str, source: str) -> Any:
     """Checks ``value`` against the field type ``hint``; lists become tuples."""
     if typing.get_origin(hint) is tuple:
         kind = typing.get_args(hint)[0]
-        items = []
-        ok = isinstance(value, (list, tuple))
-        for item in value if ok else ():
-            item_ok, item = _scalar(item, kind)
-            ok = ok and item_ok
-            items.append(item)
-        if not ok:
+        pairs = [_scalar(v, kind) for v in value] if isinstance(value, (list, tuple)) else [(False, None)]
+        if not all(ok for ok, _ in pairs):
             raise UserError(f"{key} must be {_LIST_KINDS[kind]}, got {_show(value)} ({source})")
-        return tuple(items)
+        return tuple(v for _, v in pairs)
     ok, value = _scalar(value, hint)
     if not ok:
         raise UserError(f"{key} must be {_KINDS[hint]}, got {_show(value)} ({source})")
     return value
 
 
-def _field_types(section: str) -> dict[str, Any]:
-    # The dataclasses use postponed annotations (strings); resolve them to types.
-    return typing.get_type_hints(SECTIONS[section])
+def _field_type(section: str, key: str) -> Any:
+    # The dataclasses' annotations are strings (postponed); resolve them to types.
+    return typing.get_type_hints(SECTIONS[section])[KEY_ALIASES.get((section, key), key)]
+
+
+# ---------------------------------------------------------------------------
+# Value checks: one function per section taking that section only; check_recipe
+# runs them all plus the one rule that spans sections. Allowed names sit beside
+# the check that uses them, or come from the registry that owns them (datasets,
+# long-tail kinds, pretext tasks and flip axes), imported inside the check.
+
+
+def _rule(ok: bool, key: str, rule: str, value: Any, source: str, fix: str = "") -> None:
+    if not ok:
+        raise UserError(f"{key} must {rule}, got {_show(value)} ({source})" + (f"; {fix}" if fix else ""))
+
+
+def _one_of(value: str, allowed: Sequence[str], key: str, source: str) -> None:
+    _rule(value in allowed, key, "be one of " + ", ".join(map(repr, allowed)), value, source)
+
+
+def check_data(cfg: DataConfig, source: str) -> None:
+    # Imported here: gssl_fast.data is heavier than a recipe, and may import this module.
+    from gssl_fast.data import DATASETS
+    from gssl_fast.data.longtail import KINDS as LONGTAILS
+
+    _one_of(cfg.name, sorted(DATASETS), "data.name", source)
+    _rule(cfg.image_size >= 8, "data.image_size", "be >= 8", cfg.image_size, source)
+    _rule(cfg.crop_padding >= 0, "data.crop_padding", "be >= 0 (0: no crop)", cfg.crop_padding, source)
+    for key, values, in_range, rule in (
+        ("data.mean", cfg.mean, all(0 <= v <= 1 for v in cfg.mean), "hold values in [0, 1]"),
+        ("data.std", cfg.std, all(0 < v <= 1 for v in cfg.std), "hold values in (0, 1]"),
+    ):
+        _rule(len(values) in (0, 3), key, "be [] (the dataset's default) or 3 values, one per RGB channel",
+              values, source)
+        _rule(in_range, key, rule, values, source, "they are for pixels scaled to [0, 1]: divide 0-255 by 255")
+    _one_of(cfg.longtail, LONGTAILS, "data.longtail", source)
+    _rule(0 < cfg.imbalance_ratio <= 1, "data.imbalance_ratio", "be in (0, 1] (rho = n_min / n_max)",
+          cfg.imbalance_ratio, source)
+    _rule(cfg.train_size > 0, "data.train_size", "be > 0", cfg.train_size, source)
+    _rule(cfg.val_size > 0, "data.val_size", "be > 0", cfg.val_size, source)
+    _rule(cfg.seed >= 0, "data.seed", "be >= 0", cfg.seed, source)
+
+
+def check_model(cfg: ModelConfig, source: str) -> None:
+    _rule(cfg.backbone.strip() != "", "model.backbone", "name a timm model, e.g. 'resnet32_cifar'",
+          cfg.backbone, source)
+    _rule(0 <= cfg.drop_rate < 1, "model.drop_rate", "be in [0, 1)", cfg.drop_rate, source)
+
+
+GATES = ("reference", "learned")  # SPEC section 2: the authors' code | the paper's text
+COMBINES = ("gated", "sum", "mean")
+
+
+def check_pretext(cfg: PretextConfig, source: str) -> None:
+    # Imported here so that reading a recipe does not import torch.
+    from gssl_fast.pretext import FLIP_AXES, TASKS
+
+    _rule(all(t in TASKS for t in cfg.tasks), "pretext.tasks",
+          "list task names among " + ", ".join(map(repr, TASKS)), cfg.tasks, source,
+          "[] trains the class head alone")
+    _rule(len(set(cfg.tasks)) == len(cfg.tasks), "pretext.tasks", "name each task once", cfg.tasks, source)
+    _one_of(cfg.gate, GATES, "pretext.gate", source)
+    _one_of(cfg.combine, COMBINES, "pretext.combine", source)
+    _rule(cfg.lam >= 0, "pretext.lambda", "be >= 0", cfg.lam, source)
+    _one_of(cfg.flip_axis, tuple(FLIP_AXES), "pretext.flip_axis", source)
+
+
+LOSSES = ("ce", "ldam")
+
+
+def check_loss(cfg: LossConfig, source: str) -> None:
+    _one_of(cfg.name, LOSSES, "loss.name", source)
+    _rule(cfg.ldam_max_margin > 0, "loss.ldam_max_margin", "be > 0", cfg.ldam_max_margin, source)
+    _rule(cfg.ldam_scale > 0, "loss.ldam_scale", "be > 0", cfg.ldam_scale, source)
+    _rule(cfg.drw_start_epoch >= 0, "loss.drw_start_epoch", "be >= 0", cfg.drw_start_epoch, source)
+    _rule(0 <= cfg.drw_beta < 1, "loss.drw_beta", "be in [0, 1)", cfg.drw_beta, source)
+
+
+OPTIMIZERS = ("sgd",)
+SCHEDULES = ("cosine", "step", "constant")
+
+
+def check_optim(cfg: OptimConfig, source: str) -> None:
+    _one_of(cfg.name, OPTIMIZERS, "optim.name", source)
+    _rule(cfg.lr > 0, "optim.lr", "be > 0", cfg.lr, source)
+    _rule(0 <= cfg.momentum < 1, "optim.momentum", "be in [0, 1)", cfg.momentum, source)
+    _rule(cfg.momentum > 0 or not cfg.nesterov, "optim.momentum", "be > 0 with nesterov = true",
+          cfg.momentum, source)
+    _rule(cfg.weight_decay >= 0, "optim.weight_decay", "be >= 0", cfg.weight_decay, source)
+    _one_of(cfg.schedule, SCHEDULES, "optim.schedule", source)
+    _rule(cfg.warmup_epochs >= 0, "optim.warmup_epochs", "be >= 0", cfg.warmup_epochs, source)
+    if len(cfg.milestones) != len(cfg.milestone_factors):
+        raise UserError(
+            f"optim.milestones and optim.milestone_factors must have the same length, got "
+            f"{_show(cfg.milestones)} and {_show(cfg.milestone_factors)} ({source}); "
+            f"give one lr factor per milestone"
+        )
+    epochs = (0,) + cfg.milestones
+    _rule(all(a < b for a, b in zip(epochs, epochs[1:])), "optim.milestones", "be increasing epochs > 0",
+          cfg.milestones, source)
+    _rule(all(f > 0 for f in cfg.milestone_factors), "optim.milestone_factors", "be > 0",
+          cfg.milestone_factors, source)
+
+
+PRECISIONS = ("no", "fp16", "bf16")
+LOADERS = ("torch", "dali", "ffcv")  # the pipelines.<name> backends
+
+
+def check_train(cfg: TrainConfig, source: str) -> None:
+    at_least = {
+        "epochs": 1, "batch_size": 1, "eval_batch_size": 1, "grad_accum_steps": 1, "keep_checkpoints": 1,
+        "seed": 0, "num_threads": 0, "steps_per_epoch": 0,
+    }
+    for key, low in at_least.items():
+        _rule(getattr(cfg, key) >= low, f"train.{key}", f"be >= {low}", getattr(cfg, key), source)
+    _one_of(cfg.mixed_precision, PRECISIONS, "train.mixed_precision", source)
+    _one_of(cfg.loader, LOADERS, "train.loader", source)
+
+
+CHECKS = {
+    "data": check_data,
+    "model": check_model,
+    "pretext": check_pretext,
+    "loss": check_loss,
+    "optim": check_optim,
+    "train": check_train,
+}
+
+
+def check_recipe(recipe: Recipe, source: str) -> None:
+    """Checks every section, then the rule that spans sections."""
+    for section, check in CHECKS.items():
+        check(getattr(recipe, section), source)
+    size = recipe.data.image_size
+    if recipe.pretext.tasks and size % 2:
+        raise UserError(
+            f"data.image_size must be even when pretext.tasks is non-empty, got {size} ({source}): "
+            f"the localizable transform needs an even side to cut 2x2 quadrants; "
+            f"use {size + 1} or set pretext.tasks = []"
+        )
 
 
 def recipe_from_dict(d: dict, source: str) -> Recipe:
     """Builds and checks a Recipe from a TOML-shaped dict ``{section: {key: value}}``.
 
-    Missing sections and keys take their defaults; ``source`` names the origin in
-    error messages (a file path, "--set"...). The name is the default "recipe";
-    ``load_recipe`` sets it to the file stem.
+    Missing sections and keys take their defaults; ``source`` is what errors name
+    (a file path, "--set"...). The name stays "recipe": ``load_recipe`` sets the stem.
     """
     _check_layout(d, source)
     sections = {}
     for section, cls in SECTIONS.items():
-        types = _field_types(section)
         kwargs = {}
         for key, value in d.get(section, {}).items():
-            name = _field_name(section, key)
-            kwargs[name] = _coerce(value, types[name], f"{section}.{key}", source)
+            kwargs[KEY_ALIASES.get((section, key), key)] = _coerce(
+                value, _field_type(section, key), f"{section}.{key}", source
+            )
         sections[section] = cls(**kwargs)
     recipe = Recipe(**sections)
     check_recipe(recipe, source)
@@ -259,43 +379,41 @@ def _parse_value(text: str) -> Any:
         parsed = tomllib.loads(f"v = {text}")
     except tomllib.TOMLDecodeError:
         return text
-    # A value with a newline could smuggle in more keys; that is not one value.
+    # Text with a newline can parse as several keys: that is not one value.
     return parsed["v"] if list(parsed) == ["v"] else text
 
 
 def apply_overrides(d: dict, overrides: Sequence[str]) -> dict:
-    """Returns a copy of the TOML-shaped dict ``d`` with ``section.key=value`` items set.
+    """A copy of the TOML-shaped dict ``d`` with each ``section.key=value`` set.
 
-    Values are TOML (``3``, ``0.05``, ``true``, ``['rotation']``, ``"x"``); text that is
-    not TOML is taken as a bare string, so ``data.name=cifar10`` works. A string field
-    always gets the text as written (``data.root=2024`` is the string "2024").
+    The value is TOML (``3``, ``0.05``, ``true``, ``['rotation']``, ``"x"``); text that
+    is not TOML is a bare string, so ``data.name=cifar10`` works. A string key takes
+    the text as written unless it is a quoted string (``data.root=2024`` is "2024").
     """
     merged = {k: dict(v) if isinstance(v, dict) else v for k, v in d.items()}
     for item in overrides:
         where = f"--set '{item}'"
         path, eq, text = item.partition("=")
-        parts = path.strip().split(".")
+        parts = [p.strip() for p in path.split(".")]
         if not eq or len(parts) != 2 or not all(parts):
             raise UserError(
                 f"{where}: an override must look like section.key=value, "
                 f"e.g. train.epochs=3 or pretext.tasks=['rotation']"
             )
         section, key = parts
-        if section not in SECTIONS:
-            raise _unknown_section(section, where)
-        if key not in _section_keys(section):
-            raise _unknown_key(section, key, where)
-        value = _parse_value(text.strip())
-        if _field_types(section)[_field_name(section, key)] is str and not isinstance(value, str):
-            value = text.strip()
+        _check_key(section, key, where)
+        text = text.strip()
+        value = _parse_value(text)
+        if _field_type(section, key) is str and not isinstance(value, str):
+            value = text
         table = merged.setdefault(section, {})
-        if isinstance(table, dict):  # otherwise recipe_from_dict reports the bad section
+        if isinstance(table, dict):  # else recipe_from_dict reports the non-table section
             table[key] = value
     return merged
 
 
 # ---------------------------------------------------------------------------
-# Reading and writing files.
+# Files.
 
 
 def _read_toml(path: Path) -> dict:
@@ -313,65 +431,50 @@ def _read_toml(path: Path) -> dict:
 
 
 def load_recipe(path: str | os.PathLike, overrides: Sequence[str] = ()) -> Recipe:
-    """Reads a recipe TOML file, applies ``--set`` overrides, checks it.
-
-    The recipe's name is the file stem. Errors in values name the file, and the
-    overrides too when there are any (either may hold the bad value).
-    """
+    """Reads a recipe file, applies ``--set`` overrides, checks it; the name is the file stem."""
     path = Path(path)
     d = _read_toml(path)
-    _check_layout(d, str(path))
+    _check_layout(d, str(path))  # before merging, so a typo in the file names the file alone
     source = str(path)
     if overrides:
         d = apply_overrides(d, overrides)
-        source = f"{path} with --set {' '.join(overrides)}"
+        source = f"{path} with --set {' '.join(overrides)}"  # either may hold a bad value
     return dataclasses.replace(recipe_from_dict(d, source), name=path.stem)
-
-
-def _toml_string(s: str) -> str:
-    out = []
-    for ch in s:
-        if ch in '"\\':
-            out.append("\\" + ch)
-        elif ord(ch) < 0x20 or ord(ch) == 0x7F:  # control characters must be escaped in TOML
-            out.append(f"\\u{ord(ch):04x}")
-        else:
-            out.append(ch)
-    return '"' + "".join(out) + '"'
 
 
 def _toml_value(value: Any) -> str:
     if isinstance(value, bool):
         return "true" if value else "false"
-    if isinstance(value, str):
-        return _toml_string(value)
-    if isinstance(value, float):
-        # repr is the shortest text that reads back to the same float; TOML spells
-        # the non-finite ones inf / -inf / nan like Python does.
-        return repr(value)
-    if isinstance(value, int):
-        return str(value)
+    if isinstance(value, (int, float)):
+        return repr(value)  # for a float, the shortest text that reads back to the same bits
     if isinstance(value, (list, tuple)):
-        return "[" + ", ".join(_toml_value(v) for v in value) + "]"
+        return "[" + ", ".join(map(_toml_value, value)) + "]"
+    if isinstance(value, str):
+        # Basic string: escape the quote, the backslash and the control characters.
+        return '"' + "".join(
+            "\\" + c if c in '"\\' else f"\\u{ord(c):04x}" if ord(c) < 0x20 or ord(c) == 0x7F else c
+            for c in value
+        ) + '"'
     raise TypeError(f"cannot write {type(value).__name__} {value!r} as a TOML value")
 
 
 def recipe_to_toml(recipe: Recipe) -> str:
-    """The complete resolved recipe as TOML: every key of every section.
+    """The resolved recipe as TOML, every key of every section, that load_recipe reads back.
 
-    The name is not a key (it is the file stem), so it only appears in the header.
+    The name is not a key (it is the file's stem), so it appears in the header comment only.
     """
     lines = [f"# Resolved recipe '{recipe.name}': every key, defaults included."]
     for section in SECTIONS:
         cfg = getattr(recipe, section)
         lines += ["", f"[{section}]"]
         for f in dataclasses.fields(cfg):
-            lines.append(f"{_toml_key(section, f.name)} = {_toml_value(getattr(cfg, f.name))}")
+            key = _TOML_KEYS.get((section, f.name), f.name)
+            lines.append(f"{key} = {_toml_value(getattr(cfg, f.name))}")
     return "\n".join(lines) + "\n"
 
 
 def save_recipe(recipe: Recipe, path: str | os.PathLike) -> None:
-    """Writes ``recipe_to_toml(recipe)`` to ``path`` atomically (temp file + rename)."""
+    """Writes ``recipe_to_toml(recipe)`` to ``path`` atomically: a temp file, then os.replace."""
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
     fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)

@@ -22,7 +22,7 @@ from gssl_fast.pretext import TASKS, check_tasks
 class NormedLinear(nn.Module):
     """Cosine-similarity layer of LDAM-DRW (Cao et al. 2019): ``normalize(x) @ normalize(W)^T``.
 
-    x: ``[B, in_features]`` float; returns ``[B, out_features]`` in ``[-1, 1]``. No bias.
+    x: ``[B, in_features]`` float; returns ``[B, out_features]`` float32 in ``[-1, 1]``. No bias.
     ``weight`` has ``nn.Linear``'s layout ``[out_features, in_features]``; each row is
     one class direction, drawn uniform in ``[-1, 1]`` and scaled to unit norm.
     """
@@ -40,7 +40,11 @@ class NormedLinear(nn.Module):
             self.weight.copy_(F.normalize(self.weight, dim=1))
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return F.linear(F.normalize(x, dim=1), F.normalize(self.weight, dim=1))
+        # Float32 even under autocast: the cosines are multiplied by the LDAM scale (30),
+        # which would turn bf16's rounding of them (up to 2^-8) into logit errors of ~0.1.
+        # The layer is [B, D] x [D, K], too small for the precision to cost time.
+        with torch.autocast(x.device.type, enabled=False):
+            return F.linear(F.normalize(x.float(), dim=1), F.normalize(self.weight.float(), dim=1))
 
     def extra_repr(self) -> str:
         return f"in_features={self.in_features}, out_features={self.out_features}"

@@ -99,28 +99,32 @@ def pretext_targets(params: Mapping[str, torch.Tensor], tasks: Sequence[str]) ->
     return targets
 
 
-_TABLES: dict[tuple, tuple[torch.Tensor, torch.Tensor]] = {}
+_TABLES: dict[tuple, tuple[torch.Tensor, torch.Tensor, torch.Tensor]] = {}
 
 
-def _index_tables(side: int, flip_axis: str, device: torch.device) -> tuple[torch.Tensor, torch.Tensor]:
-    """Source-pixel tables of the 8 flip/rotation pairs and the channel permutations.
+def _index_tables(side: int, flip_axis: str, device: torch.device) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """Pixel tables of the transform for images of ``side x side``.
 
-    ``spatial[2 * 4 ... ]``: ``[8, side * side]`` int64, row ``4 * f + k`` holds, for every
-    output pixel of the quadrant, the flat index of the input pixel it copies. Built by
-    applying the reference ops to a grid of indices, so the semantics are torch's own.
+    ``src``: ``[32, r * r]`` int64; row ``8 * q + 4 * f + k`` lists, for every output
+    pixel of quadrant ``q``, the flat position (in one ``H * W`` channel plane) of the
+    input pixel it copies. Built by applying the reference ops to a grid of positions,
+    so the semantics are torch's own ``flip`` and ``rot90``.
+    ``dst``: ``[4, r * r]`` int64, the plane positions of each quadrant's pixels.
     ``channels``: ``[6, 3]`` int64, the permutations.
     """
     key = (side, flip_axis, str(device))
     if key not in _TABLES:
-        dim = FLIP_AXES[flip_axis]
+        r, dim = side // 2, FLIP_AXES[flip_axis]
         grid = torch.arange(side * side, dtype=torch.int64).view(side, side)
-        rows = []
-        for f in range(2):
-            g = grid.flip(dim) if f else grid
-            rows.extend(torch.rot90(g, k, dims=(-2, -1)).reshape(-1) for k in range(4))
-        spatial = torch.stack(rows).to(device)
-        channels = torch.tensor(PERMUTATIONS, dtype=torch.int64, device=device)
-        _TABLES[key] = (spatial, channels)
+        src, dst = [], []
+        for q in range(4):
+            quad = grid[(q // 2) * r : (q // 2 + 1) * r, (q % 2) * r : (q % 2 + 1) * r]
+            dst.append(quad.reshape(-1))
+            for f in range(2):
+                g = quad.flip(dim) if f else quad
+                src.extend(torch.rot90(g, k, dims=(-2, -1)).reshape(-1) for k in range(4))
+        channels = torch.tensor(PERMUTATIONS, dtype=torch.int64)
+        _TABLES[key] = (torch.stack(src).to(device), torch.stack(dst).to(device), channels.to(device))
     return _TABLES[key]
 
 
@@ -141,29 +145,25 @@ def apply_localizable(
 
     Flip, then ``rot90`` by ``rotation``, then the channel permutation, inside the chosen
     quadrant only. A fixed number of tensor ops whatever the batch size: one gather
-    for the pixels of the quadrant, one for its channels, one indexed write.
+    reads the quadrant already flipped, rotated and channel-permuted (its index
+    combines the pixel table of ``(q, f, k)`` with the source channel of each output
+    channel), one scatter writes it back into a copy of the batch.
     """
     if flip_axis not in FLIP_AXES:
         raise unknown_name("flip_axis", flip_axis, FLIP_AXES)
     r = check_image_batch(images)
-    b = images.shape[0]
+    b, plane = images.shape[0], 4 * r * r
     device = images.device
-    spatial, channels = _index_tables(r, flip_axis, device)
+    src, dst, channels = _index_tables(2 * r, flip_axis, device)
     quadrant, flip, rotation, perm = (t.to(device=device, dtype=torch.int64) for t in (quadrant, flip, rotation, perm))
 
-    out = images.contiguous().clone()
-    # [B, 3, 2, r, 2, r] view: dims 2 and 4 pick the half in rows and in columns.
-    blocks = out.view(b, 3, 2, r, 2, r)
-    batch = torch.arange(b, device=device)
-    qrow, qcol = quadrant // 2, quadrant % 2
-    quad = blocks[batch, :, qrow, :, qcol, :]  # [B, 3, r, r] (advanced indexing copies)
-
-    src = spatial[4 * flip + rotation]  # [B, r*r]
-    quad = quad.reshape(b, 3, r * r).gather(2, src[:, None, :].expand(b, 3, r * r))
-    chan = channels[perm]  # [B, 3]
-    quad = quad.gather(1, chan[:, :, None].expand(b, 3, r * r))
-    blocks[batch, :, qrow, :, qcol, :] = quad.view(b, 3, r, r)
-    return out
+    flat = images.reshape(b, 3 * plane)
+    # Output channel c of the quadrant reads plane channels[perm][c]: [B, 3, r*r] positions.
+    index = channels[perm][:, :, None] * plane + src[8 * quadrant + 4 * flip + rotation][:, None, :]
+    values = flat.gather(1, index.view(b, 3 * r * r)).view(b, 3, r * r)
+    out = flat.clone().view(b, 3, plane)
+    out.scatter_(2, dst[quadrant][:, None, :].expand(b, 3, r * r), values)
+    return out.view(images.shape)
 
 
 def reference_localizable(

@@ -107,12 +107,11 @@ class GSSLTask(nn.Module):
         missing = [f"target_{t}" for t in self.tasks if f"target_{t}" not in targets]
         if missing:
             raise KeyError(f"pretext targets lack {missing}; got {sorted(targets)}")
-        return torch.stack(
-            [
-                F.cross_entropy(self.pretext_scale * pretext_logits[t].float(), targets[f"target_{t}"], reduction="none")
-                for t in self.tasks
-            ]
-        )
+        losses = [
+            F.cross_entropy(self.pretext_scale * pretext_logits[t].float(), targets[f"target_{t}"], reduction="none")
+            for t in self.tasks
+        ]
+        return torch.stack(losses)
 
 
 def pretext_accuracy(out: Mapping, targets: Mapping[str, torch.Tensor]) -> dict[str, tuple[torch.Tensor, int]]:

@@ -15,9 +15,6 @@ import torch.nn.functional as F
 
 from gssl_fast.pretext import PARAM_KEYS, apply_localizable, draw_localizable
 
-CIFAR_MEAN = (0.4914, 0.4822, 0.4465)
-CIFAR_STD = (0.2023, 0.1994, 0.2010)
-
 
 def draw_crop_flip(batch_size: int, *, padding: int, generator: torch.Generator) -> dict[str, torch.Tensor]:
     """Per-sample crop offsets ``crop_y``, ``crop_x`` in ``[0, 2 * padding]`` and whole-image

@@ -10,11 +10,9 @@ import os
 from pathlib import Path
 
 import numpy as np
-import torch
-import torch.nn.functional as F
 
 from gssl_fast.data import ArrayDataset
-from pipelines.augment import CIFAR_MEAN, CIFAR_STD
+from gssl_fast.data.arrays import CIFAR_MEAN, CIFAR_STD
 
 
 def as_array_dataset(source, *, image_size: int | None = None, split: str = "train") -> ArrayDataset:
@@ -34,7 +32,7 @@ def as_array_dataset(source, *, image_size: int | None = None, split: str = "tra
             f"got {type(source).__name__}"
         )
     if image_size is not None and ds.images.shape[1:3] != (image_size, image_size):
-        ds = _resized(ds, image_size)
+        ds = ds.resized(image_size)
     return ds
 
 
@@ -53,14 +51,6 @@ def _from_pair(images, labels) -> ArrayDataset:
         mean=CIFAR_MEAN,
         std=CIFAR_STD,
     )
-
-
-def _resized(ds: ArrayDataset, side: int) -> ArrayDataset:
-    # Antialiased bilinear, as PIL's resize of the folder decoders.
-    x = torch.from_numpy(ds.images).permute(0, 3, 1, 2).float()
-    x = F.interpolate(x, size=(side, side), mode="bilinear", antialias=True, align_corners=False)
-    images = x.round().clamp(0, 255).to(torch.uint8).permute(0, 2, 3, 1).contiguous().numpy()
-    return ArrayDataset(images=images, labels=ds.labels, classes=ds.classes, mean=ds.mean, std=ds.std)
 
 
 def _first_image_side(path: str) -> int:

@@ -1,0 +1,31 @@
+# Two commands on a fresh machine: `make demo` and `make test` (each installs first).
+PYTHON ?= python3
+VENV ?= .venv
+BIN := $(VENV)/bin
+# torch and torchvision are pinned to the builds on this machine's disk; pyproject.toml
+# declares the range any other machine may use.
+TORCH_PINS ?= torch==2.14.1 torchvision==0.29.1
+STAMP := $(VENV)/.installed
+
+.PHONY: install demo test bench clean
+
+install: $(STAMP)
+
+$(STAMP): pyproject.toml
+	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
+	$(BIN)/python -m pip install -q $(TORCH_PINS)
+	$(BIN)/python -m pip install -q -e ".[test]"
+	touch $@
+
+demo: install
+	$(BIN)/accelerate launch --num_processes 1 --num_machines 1 --mixed_precision no --dynamo_backend no \
+		-m gssl_fast.train recipes/demo.toml --overwrite
+
+test: install
+	$(BIN)/python -m pytest -q
+
+bench: install
+	$(BIN)/python bench/transform.py --json bench/out/transform.json
+
+clean:
+	rm -rf $(VENV) runs build *.egg-info

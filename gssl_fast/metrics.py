@@ -1,0 +1,69 @@
+"""Accuracy metrics and the per-epoch ``metrics.jsonl``."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import numpy as np
+import torch
+
+# Shot groups of long-tailed evaluation (Liu et al. 2019): classes with more than 100
+# training images are "many", fewer than 20 "few".
+MANY_SHOT, FEW_SHOT = 100, 20
+
+
+def topk_predictions(logits: torch.Tensor, k: int = 5) -> torch.Tensor:
+    """``[B, K]`` logits -> ``[B, min(k, K)]`` int64 class ids, best first."""
+    return logits.topk(min(k, logits.shape[1]), dim=1).indices
+
+
+def accuracy_report(top5: np.ndarray, labels: np.ndarray, num_classes: int, train_counts=None) -> dict:
+    """Top-1, top-5 and per-class accuracy in percent.
+
+    top5: ``[N, k]`` predicted ids, best first; labels: ``[N]``. With ``train_counts``
+    ([K] training images per class) also many/medium/few-shot accuracy.
+    """
+    correct1 = top5[:, 0] == labels
+    correct5 = (top5 == labels[:, None]).any(axis=1)
+    hits = np.bincount(labels[correct1], minlength=num_classes)
+    totals = np.bincount(labels, minlength=num_classes)
+    per_class = np.where(totals > 0, 100.0 * hits / np.maximum(totals, 1), np.nan)
+    report = {
+        "val_acc1": float(100.0 * correct1.mean()) if len(labels) else 0.0,
+        "val_acc5": float(100.0 * correct5.mean()) if len(labels) else 0.0,
+        "val_per_class": [None if np.isnan(a) else round(float(a), 2) for a in per_class],
+    }
+    if train_counts is not None:
+        counts = np.asarray(train_counts)
+        groups = {"many": counts > MANY_SHOT, "medium": (counts <= MANY_SHOT) & (counts >= FEW_SHOT), "few": counts < FEW_SHOT}
+        for name, mask in groups.items():
+            vals = per_class[mask & (totals > 0)]
+            report[f"val_{name}_shot"] = float(vals.mean()) if len(vals) else None
+    return report
+
+
+class MetricsLog:
+    """Appends one JSON object per epoch to ``metrics.jsonl``, flushed at once so a
+    killed run keeps every finished epoch."""
+
+    def __init__(self, path: Path):
+        self.path = Path(path)
+
+    def truncate_after(self, epoch: int) -> None:
+        """Drops lines of epochs > ``epoch`` (left by a run killed after logging but
+        before its checkpoint landed), so a resumed run logs each epoch once."""
+        if not self.path.exists():
+            return
+        keep = [line for line in self.path.read_text().splitlines() if line.strip() and json.loads(line)["epoch"] <= epoch]
+        self.path.write_text("".join(line + "\n" for line in keep))
+
+    def append(self, row: dict) -> None:
+        with self.path.open("a") as f:
+            f.write(json.dumps(row) + "\n")
+            f.flush()
+
+    def read(self) -> list[dict]:
+        if not self.path.exists():
+            return []
+        return [json.loads(line) for line in self.path.read_text().splitlines() if line.strip()]

@@ -1,0 +1,71 @@
+"""Optimizer and learning-rate schedule (SPEC section 3), stepped per optimizer step."""
+
+from __future__ import annotations
+
+import math
+
+import torch
+from torch.optim.lr_scheduler import LambdaLR
+
+from gssl_fast.config import OptimConfig
+from gssl_fast.errors import unknown_name
+
+
+def build_optimizer(params, cfg: OptimConfig) -> torch.optim.Optimizer:
+    """SGD with momentum, optional Nesterov, and weight decay on every parameter
+    (as the papers' code does)."""
+    if cfg.name not in OPTIMIZERS:
+        raise unknown_name("optim.name", cfg.name, OPTIMIZERS)
+    return OPTIMIZERS[cfg.name](params, cfg)
+
+
+def _sgd(params, cfg: OptimConfig) -> torch.optim.Optimizer:
+    return torch.optim.SGD(
+        params, lr=cfg.lr, momentum=cfg.momentum, nesterov=cfg.nesterov, weight_decay=cfg.weight_decay
+    )
+
+
+OPTIMIZERS = {"sgd": _sgd}
+
+
+def _cosine(cfg: OptimConfig, epoch: float, epochs: int) -> float:
+    span = max(epochs - cfg.warmup_epochs, 1e-8)
+    progress = min(max((epoch - cfg.warmup_epochs) / span, 0.0), 1.0)
+    return 0.5 * (1.0 + math.cos(math.pi * progress))
+
+
+def _step(cfg: OptimConfig, epoch: float, epochs: int) -> float:
+    factor = 1.0
+    for milestone, f in zip(cfg.milestones, cfg.milestone_factors):
+        if epoch >= milestone:
+            factor = f
+    return factor
+
+
+def _constant(cfg: OptimConfig, epoch: float, epochs: int) -> float:
+    return 1.0
+
+
+SCHEDULES = {"cosine": _cosine, "step": _step, "constant": _constant}
+
+
+def lr_factor(cfg: OptimConfig, epoch: float, epochs: int) -> float:
+    """Multiplier of ``cfg.lr`` at fractional ``epoch`` (0-based) of an ``epochs`` run.
+
+    Linear warm-up over ``warmup_epochs`` (from one step's worth, never 0), then the
+    schedule. ``step`` multiplies the base lr by the factor of the last milestone passed
+    (LDAM-DRW: x0.01 from epoch 160, x0.0001 from 180).
+    """
+    if cfg.schedule not in SCHEDULES:
+        raise unknown_name("optim.schedule", cfg.schedule, SCHEDULES)
+    factor = SCHEDULES[cfg.schedule](cfg, epoch, epochs)
+    if cfg.warmup_epochs > 0 and epoch < cfg.warmup_epochs:
+        factor *= epoch / cfg.warmup_epochs
+    return factor
+
+
+def build_scheduler(optimizer, cfg: OptimConfig, *, steps_per_epoch: int, epochs: int) -> LambdaLR:
+    """A ``LambdaLR`` to step once per optimizer step; step ``s`` sits at epoch
+    ``(s + 1) / steps_per_epoch`` so that warm-up never starts at lr 0."""
+    steps = max(steps_per_epoch, 1)
+    return LambdaLR(optimizer, lambda s: lr_factor(cfg, (s + 1) / steps, epochs))

@@ -1,0 +1,72 @@
+import pytest
+import torch
+import torchvision.transforms.functional as TF
+
+from pipelines.augment import augment_batch, crop_with_padding, draw_crop_flip, flip_images, normalize
+from gssl_fast.pretext import PARAM_KEYS, reference_localizable
+
+
+def batch(b=6, side=8, seed=0):
+    g = torch.Generator().manual_seed(seed)
+    return torch.randint(0, 256, (b, 3, side, side), generator=g, dtype=torch.uint8)
+
+
+@pytest.mark.parametrize("padding", [0, 1, 4])
+def test_crop_matches_torchvision_per_sample(padding):
+    x = batch(10, 8)
+    p = draw_crop_flip(10, padding=padding, generator=torch.Generator().manual_seed(1))
+    out = crop_with_padding(x, p["crop_y"], p["crop_x"], padding)
+    for i in range(10):
+        padded = TF.pad(x[i], [padding] * 4)
+        y, xo = int(p["crop_y"][i]), int(p["crop_x"][i])
+        assert torch.equal(out[i], TF.crop(padded, y, xo, 8, 8))
+
+
+def test_crop_offsets_cover_range():
+    p = draw_crop_flip(2000, padding=4, generator=torch.Generator().manual_seed(0))
+    assert set(p["crop_y"].tolist()) == set(range(9)) and set(p["hflip"].tolist()) == {0, 1}
+
+
+def test_flip_per_sample():
+    x = batch(5)
+    f = torch.tensor([0, 1, 1, 0, 1])
+    out = flip_images(x, f)
+    for i in range(5):
+        assert torch.equal(out[i], TF.hflip(x[i]) if f[i] else x[i])
+
+
+def test_normalize_matches_torchvision():
+    x = batch(3)
+    mean, std = (0.4, 0.5, 0.6), (0.2, 0.25, 0.3)
+    out = normalize(x, mean, std)
+    ref = torch.stack([TF.normalize(TF.convert_image_dtype(im, torch.float32), mean, std) for im in x])
+    assert out.dtype == torch.float32
+    torch.testing.assert_close(out, ref, rtol=1e-5, atol=1e-5)
+
+
+def test_augment_batch_equals_per_sample_chain():
+    """crop -> flip -> localizable -> normalize, replayed per sample from the same draws."""
+    x = batch(7, 16, seed=3)
+    out = augment_batch(x, tasks=("rotation", "flip", "perm"), generator=torch.Generator().manual_seed(9),
+                        normalize_to=((0.5,) * 3, (0.25,) * 3), padding=2)
+    g = torch.Generator().manual_seed(9)
+    aug = draw_crop_flip(7, padding=2, generator=g)
+    from gssl_fast.pretext import draw_localizable
+
+    params = draw_localizable(7, generator=g)
+    for i in range(7):
+        im = TF.crop(TF.pad(x[i], [2] * 4), int(aug["crop_y"][i]), int(aug["crop_x"][i]), 16, 16)
+        im = TF.hflip(im) if aug["hflip"][i] else im
+        im = reference_localizable(im[None], **{k: params[k][i : i + 1] for k in PARAM_KEYS})[0]
+        ref = TF.normalize(im.float() / 255, (0.5,) * 3, (0.25,) * 3)
+        torch.testing.assert_close(out["images"][i], ref, rtol=1e-5, atol=1e-5)
+    for k in PARAM_KEYS:
+        assert torch.equal(out[k], params[k])
+
+
+def test_no_tasks_means_no_transform_and_identity_params():
+    x = batch(4)
+    out = augment_batch(x, tasks=(), generator=torch.Generator(), augment=False)
+    assert torch.equal(out["images"], x)
+    assert all(out[k].eq(0).all() for k in PARAM_KEYS)
+    assert not any(k.startswith("target_") for k in out)
