@@ -249,17 +249,43 @@ def run_epochs(recipe, task, optimizer, scheduler, train_loader, val_loader, acc
         progress.close()
         train_seconds = time.perf_counter() - start
         totals = accelerator.reduce(totals, reduction="sum")
+        broadcast_buffers(model, accelerator)
         report = evaluate(model, val_loader, accelerator=accelerator, num_classes=len(counts),
                           train_counts=counts if longtail else None)
         row = {"epoch": epoch, "lr": optimizer.param_groups[0]["lr"], **epoch_row(totals, model.tasks), **report}
         row.update(images_per_s=row["train_images"] / train_seconds, seconds=time.perf_counter() - start,
                    world_size=accelerator.num_processes, threads=threads)
+        if accelerator.num_processes > 1:
+            row["replicas_in_sync"] = replicas_in_sync(model, accelerator)
         # Log before the checkpoint: a run killed in between redoes this epoch, and the
         # resumed run drops the orphaned line (truncate_after) instead of losing one.
         if accelerator.is_main_process:
             log.append(row)
             print(summary_line(row, train.epochs), flush=True)
         save_checkpoint(run_dir, epoch + 1, task, optimizer, scheduler, accelerator, train.keep_checkpoints)
+
+
+def broadcast_buffers(model, accelerator) -> None:
+    """Copies process 0's buffers (BatchNorm running statistics) to every process.
+
+    DDP broadcasts them at the start of each forward, but the forward then updates them
+    from the local batch, so after an epoch they differ slightly between processes;
+    evaluation and the checkpoint should see one model.
+    """
+    if accelerator.num_processes > 1:
+        import torch.distributed as dist
+
+        for buf in model.buffers():
+            dist.broadcast(buf.data, src=0)
+
+
+def replicas_in_sync(model, accelerator) -> bool:
+    """Whether every process holds bit-identical parameters and buffers, compared by a
+    float64 fingerprint (sum and sum of squares of each tensor) gathered from all."""
+    tensors = list(model.state_dict().values())
+    prints = torch.stack([torch.stack([t.double().sum(), t.double().square().sum()]) for t in tensors])
+    everyone = accelerator.gather(prints[None].to(accelerator.device))
+    return bool((everyone == everyone[:1]).all())
 
 
 def checkpoint_seed(seed: int, rank: int, epoch: int) -> int:

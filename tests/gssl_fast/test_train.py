@@ -1,0 +1,187 @@
+"""The trainer end to end on tiny runs of the built-in dataset: files it writes, user
+errors, a killed and resumed run, and data-parallel CPU processes."""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+import torch
+
+from gssl_fast.train import main
+
+ROOT = Path(__file__).resolve().parents[2]
+TINY = """
+[data]
+name = "shapes"
+image_size = 16
+train_size = 256
+val_size = 64
+
+[model]
+backbone = "resnet8_cifar"
+
+[optim]
+lr = 0.05
+warmup_epochs = 1
+
+[train]
+epochs = 2
+batch_size = 32
+eval_batch_size = 64
+num_threads = 1
+"""
+
+
+def write_recipe(tmp_path: Path, text: str = TINY, name: str = "tiny") -> Path:
+    path = tmp_path / f"{name}.toml"
+    path.write_text(text)
+    return path
+
+
+def run_cli(*args, env_extra=None, **kw) -> subprocess.CompletedProcess:
+    env = {**os.environ, "PYTHONUNBUFFERED": "1", **(env_extra or {})}
+    return subprocess.run([sys.executable, "-m", "gssl_fast.train", *map(str, args)], cwd=ROOT, env=env,
+                          capture_output=True, text=True, timeout=600, **kw)
+
+
+def test_training_writes_config_metrics_and_checkpoints(tmp_path):
+    out = tmp_path / "run"
+    assert main([str(write_recipe(tmp_path)), "--out", str(out), "--set", "train.steps_per_epoch=3"]) == 0
+    rows = [json.loads(line) for line in (out / "metrics.jsonl").read_text().splitlines()]
+    assert [r["epoch"] for r in rows] == [0, 1]
+    need = {"epoch", "lr", "train_loss", "loss_cls", "loss_ssl", "val_acc1", "val_acc5", "gate", "pretext_acc",
+            "images_per_s", "seconds", "world_size", "val_per_class"}
+    assert need <= set(rows[0])
+    assert set(rows[0]["gate"]) == set(rows[0]["pretext_acc"]) == {"rotation", "flip", "perm"}
+    assert abs(sum(rows[0]["gate"].values()) - 1.0) < 1e-4
+    assert rows[0]["train_images"] == 3 * 32 and rows[0]["world_size"] == 1
+    assert (out / "config.toml").read_text().count("[pretext]") == 1
+    assert sorted(p.name for p in (out / "checkpoints").iterdir()) == ["epoch_0001.pt", "epoch_0002.pt"]
+    state = torch.load(out / "checkpoints" / "epoch_0002.pt", weights_only=True)
+    assert state["epoch"] == 2 and {"model", "optimizer", "scheduler", "rng"} <= set(state)
+
+
+def test_existing_run_needs_resume_or_overwrite(tmp_path, capsys):
+    recipe, out = write_recipe(tmp_path), tmp_path / "run"
+    args = [str(recipe), "--out", str(out), "--set", "train.steps_per_epoch=1", "--set", "train.epochs=1"]
+    assert main(args) == 0
+    capsys.readouterr()
+    assert main(args) == 2
+    assert "--resume auto" in capsys.readouterr().err
+    assert main(args + ["--resume", "auto"]) == 0  # already finished: nothing left to do
+    assert main(args + ["--overwrite"]) == 0
+    assert len((out / "metrics.jsonl").read_text().splitlines()) == 1
+
+
+ERRORS = {
+    "missing data root": ('[data]\nname = "cifar10"\nroot = "{tmp}/nowhere"\n', ["nowhere", "cifar"]),
+    "malformed toml": ('[data\nname = "shapes"\n', ["bad.toml", "line 1"]),
+    "unknown key": ('[data]\nnmae = "shapes"\n', ["data.nmae", "image_size"]),
+    "odd image size": ('[data]\nimage_size = 33\n', ["data.image_size", "even"]),
+    "negative lambda": ('[pretext]\nlambda = -0.1\n', ["pretext.lambda", ">= 0"]),
+    "unknown backbone": ('[model]\nbackbone = "resnet32_cifr"\n', ["model.backbone", "resnet32_cifar"]),
+}
+
+
+@pytest.mark.parametrize("case", ERRORS)
+def test_user_errors_exit_2_with_one_clear_line(tmp_path, capsys, case):
+    text, needles = ERRORS[case]
+    recipe = write_recipe(tmp_path, text.format(tmp=tmp_path), name="bad")
+    assert main([str(recipe), "--out", str(tmp_path / "run")]) == 2
+    err = capsys.readouterr().err.strip()
+    assert err.startswith("error: ") and "\n" not in err and "Traceback" not in err
+    for needle in needles:
+        assert needle in err, (needle, err)
+
+
+def test_unsafe_cifar_pickle_is_refused_without_running(tmp_path, capsys):
+    import pickle
+
+    marker = tmp_path / "pwned"
+
+    class Evil:
+        def __reduce__(self):
+            return (os.system, (f"touch {marker}",))
+
+    root = tmp_path / "cifar-10-batches-py"
+    root.mkdir()
+    for name in [f"data_batch_{i}" for i in range(1, 6)] + ["test_batch"]:
+        (root / name).write_bytes(pickle.dumps({b"data": Evil(), b"labels": [0]}, protocol=2))
+    recipe = write_recipe(tmp_path, f'[data]\nname = "cifar10"\nroot = "{root}"\n', name="evil")
+    assert main([str(recipe), "--out", str(tmp_path / "run")]) == 2
+    err = capsys.readouterr().err
+    assert "data_batch_1" in err and not marker.exists()
+
+
+def test_cli_exit_status_and_no_traceback(tmp_path):
+    recipe = write_recipe(tmp_path, '[train]\nloader = "tf.data"\n', name="bad")
+    proc = run_cli(recipe, "--out", tmp_path / "run")
+    assert proc.returncode == 2
+    assert "train.loader" in proc.stderr and "Traceback" not in proc.stderr
+
+
+def final_state(run: Path, epoch: int) -> dict:
+    return torch.load(run / "checkpoints" / f"epoch_{epoch:04d}.pt", weights_only=True)["model"]
+
+
+@pytest.mark.slow
+def test_killed_run_resumes_to_the_same_result(tmp_path):
+    recipe = write_recipe(tmp_path, TINY.replace("epochs = 2", "epochs = 3"))
+    common = ["--set", "train.steps_per_epoch=6"]
+    straight = tmp_path / "straight"
+    assert run_cli(recipe, "--out", straight, *common).returncode == 0
+
+    killed = tmp_path / "killed"
+    proc = subprocess.Popen([sys.executable, "-m", "gssl_fast.train", str(recipe), "--out", str(killed), *common],
+                            cwd=ROOT, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    first = killed / "checkpoints" / "epoch_0001.pt"
+    deadline = time.time() + 300
+    while not first.exists() and proc.poll() is None and time.time() < deadline:
+        time.sleep(0.02)
+    proc.send_signal(signal.SIGKILL)
+    proc.wait()
+    assert proc.returncode == -signal.SIGKILL, "the run ended before it could be killed"
+    assert not (killed / "checkpoints" / "epoch_0003.pt").exists()
+
+    resumed = run_cli(recipe, "--out", killed, "--resume", "auto", *common)
+    assert resumed.returncode == 0, resumed.stderr
+    assert "resumed from" in resumed.stdout
+    a, b = final_state(straight, 3), final_state(killed, 3)
+    assert a.keys() == b.keys()
+    assert all(torch.equal(a[k], b[k]) for k in a), "resumed run differs from the uninterrupted one"
+    epochs = [json.loads(line)["epoch"] for line in (killed / "metrics.jsonl").read_text().splitlines()]
+    assert epochs == [0, 1, 2]
+
+
+def two_process_metrics(out: Path) -> list[dict]:
+    return [json.loads(line) for line in (out / "metrics.jsonl").read_text().splitlines()]
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("launcher", ["accelerate", "torchrun"])
+def test_two_cpu_processes_stay_in_sync(tmp_path, launcher):
+    recipe = write_recipe(tmp_path)
+    out = tmp_path / launcher
+    bin_dir = Path(sys.executable).parent
+    if launcher == "accelerate":
+        cmd = [str(bin_dir / "accelerate"), "launch", "--multi_gpu", "--num_processes", "2", "--num_machines", "1",
+               "--mixed_precision", "no", "--dynamo_backend", "no", "--main_process_port", "29533"]
+    else:
+        cmd = [str(bin_dir / "torchrun"), "--nproc_per_node", "2", "--master_port", "29534"]
+    cmd += ["-m", "gssl_fast.train", str(recipe), "--out", str(out), "--set", "train.steps_per_epoch=3"]
+    proc = subprocess.run(cmd, cwd=ROOT, capture_output=True, text=True, timeout=600,
+                          env={**os.environ, "PYTHONUNBUFFERED": "1"})
+    assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
+    rows = two_process_metrics(out)
+    assert [r["world_size"] for r in rows] == [2, 2]
+    assert all(r["replicas_in_sync"] for r in rows)
+    # Each process took 3 steps of 32 on its own share: 192 images an epoch in all.
+    assert rows[0]["train_images"] == 2 * 3 * 32
+    assert proc.stdout.count("epoch 2/2:") == 1, "only the main process prints"
