@@ -14,7 +14,7 @@ install: $(STAMP)
 $(STAMP): pyproject.toml
 	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
 	$(BIN)/python -m pip install -q $(TORCH_PINS)
-	$(BIN)/python -m pip install -q -e ".[test]"
+	$(BIN)/python -m pip install -q -e ".[test,dali]"
 	touch $@
 
 demo: install
@@ -26,6 +26,7 @@ test: install
 
 bench: install
 	$(BIN)/python bench/transform.py --json bench/out/transform.json
+	$(BIN)/python bench/dali_loader.py --json bench/out/dali_loader.json
 
 clean:
 	rm -rf $(VENV) runs build *.egg-info

@@ -17,6 +17,7 @@ import sys
 import time
 from pathlib import Path
 
+import numpy as np
 import torch
 
 from gssl_fast import checkpoint
@@ -99,6 +100,25 @@ def prepare_run_dir(recipe: Recipe, out, resume, overwrite: bool, accelerator) -
         save_recipe(recipe, run_dir / "config.toml")
     accelerator.wait_for_everyone()
     return run_dir, start
+
+
+# Datasets read from image files, which the DALI loader decodes (on the GPU where there
+# is one) instead of receiving arrays decoded by PIL.
+FILE_DATASETS = ("tinyimagenet", "imagefolder")
+
+
+def loader_source(recipe: Recipe, split: str):
+    """What the loader of ``train.loader`` reads for ``split``: an ``ArrayDataset``, or
+    for DALI on a folder dataset the ``FileList``. Both have ``labels`` and ``classes``.
+    A long-tailed train split stays an array subset."""
+    from gssl_fast.data import load_dataset
+
+    data = recipe.data
+    if recipe.train.loader == "dali" and data.name in FILE_DATASETS and (split == "val" or data.longtail == "none"):
+        from gssl_fast.data.folders import list_folder
+
+        return list_folder(data.root, split)
+    return load_dataset(data, split)
 
 
 def build_loaders(recipe: Recipe, train_ds, val_ds, accelerator):
@@ -195,7 +215,6 @@ def fit(recipe: Recipe, *, out=None, resume=None, overwrite=False) -> Path:
     """Trains ``recipe`` to its last epoch; returns the run folder."""
     from accelerate.utils import set_seed
 
-    from gssl_fast.data import load_dataset
     from gssl_fast.task import build_task
 
     train = recipe.train
@@ -203,10 +222,10 @@ def fit(recipe: Recipe, *, out=None, resume=None, overwrite=False) -> Path:
     threads = set_threads(train, accelerator)
     run_dir, start_from = prepare_run_dir(recipe, out, resume, overwrite, accelerator)
     set_seed(train.seed)  # the same initial weights on every process
-    train_ds, val_ds = load_dataset(recipe.data, "train"), load_dataset(recipe.data, "val")
+    train_ds, val_ds = loader_source(recipe, "train"), loader_source(recipe, "val")
     train_loader, val_loader = build_loaders(recipe, train_ds, val_ds, accelerator)
-    counts = train_ds.class_counts()
-    task = build_task(recipe.model, recipe.pretext, recipe.loss, num_classes=train_ds.num_classes, class_counts=counts)
+    counts = np.bincount(train_ds.labels, minlength=len(train_ds.classes))
+    task = build_task(recipe.model, recipe.pretext, recipe.loss, num_classes=len(train_ds.classes), class_counts=counts)
     if recipe.model.channels_last:
         task = task.to(memory_format=torch.channels_last)
     steps = steps_in_epoch(train_loader, train)
@@ -342,7 +361,7 @@ def describe(recipe, accelerator, threads, train_ds, val_ds, task, steps, first_
     print(
         f"gssl_fast: {recipe.name} | device {accelerator.device} x{accelerator.num_processes} "
         f"({accelerator.distributed_type}), {threads} threads/process, precision {accelerator.mixed_precision}\n"
-        f"data {recipe.data.name}: {len(train_ds)} train / {len(val_ds)} val images, {train_ds.num_classes} classes, "
+        f"data {recipe.data.name}: {len(train_ds.labels)} train / {len(val_ds.labels)} val images, {len(train_ds.classes)} classes, "
         f"{recipe.data.image_size}px, loader {recipe.train.loader}\n"
         f"model {recipe.model.backbone} + heads {list(recipe.pretext.tasks)} ({params / 1e6:.2f}M params), "
         f"gate {recipe.pretext.gate}/{recipe.pretext.combine}, lambda {recipe.pretext.lam}\n"

@@ -185,3 +185,21 @@ def test_two_cpu_processes_stay_in_sync(tmp_path, launcher):
     # Each process took 3 steps of 32 on its own share: 192 images an epoch in all.
     assert rows[0]["train_images"] == 2 * 3 * 32
     assert proc.stdout.count("epoch 2/2:") == 1, "only the main process prints"
+
+
+@pytest.mark.parametrize("loader", ["torch", "dali"])
+def test_tinyimagenet_files_train_with_each_loader(tmp_path, loader):
+    import numpy as np
+
+    from gssl_fast.data.testing import write_tinyimagenet
+
+    rng = np.random.default_rng(0)
+    images = rng.integers(0, 256, (48, 16, 16, 3), dtype=np.uint8)
+    labels = np.arange(48) % 3
+    root = write_tinyimagenet(tmp_path / "tiny", images[:36], labels[:36], images[36:], labels[36:])
+    recipe = write_recipe(tmp_path, TINY.replace('name = "shapes"', f'name = "tinyimagenet"\nroot = "{root}"'))
+    out = tmp_path / "run"
+    assert main([str(recipe), "--out", str(out), "--set", f"train.loader={loader}", "--set", "train.epochs=1",
+                 "--set", "train.batch_size=12"]) == 0
+    row = json.loads((out / "metrics.jsonl").read_text())
+    assert row["train_images"] == 36 and len(row["val_per_class"]) == 3
