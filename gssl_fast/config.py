@@ -256,47 +256,42 @@ def check_model(cfg: ModelConfig, source: str) -> None:
     _rule(0 <= cfg.drop_rate < 1, "model.drop_rate", "be in [0, 1)", cfg.drop_rate, source)
 
 
-GATES = ("reference", "learned")  # SPEC section 2: the authors' code | the paper's text
-COMBINES = ("gated", "sum", "mean")
-
-
 def check_pretext(cfg: PretextConfig, source: str) -> None:
-    # Imported here so that reading a recipe does not import torch.
+    # Imported here so that reading a recipe does not import torch; the allowed values
+    # are the registries next to the code they select.
+    from gssl_fast.losses import COMBINE_MODES, GATE_MODES
     from gssl_fast.pretext import FLIP_AXES, TASKS
 
     _rule(all(t in TASKS for t in cfg.tasks), "pretext.tasks",
           "list task names among " + ", ".join(map(repr, TASKS)), cfg.tasks, source,
           "[] trains the class head alone")
     _rule(len(set(cfg.tasks)) == len(cfg.tasks), "pretext.tasks", "name each task once", cfg.tasks, source)
-    _one_of(cfg.gate, GATES, "pretext.gate", source)
-    _one_of(cfg.combine, COMBINES, "pretext.combine", source)
+    _one_of(cfg.gate, tuple(GATE_MODES), "pretext.gate", source)
+    _one_of(cfg.combine, tuple(COMBINE_MODES), "pretext.combine", source)
     _rule(cfg.lam >= 0, "pretext.lambda", "be >= 0", cfg.lam, source)
     _one_of(cfg.flip_axis, tuple(FLIP_AXES), "pretext.flip_axis", source)
 
 
-LOSSES = ("ce", "ldam")
-
-
 def check_loss(cfg: LossConfig, source: str) -> None:
-    _one_of(cfg.name, LOSSES, "loss.name", source)
+    from gssl_fast.losses import CLASS_LOSSES
+
+    _one_of(cfg.name, tuple(CLASS_LOSSES), "loss.name", source)
     _rule(cfg.ldam_max_margin > 0, "loss.ldam_max_margin", "be > 0", cfg.ldam_max_margin, source)
     _rule(cfg.ldam_scale > 0, "loss.ldam_scale", "be > 0", cfg.ldam_scale, source)
     _rule(cfg.drw_start_epoch >= 0, "loss.drw_start_epoch", "be >= 0", cfg.drw_start_epoch, source)
     _rule(0 <= cfg.drw_beta < 1, "loss.drw_beta", "be in [0, 1)", cfg.drw_beta, source)
 
 
-OPTIMIZERS = ("sgd",)
-SCHEDULES = ("cosine", "step", "constant")
-
-
 def check_optim(cfg: OptimConfig, source: str) -> None:
-    _one_of(cfg.name, OPTIMIZERS, "optim.name", source)
+    from gssl_fast.optim import OPTIMIZERS, SCHEDULES
+
+    _one_of(cfg.name, tuple(OPTIMIZERS), "optim.name", source)
     _rule(cfg.lr > 0, "optim.lr", "be > 0", cfg.lr, source)
     _rule(0 <= cfg.momentum < 1, "optim.momentum", "be in [0, 1)", cfg.momentum, source)
     _rule(cfg.momentum > 0 or not cfg.nesterov, "optim.momentum", "be > 0 with nesterov = true",
           cfg.momentum, source)
     _rule(cfg.weight_decay >= 0, "optim.weight_decay", "be >= 0", cfg.weight_decay, source)
-    _one_of(cfg.schedule, SCHEDULES, "optim.schedule", source)
+    _one_of(cfg.schedule, tuple(SCHEDULES), "optim.schedule", source)
     _rule(cfg.warmup_epochs >= 0, "optim.warmup_epochs", "be >= 0", cfg.warmup_epochs, source)
     if len(cfg.milestones) != len(cfg.milestone_factors):
         raise UserError(
@@ -311,8 +306,7 @@ def check_optim(cfg: OptimConfig, source: str) -> None:
           cfg.milestone_factors, source)
 
 
-PRECISIONS = ("no", "fp16", "bf16")
-LOADERS = ("torch", "dali", "ffcv")  # the pipelines.<name> backends
+PRECISIONS = ("no", "fp16", "bf16")  # Accelerate's mixed_precision values
 
 
 def check_train(cfg: TrainConfig, source: str) -> None:
@@ -323,7 +317,9 @@ def check_train(cfg: TrainConfig, source: str) -> None:
     for key, low in at_least.items():
         _rule(getattr(cfg, key) >= low, f"train.{key}", f"be >= {low}", getattr(cfg, key), source)
     _one_of(cfg.mixed_precision, PRECISIONS, "train.mixed_precision", source)
-    _one_of(cfg.loader, LOADERS, "train.loader", source)
+    from pipelines import LOADERS
+
+    _one_of(cfg.loader, tuple(LOADERS), "train.loader", source)
 
 
 CHECKS = {

@@ -27,14 +27,8 @@ RECIPES = Path(__file__).resolve().parents[2] / "recipes"
 
 
 @pytest.fixture(autouse=True)
-def dataset_registry(monkeypatch):
-    """data.name is checked against gssl_fast.data.DATASETS.
-
-    Until that registry exists, a stand-in with the names the recipes use takes its place.
-    """
-    if not hasattr(gssl_fast.data, "DATASETS"):
-        names = ("shapes", "cifar10", "cifar100", "tinyimagenet")
-        monkeypatch.setattr(gssl_fast.data, "DATASETS", dict.fromkeys(names), raising=False)
+def dataset_registry():
+    """data.name is checked against gssl_fast.data.DATASETS."""
     return gssl_fast.data.DATASETS
 
 
