@@ -1,0 +1,83 @@
+"""Datasets as in-memory uint8 arrays (SPEC section 5).
+
+Every dataset the project reads ends up as an :class:`ArrayDataset` (images
+``[N, H, W, 3]`` uint8, labels ``[N]`` int64); the loaders (torch, DALI, FFCV) start
+from one. :data:`DATASETS` maps ``data.name`` to its reader, and :func:`load_dataset`
+adds what every dataset shares: the long-tailed train split and the resize to
+``data.image_size``.
+
+    shapes.py    the built-in procedural dataset (no download)
+    cifar.py     CIFAR-10/100 python pickles, through a plain-data unpickler
+    folders.py   ImageFolder trees and Tiny-ImageNet-200, decoded with PIL
+    longtail.py  LDAM-DRW long-tailed subsampling
+    testing.py   writers of small datasets in the real file formats, for tests
+"""
+
+from __future__ import annotations
+
+from typing import Callable
+
+from gssl_fast.data.arrays import (
+    CIFAR_MEAN,
+    CIFAR_STD,
+    IMAGENET_MEAN,
+    IMAGENET_STD,
+    ArrayDataset,
+    check_split,
+    resize_images,
+)
+from gssl_fast.data.cifar import cifar10, cifar100
+from gssl_fast.data.folders import FileList, decode_files, imagefolder, list_folder, tinyimagenet
+from gssl_fast.data.longtail import longtail_counts, longtail_indices
+from gssl_fast.data.shapes import make_shapes, shapes
+from gssl_fast.errors import UserError, unknown_name
+
+# data.name -> fn(cfg: DataConfig, split: "train" | "val") -> ArrayDataset
+DATASETS: dict[str, Callable] = {
+    "shapes": shapes,
+    "cifar10": cifar10,
+    "cifar100": cifar100,
+    "tinyimagenet": tinyimagenet,
+    "imagefolder": imagefolder,
+}
+
+
+def load_dataset(cfg, split: str) -> ArrayDataset:
+    """The ``split`` ("train" or "val") of the dataset ``cfg.name`` (a DataConfig).
+
+    The train split is subsampled to a long tail when ``cfg.longtail != "none"``
+    (``longtail_indices``: LDAM-DRW's per-class counts and selection). Images whose size
+    differs from ``cfg.image_size`` are resized to ``image_size x image_size`` with PIL's
+    bilinear filter, antialiased when shrinking (``resize_images``).
+    """
+    check_split(split)
+    if cfg.name not in DATASETS:
+        raise unknown_name("dataset (data.name)", cfg.name, DATASETS)
+    dataset = DATASETS[cfg.name](cfg, split)
+    if split == "train" and cfg.longtail != "none":
+        try:
+            keep = longtail_indices(
+                dataset.labels, cfg.longtail, cfg.imbalance_ratio, num_classes=dataset.num_classes
+            )
+        except ValueError as e:  # a bad data.longtail / data.imbalance_ratio
+            raise UserError(str(e)) from None
+        dataset = dataset.subset(keep)
+    return dataset.resized(cfg.image_size)
+
+
+__all__ = [
+    "ArrayDataset",
+    "CIFAR_MEAN",
+    "CIFAR_STD",
+    "DATASETS",
+    "FileList",
+    "IMAGENET_MEAN",
+    "IMAGENET_STD",
+    "decode_files",
+    "list_folder",
+    "load_dataset",
+    "longtail_counts",
+    "longtail_indices",
+    "make_shapes",
+    "resize_images",
+]

@@ -1,0 +1,229 @@
+"""Image files on disk: ImageFolder trees and Tiny-ImageNet-200.
+
+Listing and decoding are separate steps: ``list_*`` returns a :class:`FileList` (paths and
+labels, nothing decoded), which the DALI and FFCV pipelines can read themselves;
+:func:`decode_files` turns one into an in-memory :class:`ArrayDataset`.
+
+    ImageFolder:    root/<class>/**/*.jpg|jpeg|png|bmp|webp, or root/train/<class>/... and
+                    root/val/<class>/... for both splits
+    Tiny-ImageNet:  root/wnids.txt, root/train/<wnid>/images/*.JPEG,
+                    root/val/images/*.JPEG labelled by root/val/val_annotations.txt
+"""
+
+from __future__ import annotations
+
+import os
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+from PIL import Image
+
+from gssl_fast.data.arrays import IMAGENET_MEAN, IMAGENET_STD, ArrayDataset, check_split, resize_image
+from gssl_fast.errors import UserError
+
+IMAGE_EXTENSIONS = (".jpg", ".jpeg", ".png", ".bmp", ".webp")
+TINY_URL = "http://cs231n.stanford.edu/tiny-imagenet-200.zip"
+TINY_HELP = (
+    f"Tiny-ImageNet-200 comes from {TINY_URL}; unzip it and set data.root to the "
+    "tiny-imagenet-200 folder (the one holding wnids.txt)"
+)
+FOLDER_HELP = (
+    "data.root must point at an ImageFolder tree: root/<class>/*.jpg|png, or "
+    "root/train/<class>/... and root/val/<class>/... for both splits"
+)
+
+
+@dataclass(frozen=True, eq=False)
+class FileList:
+    """Image files and their labels, not decoded.
+
+    paths: file paths as strings; labels: ``[N]`` int64 indices into ``classes``.
+    """
+
+    paths: tuple[str, ...]
+    labels: np.ndarray
+    classes: tuple[str, ...]
+
+    def __post_init__(self):
+        paths = tuple(str(p) for p in self.paths)
+        labels = np.asarray(self.labels, dtype=np.int64).reshape(-1)
+        if labels.shape[0] != len(paths):
+            raise ValueError(f"{len(paths)} paths but {labels.shape[0]} labels")
+        object.__setattr__(self, "paths", paths)
+        object.__setattr__(self, "labels", labels)
+        object.__setattr__(self, "classes", tuple(str(c) for c in self.classes))
+
+    def __len__(self) -> int:
+        return len(self.paths)
+
+
+def _is_image(path: Path) -> bool:
+    return path.suffix.lower() in IMAGE_EXTENSIONS and path.is_file()
+
+
+def _images_under(folder: Path) -> list[Path]:
+    """Image files anywhere below ``folder``, sorted by path; hidden entries skipped."""
+    found = []
+    for dirpath, dirnames, filenames in os.walk(folder, followlinks=True):
+        dirnames[:] = [d for d in dirnames if not d.startswith(".")]
+        found.extend(Path(dirpath) / f for f in filenames if not f.startswith("."))
+    return sorted((p for p in found if _is_image(p)), key=lambda p: str(p.relative_to(folder)))
+
+
+def _existing_dir(root, what: str, help_text: str) -> Path:
+    if not str(root):
+        raise UserError(f"data.root is empty. {help_text}")
+    root = Path(root).expanduser()
+    if not root.is_dir():
+        raise UserError(f"{what} folder {root} does not exist. {help_text}")
+    return root
+
+
+def list_image_folder(root, classes=None) -> FileList:
+    """ImageFolder tree ``root/<class>/...``: one class per subfolder.
+
+    classes: default the sorted subfolder names (label ``k`` = ``classes[k]``); pass the
+        train split's classes when listing val so the labels agree (a val subfolder
+        outside them is an error, a class without val images is fine).
+    Files of a class are every image below its folder (case-insensitive extensions
+    ``IMAGE_EXTENSIONS``), sorted by path.
+    """
+    root = _existing_dir(root, "ImageFolder", FOLDER_HELP)
+    folders = sorted(d.name for d in root.iterdir() if d.is_dir() and not d.name.startswith("."))
+    classes = tuple(folders) if classes is None else tuple(classes)
+    index = {c: k for k, c in enumerate(classes)}
+    paths, labels = [], []
+    for name in folders:
+        files = _images_under(root / name)
+        if name not in index:
+            if files:
+                raise UserError(f"{root / name} is not one of the {len(classes)} train classes; {FOLDER_HELP}")
+            continue
+        paths.extend(str(p) for p in files)
+        labels.extend([index[name]] * len(files))
+    if not paths:
+        raise UserError(f"no images ({', '.join(IMAGE_EXTENSIONS)}) found in class folders under {root}. {FOLDER_HELP}")
+    return FileList(tuple(paths), np.asarray(labels, dtype=np.int64), classes)
+
+
+def read_wnids(root) -> tuple[str, ...]:
+    """The class ids of a Tiny-ImageNet root, in the order of ``wnids.txt``."""
+    root = _existing_dir(root, "Tiny-ImageNet", TINY_HELP)
+    path = root / "wnids.txt"
+    if not path.is_file():
+        raise UserError(f"{path} is missing: {root} is not a Tiny-ImageNet-200 folder. {TINY_HELP}")
+    wnids = tuple(line.strip() for line in path.read_text().splitlines() if line.strip())
+    if not wnids or len(set(wnids)) != len(wnids):
+        raise UserError(f"{path} must list distinct class ids, one per line")
+    return wnids
+
+
+def list_tinyimagenet(root, split: str) -> FileList:
+    """Tiny-ImageNet-200 as it unzips, no file moved.
+
+    train: ``train/<wnid>/images/*``, classes in the order of ``wnids.txt``, files sorted.
+    val: ``val/images/<file>`` labelled by ``val/val_annotations.txt`` (tab-separated
+    ``file, wnid, x0, y0, x1, y1``), in the order of the annotation file.
+    """
+    check_split(split)
+    wnids = read_wnids(root)
+    root = Path(root).expanduser()
+    index = {w: k for k, w in enumerate(wnids)}
+    paths, labels = [], []
+    if split == "train":
+        for k, wnid in enumerate(wnids):
+            folder = root / "train" / wnid / "images"
+            if not folder.is_dir():
+                raise UserError(f"Tiny-ImageNet train folder {folder} is missing. {TINY_HELP}")
+            files = sorted(p for p in folder.iterdir() if _is_image(p))
+            paths.extend(str(p) for p in files)
+            labels.extend([k] * len(files))
+    else:
+        notes = root / "val" / "val_annotations.txt"
+        if not notes.is_file():
+            raise UserError(f"Tiny-ImageNet val labels {notes} are missing. {TINY_HELP}")
+        for n, line in enumerate(notes.read_text().splitlines(), 1):
+            if not line.strip():
+                continue
+            fields = line.split("\t")
+            if len(fields) < 2 or fields[1].strip() not in index:
+                raise UserError(
+                    f"{notes}, line {n}: expected 'file<TAB>wnid<TAB>box' with a wnid of wnids.txt, got {line!r}"
+                )
+            paths.append(str(root / "val" / "images" / fields[0].strip()))
+            labels.append(index[fields[1].strip()])
+    if not paths:
+        raise UserError(f"no Tiny-ImageNet {split} images found under {root}. {TINY_HELP}")
+    return FileList(tuple(paths), np.asarray(labels, dtype=np.int64), wnids)
+
+
+def list_folder(root, split: str = "train") -> FileList:
+    """Either layout: Tiny-ImageNet when ``root/wnids.txt`` exists, else ImageFolder
+    (``root/<split>`` when root has ``train/`` and ``val/``, else root itself as train)."""
+    check_split(split)
+    base = _existing_dir(root, "image", FOLDER_HELP)
+    if (base / "wnids.txt").is_file():
+        return list_tinyimagenet(base, split)
+    if (base / "train").is_dir() and (base / "val").is_dir():
+        train = list_image_folder(base / "train")
+        return train if split == "train" else list_image_folder(base / "val", train.classes)
+    if split == "val":
+        raise UserError(f"{base} has no val/ folder, so there is no val split. {FOLDER_HELP}")
+    return list_image_folder(base)
+
+
+def _default_workers() -> int:
+    try:
+        return max(1, len(os.sched_getaffinity(0)))
+    except AttributeError:  # not Linux
+        return os.cpu_count() or 1
+
+
+def decode_files(files: FileList, image_size: int, *, workers: int = 0) -> ArrayDataset:
+    """Decodes every file to RGB and resizes it to ``image_size`` square when needed
+    (PIL bilinear, antialiased when shrinking; see ``resize_image``).
+
+    workers: decoding threads (PIL releases the GIL while decoding); 0 = the cores this
+        process may use, 1 = no thread pool.
+    Returns images ``[N, S, S, 3]`` uint8 with the ImageNet normalization. An unreadable
+    file raises UserError naming it.
+    """
+    if image_size < 1:
+        raise ValueError(f"image_size must be positive, got {image_size}")
+    out = np.empty((len(files), image_size, image_size, 3), dtype=np.uint8)
+
+    def decode(i: int) -> None:
+        path = files.paths[i]
+        try:
+            with Image.open(path) as image:
+                out[i] = np.asarray(resize_image(image.convert("RGB"), image_size))
+        except (OSError, ValueError, Image.DecompressionBombError) as e:
+            raise UserError(f"cannot read image {path}: {e}") from None
+
+    workers = workers or _default_workers()
+    if workers == 1 or len(files) < 2:
+        for i in range(len(files)):
+            decode(i)
+    else:
+        with ThreadPoolExecutor(workers) as pool:
+            for _ in pool.map(decode, range(len(files))):
+                pass
+    return ArrayDataset(out, files.labels, files.classes, IMAGENET_MEAN, IMAGENET_STD)
+
+
+def _tiny_root(root) -> Path | str:
+    """``root``, or ``root/tiny-imagenet-200`` when root is the folder the zip was unpacked in."""
+    inner = Path(root).expanduser() / "tiny-imagenet-200"
+    return inner if str(root) and (inner / "wnids.txt").is_file() else root
+
+
+def tinyimagenet(cfg, split: str) -> ArrayDataset:
+    """Registry entry: Tiny-ImageNet-200 from ``cfg.root`` at ``cfg.image_size``."""
+    return decode_files(list_tinyimagenet(_tiny_root(cfg.root), split), cfg.image_size)
+
+
+def imagefolder(cfg, split: str) -> ArrayDataset:
+    """Registry entry: an ImageFolder (or Tiny-ImageNet) tree at ``cfg.root``, ``cfg.image_size``."""
+    return decode_files(list_folder(cfg.root, split), cfg.image_size)
