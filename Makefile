@@ -6,16 +6,26 @@ BIN := $(VENV)/bin
 # declares the range any other machine may use.
 TORCH_PINS ?= torch==2.14.1 torchvision==0.29.1
 STAMP := $(VENV)/.installed
+# ffcv builds against these Debian packages.
+FFCV_APT := libopencv-dev libturbojpeg0-dev pkg-config
 
-.PHONY: install demo test bench clean
+.PHONY: install ffcv-deps demo test bench clean
 
 install: $(STAMP)
 
 $(STAMP): pyproject.toml
+	$(MAKE) ffcv-deps
 	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
 	$(BIN)/python -m pip install -q $(TORCH_PINS)
-	$(BIN)/python -m pip install -q -e ".[test,dali]"
+	$(BIN)/python -m pip install -q -e ".[test,dali,ffcv]"
 	touch $@
+
+ffcv-deps:
+	@if ! pkg-config --exists opencv4 libturbojpeg 2>/dev/null; then \
+	  if [ "$$(id -u)" = 0 ] && command -v apt-get >/dev/null; then \
+	    apt-get update -q && DEBIAN_FRONTEND=noninteractive apt-get install -y -q $(FFCV_APT); \
+	  else echo "ffcv needs OpenCV and libjpeg-turbo; as root run: apt-get install -y $(FFCV_APT)"; exit 1; fi; \
+	fi
 
 demo: install
 	$(BIN)/accelerate launch --num_processes 1 --num_machines 1 --mixed_precision no --dynamo_backend no \
@@ -27,6 +37,7 @@ test: install
 bench: install
 	$(BIN)/python bench/transform.py --json bench/out/transform.json
 	$(BIN)/python bench/dali_loader.py --json bench/out/dali_loader.json
+	$(BIN)/python bench/ffcv_loader.py --json bench/out/ffcv_loader.json
 
 clean:
 	rm -rf $(VENV) runs build *.egg-info

@@ -30,6 +30,7 @@ class DataConfig:
     root: str = ""  # dataset folder (CIFAR batches, Tiny-ImageNet, ImageFolder); unused by shapes
     image_size: int = 32  # side in pixels after resizing; even when a pretext task is on
     crop_padding: int = 4  # pixels of zero padding of the random crop; 0 disables the crop
+    hflip: bool = True  # random whole-image horizontal flip of training images
     mean: tuple[float, ...] = ()  # per-channel normalization mean in [0, 1]; () = dataset default
     std: tuple[float, ...] = ()  # per-channel std in [0, 1]; () = dataset default
     longtail: str = "none"  # "none" | "exp" | "step": long-tailed subsampling of the train split

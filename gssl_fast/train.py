@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import argparse
 import os
+import shutil
 import sys
 import time
 from pathlib import Path
@@ -97,6 +98,7 @@ def prepare_run_dir(recipe: Recipe, out, resume, overwrite: bool, accelerator) -
             for old in found:
                 old.unlink()
             (run_dir / "metrics.jsonl").unlink(missing_ok=True)
+            shutil.rmtree(run_dir / "data", ignore_errors=True)  # .beton files of the old recipe
         save_recipe(recipe, run_dir / "config.toml")
     accelerator.wait_for_everyone()
     return run_dir, start
@@ -107,18 +109,48 @@ def prepare_run_dir(recipe: Recipe, out, resume, overwrite: bool, accelerator) -
 FILE_DATASETS = ("tinyimagenet", "imagefolder")
 
 
-def loader_source(recipe: Recipe, split: str):
-    """What the loader of ``train.loader`` reads for ``split``: an ``ArrayDataset``, or
-    for DALI on a folder dataset the ``FileList``. Both have ``labels`` and ``classes``.
-    A long-tailed train split stays an array subset."""
+def loader_source(recipe: Recipe, split: str, run_dir: Path, accelerator):
+    """``(source, dataset)`` for the loader of ``train.loader`` and ``split``.
+
+    ``dataset`` has the ``labels`` and ``classes``; ``source`` is what the loader reads:
+    the same ``ArrayDataset``; for DALI on a folder dataset the ``FileList`` (DALI
+    decodes the files; a long-tailed train split stays an array subset); for FFCV a
+    ``.beton`` file (``data.beton`` for the train split, else converted once into the
+    run folder).
+    """
     from gssl_fast.data import load_dataset
 
-    data = recipe.data
-    if recipe.train.loader == "dali" and data.name in FILE_DATASETS and (split == "val" or data.longtail == "none"):
+    data, loader = recipe.data, recipe.train.loader
+    if loader == "dali" and data.name in FILE_DATASETS and (split == "val" or data.longtail == "none"):
         from gssl_fast.data.folders import list_folder
 
-        return list_folder(data.root, split)
-    return load_dataset(data, split)
+        files = list_folder(data.root, split)
+        return files, files
+    dataset = load_dataset(data, split)
+    if loader == "ffcv":
+        return ffcv_file(data.beton if split == "train" else "", split, dataset, run_dir, accelerator), dataset
+    return dataset, dataset
+
+
+def ffcv_file(given: str, split: str, dataset, run_dir: Path, accelerator) -> str:
+    """The ``.beton`` of ``split``: ``given``, or ``<run>/data/<split>.beton``, written
+    by the main process (to a temporary name, then renamed) while the others wait."""
+    if given:
+        if not Path(given).is_file():
+            raise UserError(f"data.beton = {given!r}: no such file; write it with "
+                            f"python -m pipelines.ffcv RECIPE.toml --split train --out {given}, or set data.beton = ''")
+        return given
+    path = run_dir / "data" / f"{split}.beton"
+    if accelerator.is_main_process and not path.exists():
+        from pipelines.ffcv import convert
+        from pipelines.ffcv.convert import info_path
+
+        partial = path.with_name(f"partial-{split}.beton")
+        convert(dataset, partial)
+        os.replace(info_path(partial), info_path(path))
+        os.replace(partial, path)
+    accelerator.wait_for_everyone()
+    return str(path)
 
 
 def build_loaders(recipe: Recipe, train_ds, val_ds, accelerator):
@@ -130,6 +162,7 @@ def build_loaders(recipe: Recipe, train_ds, val_ds, accelerator):
     common = dict(
         image_size=data.image_size, seed=train.seed, shard_id=accelerator.process_index,
         num_shards=accelerator.num_processes, device=accelerator.device, crop_padding=data.crop_padding,
+        hflip=data.hflip,
         flip_axis=recipe.pretext.flip_axis, mean=data.mean or None, std=data.std or None,
     )
     # drop_last keeps every process at the same number of steps (DDP needs it).
@@ -222,8 +255,9 @@ def fit(recipe: Recipe, *, out=None, resume=None, overwrite=False) -> Path:
     threads = set_threads(train, accelerator)
     run_dir, start_from = prepare_run_dir(recipe, out, resume, overwrite, accelerator)
     set_seed(train.seed)  # the same initial weights on every process
-    train_ds, val_ds = loader_source(recipe, "train"), loader_source(recipe, "val")
-    train_loader, val_loader = build_loaders(recipe, train_ds, val_ds, accelerator)
+    train_src, train_ds = loader_source(recipe, "train", run_dir, accelerator)
+    val_src, val_ds = loader_source(recipe, "val", run_dir, accelerator)
+    train_loader, val_loader = build_loaders(recipe, train_src, val_src, accelerator)
     counts = np.bincount(train_ds.labels, minlength=len(train_ds.classes))
     task = build_task(recipe.model, recipe.pretext, recipe.loss, num_classes=len(train_ds.classes), class_counts=counts)
     if recipe.model.channels_last:

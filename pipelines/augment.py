@@ -68,6 +68,7 @@ def augment_batch(
     augment: bool = True,
     normalize_to: tuple[Sequence[float], Sequence[float]] | None = None,
     padding: int = 4,
+    hflip: bool = True,
     flip_axis: str = "horizontal",
 ) -> dict[str, torch.Tensor]:
     """The training transforms of one batch, in SPEC order.
@@ -77,14 +78,16 @@ def augment_batch(
     (float32 normalized when ``normalize_to = (mean, std)``, else uint8) and the
     ``[B]`` int64 parameters ``quadrant``, ``flip``, ``rotation``, ``perm`` plus
     ``target_<task>`` of the enabled tasks; all zeros and no transform when
-    ``tasks`` is empty (evaluation).
+    ``tasks`` is empty (evaluation). ``hflip=False`` keeps the random crop but drops the
+    whole-image flip (the draws stay the same, so only the flip changes).
     """
     b = images.shape[0]
     dev = images.device
     if augment:
         aug = draw_crop_flip(b, padding=padding, generator=generator)
         images = crop_with_padding(images, aug["crop_y"], aug["crop_x"], padding)
-        images = flip_images(images, aug["hflip"])
+        if hflip:
+            images = flip_images(images, aug["hflip"])
     if tasks:
         params = draw_localizable(b, tasks=tasks, generator=generator, device=dev)
         images = apply_localizable(images, **{k: params[k] for k in PARAM_KEYS}, flip_axis=flip_axis)

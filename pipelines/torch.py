@@ -54,6 +54,7 @@ class TorchLoader:
         num_shards: int,
         device: torch.device,
         crop_padding: int = 4,
+        hflip: bool = True,
         flip_axis: str = "horizontal",
         mean: Sequence[float] | None = None,
         std: Sequence[float] | None = None,
@@ -66,7 +67,7 @@ class TorchLoader:
         self.augment, self.shuffle, self.drop_last = augment, shuffle, drop_last
         self.seed, self.shard_id, self.num_shards = seed, shard_id, num_shards
         self.device = device
-        self.crop_padding, self.flip_axis = crop_padding, flip_axis
+        self.crop_padding, self.hflip, self.flip_axis = crop_padding, hflip, flip_axis
         self.normalize_to = (tuple(mean or dataset.mean), tuple(std or dataset.std)) if normalize else None
         self.epoch = 0
         self._images = _stage(dataset.images, device)  # [N, 3, H, W] uint8
@@ -103,7 +104,7 @@ class TorchLoader:
         images = self._images[src].to(self.device, non_blocking=True)
         out = augment_batch(
             images, tasks=self.tasks, generator=gen, augment=self.augment,
-            normalize_to=self.normalize_to, padding=self.crop_padding, flip_axis=self.flip_axis,
+            normalize_to=self.normalize_to, padding=self.crop_padding, hflip=self.hflip, flip_axis=self.flip_axis,
         )
         out["labels"] = self._labels[src].to(self.device, non_blocking=True)
         out["indices"] = idx.to(self.device)
@@ -139,6 +140,7 @@ def make_loader(
     device: torch.device | str | None = None,
     split: str = "train",
     crop_padding: int = 4,
+    hflip: bool = True,
     flip_axis: str = "horizontal",
     mean: Sequence[float] | None = None,
     std: Sequence[float] | None = None,
@@ -148,6 +150,8 @@ def make_loader(
     source: ``(images [N, H, W, 3] uint8, labels [N] int)``, an ``ArrayDataset``, or a
     folder (ImageFolder or Tiny-ImageNet; ``split`` picks train or val there).
     device: where batches are delivered; None = CUDA when available, else CPU.
+    crop_padding, hflip: the augmentation (with ``augment=True``): random crop with this
+    zero padding (0 = none), whole-image horizontal flip.
     mean, std: normalization in [0, 1] units; None = the source's defaults (CIFAR
     statistics for a plain array pair).
     """
@@ -157,5 +161,6 @@ def make_loader(
     return TorchLoader(
         dataset, batch_size=batch_size, tasks=tasks, augment=augment, normalize=normalize,
         shuffle=shuffle, drop_last=drop_last, seed=seed, shard_id=shard_id, num_shards=num_shards,
-        device=torch.device(device), crop_padding=crop_padding, flip_axis=flip_axis, mean=mean, std=std,
+        device=torch.device(device), crop_padding=crop_padding, hflip=hflip, flip_axis=flip_axis,
+        mean=mean, std=std,
     )

@@ -104,10 +104,11 @@ class GraphOptions:
     flip_axis: str
     normalize: tuple[tuple[float, ...], tuple[float, ...]] | None  # (mean, std) in [0, 1] units
     gpu: bool
+    hflip: bool = True  # whole-image flip as part of the augmentation
 
     @property
     def fields(self) -> dict[str, int]:
-        return code_fields(self.tasks, self.augment)
+        return code_fields(self.tasks, self.augment and self.hflip)
 
 
 def crop_step(images, *, padding: int, size: tuple[int, int]):
@@ -175,7 +176,7 @@ def transform_graph(images, indices, opts: GraphOptions) -> dict:
     if opts.tasks:
         tables = localizable_tables(opts.size[0], fields, opts.flip_axis)
         images = localizable_step(images, code, tables, opts.size[0])
-    mirror = code // (size // 2) if opts.augment else None
+    mirror = code // (size // 2) if fields["hflip"] == 2 else None
     out["images"] = output_step(images, mirror=mirror, normalize=opts.normalize)
     if code is not None:
         out["code"] = code

@@ -185,6 +185,7 @@ def make_loader(
     device: torch.device | str | None = None,
     split: str = "train",
     crop_padding: int = 4,
+    hflip: bool = True,
     flip_axis: str = "horizontal",
     mean: Sequence[float] | None = None,
     std: Sequence[float] | None = None,
@@ -200,6 +201,8 @@ def make_loader(
     the graph runs on that GPU (decoding "mixed"), on the CPU otherwise.
     mean, std: normalization in [0, 1] units; None = the source's defaults (ImageNet
     statistics for a folder).
+    crop_padding, hflip: the augmentation (with ``augment=True``): random crop with this
+    zero padding, whole-image horizontal flip.
     num_threads: DALI CPU worker threads; None = the cores this process may use, at most 8.
     """
     if flip_axis not in FLIP_AXES:
@@ -220,7 +223,7 @@ def make_loader(
     opts = GraphOptions(
         size=size, tasks=tasks, augment=augment, padding=crop_padding, flip_axis=flip_axis,
         normalize=(tuple(mean or defaults[0]), tuple(std or defaults[1])) if normalize else None,
-        gpu=device.type == "cuda",
+        gpu=device.type == "cuda", hflip=hflip,
     )
     return DaliLoader(dataset, batch_size=batch_size, opts=opts, shuffle=shuffle, drop_last=drop_last, seed=seed,
                       shard_id=shard_id, num_shards=num_shards, device=device,

@@ -42,7 +42,7 @@ def every_section_recipe():
     """A recipe where every key differs from its default, with awkward values."""
     return Recipe(
         name="every",
-        data=DataConfig(name="cifar100", root='dir with "quotes" \\ and é\t', image_size=48, crop_padding=0,
+        data=DataConfig(name="cifar100", root='dir with "quotes" \\ and é\t', image_size=48, crop_padding=0, hflip=False,
                         mean=(0.1 + 0.2, 0.5, 1.0), std=(1e-05, 0.2, 0.3), longtail="step",
                         imbalance_ratio=0.02, train_size=7, val_size=3, seed=5, beton="x.beton"),
         model=ModelConfig(backbone="resnet18", pretrained=True, drop_rate=0.25, channels_last=True),

@@ -187,7 +187,7 @@ def test_two_cpu_processes_stay_in_sync(tmp_path, launcher):
     assert proc.stdout.count("epoch 2/2:") == 1, "only the main process prints"
 
 
-@pytest.mark.parametrize("loader", ["torch", "dali"])
+@pytest.mark.parametrize("loader", ["torch", "dali", "ffcv"])
 def test_tinyimagenet_files_train_with_each_loader(tmp_path, loader):
     import numpy as np
 

@@ -228,3 +228,12 @@ def test_readme_example(tmp_path):
     # --- README example ends
 
     assert len(loader) == 2 and loader.epoch == 2 and torch.isfinite(loss)
+
+
+def test_hflip_off_keeps_crop_and_transform_only():
+    images, labels = arrays(128, 32)
+    loader = make_loader((images, labels), batch_size=64, normalize=False, hflip=False, seed=3, device="cpu")
+    src = torch.from_numpy(images).permute(0, 3, 1, 2)
+    for b in collect(loader):
+        assert b["hflip"].eq(0).all()
+        assert torch.equal(b["images"], augmented_reference(b, src, 4))

@@ -84,3 +84,17 @@ def test_bad_source_and_shape():
         make_loader((np.zeros((4, 8, 8, 3), np.float32), np.zeros(4, int)), batch_size=2)
     with pytest.raises(TypeError, match="source"):
         make_loader(42, batch_size=2)
+
+
+def test_hflip_off_keeps_crop_and_transform():
+    from pipelines.augment import crop_with_padding, draw_crop_flip
+    from pipelines.sampling import epoch_indices, generator
+    from gssl_fast.pretext import PARAM_KEYS, apply_localizable
+
+    images, labels = arrays(64, 16)
+    b = collect(make_loader((images, labels), batch_size=64, normalize=False, hflip=False, seed=5, device="cpu"))[0]
+    gen = generator(5, "augment", 0, 0)
+    aug = draw_crop_flip(64, padding=4, generator=gen)
+    src = torch.from_numpy(images).permute(0, 3, 1, 2)[b["indices"]]
+    expect = apply_localizable(crop_with_padding(src, aug["crop_y"], aug["crop_x"], 4), **{k: b[k] for k in PARAM_KEYS})
+    assert torch.equal(b["images"], expect)

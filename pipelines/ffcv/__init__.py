@@ -1,0 +1,29 @@
+"""FFCV loader: ``.beton`` files in, G-SSL batches with pseudo-labels out.
+
+    python -m pipelines.ffcv recipes/cifar10_lt.toml --split train --out data/c10lt.beton
+
+    from pipelines.ffcv import make_loader
+    loader = make_loader("data/c10lt.beton", batch_size=128, device="cuda")
+    for batch in loader:
+        batch["images"], batch["target_rotation"], ...
+
+    convert.py   datasets -> .beton (+ a JSON of classes, mean, std)
+    ops.py       FFCV operations: crop and flip, the localizable transform, its parameters,
+                 normalization; numba kernels
+    loader.py    make_loader: the loader contract (SPEC section 6)
+    __main__.py  the command line of convert
+
+Needs the ``ffcv`` extra (``pip install -e .[ffcv]``; it builds against OpenCV and
+libjpeg-turbo).
+"""
+
+import torch
+
+_threads = torch.get_num_threads()
+from pipelines.ffcv.convert import convert, read_info  # noqa: E402
+from pipelines.ffcv.loader import FFCVLoader, make_loader  # noqa: E402
+
+# Importing ffcv sets torch's thread count to 1 (ffcv.pipeline.compiler); the process keeps its own.
+torch.set_num_threads(_threads)
+
+__all__ = ["FFCVLoader", "convert", "make_loader", "read_info"]
