@@ -97,14 +97,18 @@ SHAPES = {
 }
 CLASSES: tuple[str, ...] = tuple(SHAPES)
 
-# One tile of the background texture: an S tetromino (its mirror image is a Z, which no
-# rotation turns back into an S), so every patch of background shows its handedness.
-GLYPH = np.array([[0, 1, 1, 0], [1, 1, 0, 0], [0, 0, 0, 0], [0, 0, 0, 0]], dtype=np.float32)
+# One tile of the background texture: an S-shaped glyph of 3 x 3 blocks. Its mirror image
+# is a Z, which no rotation turns back into an S, so every patch of background shows its
+# handedness; at 3 x 3 pixels a single convolution can tell the two apart. Empty rows
+# and columns keep neighbouring glyphs apart: touching glyphs would merge into diagonal
+# stripes, whose mirror image is only a rotation and so shows no handedness.
+GLYPH = np.zeros((5, 5), dtype=np.float32)
+GLYPH[0, 1:3] = GLYPH[1, 1] = GLYPH[2, 0:2] = 1.0
 
 
 def _block(side: int) -> int:
-    """Pixels per glyph block: 2 at 32 x 32, so a tile is 8 pixels."""
-    return max(1, side // 16)
+    """Pixels per glyph block: 1 at 32 x 32 (a 3 x 3 glyph every 5 pixels), 2 at 64 x 64."""
+    return max(1, side // 32)
 
 
 def _draw_scenes(rng: np.random.Generator, labels: np.ndarray, side: int) -> dict[str, np.ndarray]:
@@ -133,9 +137,9 @@ def _draw_scenes(rng: np.random.Generator, labels: np.ndarray, side: int) -> dic
         "light_tilt": u(0.2, 0.26),  # brightness also falls from left to right
         "blue_left": u(0.35, 0.45),
         "blue_right": u(0.95, 1.0),
-        "glyph_x": rng.integers(0, 4 * _block(side), n),  # offset of the texture's tiling
-        "glyph_y": rng.integers(0, 4 * _block(side), n),
-        "glyph_depth": u(0.15, 0.22),  # how much darker the glyphs are than the background
+        "glyph_x": rng.integers(0, GLYPH.shape[1] * _block(side), n),  # offset of the texture's tiling
+        "glyph_y": rng.integers(0, GLYPH.shape[0] * _block(side), n),
+        "glyph_depth": u(0.25, 0.35),  # how much darker the glyphs are than the background
     }
 
 
