@@ -203,3 +203,22 @@ def test_tinyimagenet_files_train_with_each_loader(tmp_path, loader):
                  "--set", "train.batch_size=12"]) == 0
     row = json.loads((out / "metrics.jsonl").read_text())
     assert row["train_images"] == 36 and len(row["val_per_class"]) == 3
+
+
+def test_long_tailed_ldam_drw_run_reports_shot_groups(tmp_path):
+    text = TINY.replace("train_size = 256", "train_size = 600\nlongtail = \"exp\"\nimbalance_ratio = 0.1") + """
+[loss]
+name = "ldam"
+drw = true
+drw_start_epoch = 1
+"""
+    out = tmp_path / "run"
+    assert main([str(write_recipe(tmp_path, text)), "--out", str(out), "--set", "train.steps_per_epoch=2"]) == 0
+    rows = [json.loads(line) for line in (out / "metrics.jsonl").read_text().splitlines()]
+    assert {"val_many_shot", "val_medium_shot", "val_few_shot"} <= set(rows[0])
+    state = torch.load(out / "checkpoints" / "epoch_0002.pt", weights_only=True)["model"]
+    weight = state["class_loss.weight"]
+    # Re-weighting is on from epoch 1: the rarest class (the last) weighs the most.
+    assert not torch.allclose(weight, torch.ones_like(weight)) and weight.argmax() == len(weight) - 1
+    first = torch.load(out / "checkpoints" / "epoch_0001.pt", weights_only=True)["model"]["class_loss.weight"]
+    assert torch.equal(first, torch.ones_like(first))

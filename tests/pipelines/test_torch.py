@@ -88,7 +88,7 @@ def test_bad_source_and_shape():
 
 def test_hflip_off_keeps_crop_and_transform():
     from pipelines.augment import crop_with_padding, draw_crop_flip
-    from pipelines.sampling import epoch_indices, generator
+    from pipelines.sampling import generator
     from gssl_fast.pretext import PARAM_KEYS, apply_localizable
 
     images, labels = arrays(64, 16)
