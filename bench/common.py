@@ -101,3 +101,61 @@ def write_json(path: str | None, title: str, info: dict, rows: list[dict]) -> No
         return
     Path(path).parent.mkdir(parents=True, exist_ok=True)
     Path(path).write_text(json.dumps({"benchmark": title, "header": info, "rows": rows}, indent=2) + "\n")
+
+
+# ---------------------------------------------------------------- added for the bench suite
+
+
+def time_interleaved(fns: dict, *, repeats: int = 7, warmup: int = 2, device: torch.device | str = "cpu",
+                     devices: dict | None = None) -> dict[str, list[float]]:
+    """Seconds per call of each of ``fns`` (name -> callable), the variants alternating:
+    round ``i`` times each once, in an order rotated by ``i``, so a change of load on a
+    shared machine falls on every variant instead of on one. Warm-up calls of every
+    variant come first and are not timed. ``devices`` (name -> device) overrides
+    ``device`` for the variants that run elsewhere (a CPU kernel in a CUDA run)."""
+    names = list(fns)
+    where = {name: (devices or {}).get(name, device) for name in names}
+    for name in names:
+        time_runs(fns[name], repeats=0, warmup=warmup, device=where[name])
+    times: dict[str, list[float]] = {name: [] for name in names}
+    for i in range(repeats):
+        for name in names[i % len(names):] + names[: i % len(names)]:
+            times[name] += time_runs(fns[name], repeats=1, warmup=0, device=where[name])
+    return times
+
+
+def check_target(name: str, value: float, goal: float, *, at_least: bool = True) -> dict:
+    """One target of the issue: ``value`` against ``goal`` (``>=`` or ``<=``)."""
+    met = value >= goal if at_least else value <= goal
+    return {"target": name, "value": value, "goal": f"{'>=' if at_least else '<='} {goal:g}", "met": bool(met)}
+
+
+def print_targets(targets: list[dict]) -> None:
+    for t in targets:
+        print(f"# target {t['target']}: {t['value']:.3g} ({t['goal']}) {'met' if t['met'] else 'MISSED'}")
+
+
+def bench_parser(doc: str):
+    """An argument parser with the options every script shares: ``--json PATH`` (write the
+    rows), ``--quick`` (a smoke run of a few seconds: small sizes, few repeats) and ``--device``."""
+    import argparse
+
+    p = argparse.ArgumentParser(description=doc.splitlines()[0], formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("--json", default=None, metavar="PATH", help="write the header and rows as JSON")
+    p.add_argument("--quick", action="store_true", help="smoke mode: small sizes, few repeats")
+    p.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
+    return p
+
+
+def sync(device: torch.device | str) -> None:
+    """Waits for queued device work (a no-op on the CPU)."""
+    if torch.device(device).type == "cuda":
+        torch.cuda.synchronize()
+
+
+def load_average() -> float | None:
+    """The machine's 1-minute load average (other processes skew every row), or None."""
+    try:
+        return round(os.getloadavg()[0], 2)
+    except (AttributeError, OSError):
+        return None

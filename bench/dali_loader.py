@@ -25,65 +25,25 @@ import os
 import statistics
 import sys
 import tempfile
-import time
 from pathlib import Path
 
 import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
-from bench.common import header, print_table, summarize, time_runs, write_json  # noqa: E402
+from bench._loaders import PerSampleFiles, PerSampleTransform, per_sample_loader, time_loader, write_jpeg_folder  # noqa: E402
+from bench.common import header, print_table, summarize, write_json  # noqa: E402
 from gssl_fast.data.arrays import IMAGENET_MEAN, IMAGENET_STD  # noqa: E402
 from gssl_fast.data.folders import FileList, list_folder  # noqa: E402
-from gssl_fast.data.shapes import make_shapes  # noqa: E402
-from gssl_fast.data.testing import write_tinyimagenet  # noqa: E402
-from gssl_fast.pretext import PARAM_KEYS, draw_localizable, reference_localizable  # noqa: E402
 
-SIDE, PADDING = 64, 4
-
-
-def write_folder(root: Path, n: int) -> Path:
-    train = make_shapes(n, image_size=SIDE, seed=0)
-    val = make_shapes(10, image_size=SIDE, seed=0, split="val")
-    return write_tinyimagenet(root, train.images, train.labels, val.images, val.labels, ext="JPEG")
-
-
-class PerSampleTransform:
-    """The papers' data path: PIL crop and flip, then the localizable transform of one
-    image (the authors' per-sample loop), then normalization, in a DataLoader worker."""
-
-    def __init__(self, tasks):
-        from torchvision import transforms as T
-
-        self.tasks = tasks
-        self.augment = T.Compose([T.RandomCrop(SIDE, padding=PADDING), T.RandomHorizontalFlip(), T.PILToTensor()])
-        self.normalize = T.Normalize(IMAGENET_MEAN, IMAGENET_STD)
-
-    def __call__(self, image):
-        x = self.augment(image)  # [3, H, W] uint8
-        if self.tasks:
-            params = draw_localizable(1, tasks=self.tasks)  # the worker's torch RNG
-            x = reference_localizable(x[None], **{k: params[k] for k in PARAM_KEYS})[0]
-        return self.normalize(x.float().div_(255))
+SIDE = 64
 
 
 def torchvision_loader(files: FileList, batch_size: int, workers: int, tasks):
-    from PIL import Image
-    from torch.utils.data import DataLoader, Dataset
-
-    class Files(Dataset):  # ImageFolder's job: open, convert to RGB, transform
-        def __init__(self):
-            self.transform = PerSampleTransform(tasks)
-
-        def __len__(self):
-            return len(files)
-
-        def __getitem__(self, i):
-            with Image.open(files.paths[i]) as im:
-                return self.transform(im.convert("RGB")), int(files.labels[i])
-
-    return DataLoader(Files(), batch_size=batch_size, shuffle=True, num_workers=workers, drop_last=True,
-                      persistent_workers=workers > 0, prefetch_factor=4 if workers else None)
+    """The papers' data path: ImageFolder's open + convert, PIL crop and flip, the
+    authors' per-sample quadrant loop, Normalize, in ``workers`` DataLoader workers."""
+    transform = PerSampleTransform(SIDE, IMAGENET_MEAN, IMAGENET_STD, tasks)
+    return per_sample_loader(PerSampleFiles(files, transform), batch_size=batch_size, workers=workers, prefetch=4)
 
 
 def dali_loader(files: FileList, batch_size: int, threads: int, tasks, augment=True):
@@ -91,28 +51,6 @@ def dali_loader(files: FileList, batch_size: int, threads: int, tasks, augment=T
 
     return make_loader(files, batch_size=batch_size, image_size=SIDE, tasks=tasks, augment=augment,
                        drop_last=True, num_threads=threads, device="cpu")
-
-
-def time_loader(loader, *, batches: int, repeats: int, batch_size: int) -> tuple[list[float], list[float], float]:
-    """Wall seconds and this process's CPU seconds (all its threads: DALI's, not the
-    DataLoader's worker processes) per ``batches`` batches, over ``repeats`` runs after
-    one warm-up run; and the seconds to the first batch of the epoch."""
-    t0 = time.perf_counter()
-    it = iter(loader)
-    next(it)
-    start_s = time.perf_counter() - t0
-    cpu = []
-
-    def run():
-        c0 = time.process_time()
-        for _ in range(batches):
-            batch = next(it)
-            images = batch[0] if isinstance(batch, (list, tuple)) else batch["images"]
-        cpu.append(time.process_time() - c0)
-        assert images.shape == (batch_size, 3, SIDE, SIDE) and images.dtype == torch.float32
-
-    wall = time_runs(run, repeats=repeats, warmup=1)
-    return wall, cpu[1:], start_s
 
 
 def main(argv=None) -> None:
@@ -124,6 +62,7 @@ def main(argv=None) -> None:
     p.add_argument("--rounds", type=int, default=3)
     p.add_argument("--workers", type=int, default=2, help="DataLoader workers and DALI threads")
     p.add_argument("--json", default=None)
+    p.add_argument("--quick", action="store_true", help="smoke mode: small sizes, few repeats")
     args = p.parse_args(argv)
     tasks = ("rotation", "flip", "perm")
     loaders = {
@@ -133,12 +72,18 @@ def main(argv=None) -> None:
         "dali files, no transform": lambda f: dali_loader(f, args.batch, args.workers, ()),
         "dali files, decode + normalize only (ceiling)": lambda f: dali_loader(f, args.batch, args.workers, (), augment=False),
     }
+    if args.quick:
+        args.images, args.batch, args.batches, args.repeats, args.rounds = 256, 64, 2, 2, 1
+
+    def check(images):
+        assert images.shape == (args.batch, 3, SIDE, SIDE) and images.dtype == torch.float32
+
     load_before = os.getloadavg()[0]  # other processes on a shared machine skew every row
     times = {name: [] for name in loaders}
     cpu = {name: [] for name in loaders}
     starts = {name: [] for name in loaders}
     with tempfile.TemporaryDirectory() as tmp:
-        files = list_folder(write_folder(Path(tmp) / "tiny", args.images), "train")
+        files = list_folder(write_jpeg_folder(Path(tmp) / "tiny", args.images, SIDE), "train")
         need = (args.repeats + 2) * args.batches * args.batch
         reps = -(-need // len(files))  # one long epoch: runs never cross an epoch boundary
         files = FileList(files.paths * reps, list(files.labels) * reps, files.classes)
@@ -146,8 +91,7 @@ def main(argv=None) -> None:
         # machine spreads over every row instead of falling on one.
         for _ in range(args.rounds):
             for name, make in loaders.items():
-                t, c, start = time_loader(make(files), batches=args.batches, repeats=args.repeats,
-                                          batch_size=args.batch)
+                t, c, start = time_loader(make(files), batches=args.batches, repeats=args.repeats, check=check)
                 times[name] += t
                 cpu[name] += c
                 starts[name].append(start)

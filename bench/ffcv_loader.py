@@ -28,33 +28,11 @@ import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
+from bench._loaders import PerSampleArrays, PerSampleTransform, per_sample_loader  # noqa: E402
 from bench.common import header, print_table, summarize, time_runs, write_json  # noqa: E402
 from gssl_fast.data.arrays import CIFAR_MEAN, CIFAR_STD  # noqa: E402
-from gssl_fast.pretext import draw_localizable, reference_localizable  # noqa: E402
 
-
-class PerSampleDataset(torch.utils.data.Dataset):
-    """The papers' data path: torchvision transforms and the quadrant transform, one image at a time."""
-
-    def __init__(self, images: np.ndarray, labels: np.ndarray):
-        import torchvision.transforms as T
-
-        self.images = torch.from_numpy(images).permute(0, 3, 1, 2).contiguous()  # [N, 3, H, W] uint8
-        self.labels = torch.from_numpy(labels)
-        side = images.shape[1]
-        self.augment = T.Compose([T.RandomCrop(side, padding=4), T.RandomHorizontalFlip()])
-        self.normalize = T.Normalize(CIFAR_MEAN, CIFAR_STD)
-
-    def __len__(self) -> int:
-        return len(self.labels)
-
-    def __getitem__(self, i):
-        x = self.augment(self.images[i])
-        params = draw_localizable(1)
-        x = reference_localizable(x[None], quadrant=params["quadrant"], flip=params["flip"],
-                                  rotation=params["rotation"], perm=params["perm"])[0]
-        x = self.normalize(x.float().div_(255))
-        return x, self.labels[i], params["target_rotation"][0], params["target_flip"][0], params["target_perm"][0]
+ALL_TASKS = ("rotation", "flip", "perm")
 
 
 def epoch(loader) -> None:
@@ -83,9 +61,9 @@ def loaders(images: np.ndarray, labels: np.ndarray, beton: Path, args) -> dict:
     rows = {
         "copy (ceiling)": CopyBatches(images, args.batch),
         "pipelines.torch, batched": torch_loader((images, labels), **common),
-        f"torch DataLoader, per sample ({args.workers} workers)": torch.utils.data.DataLoader(
-            PerSampleDataset(images, labels), batch_size=args.batch, shuffle=True, num_workers=args.workers,
-            persistent_workers=args.workers > 0),
+        f"torch DataLoader, per sample ({args.workers} workers)": per_sample_loader(
+            PerSampleArrays(images, labels, PerSampleTransform(images.shape[1], CIFAR_MEAN, CIFAR_STD, ALL_TASKS),
+                            pil=False), batch_size=args.batch, workers=args.workers, drop_last=False),
     }
     for w in args.ffcv_threads:
         rows[f"ffcv + quadrant ({w} threads)"] = ffcv_loader(beton, num_workers=w, **common)
@@ -103,7 +81,10 @@ def main(argv=None) -> None:
     p.add_argument("--threads", type=int, default=1, help="torch threads of the consuming process")
     p.add_argument("--repeats", type=int, default=5)
     p.add_argument("--json", default=None)
+    p.add_argument("--quick", action="store_true", help="smoke mode: small sizes, few repeats")
     args = p.parse_args(argv)
+    if args.quick:
+        args.n, args.repeats, args.ffcv_threads = 1024, 2, [1]
     torch.set_num_threads(args.threads)
     from pipelines.ffcv import convert
 

@@ -1,0 +1,28 @@
+"""Every benchmark script runs end to end in its --quick mode and writes its JSON rows.
+
+Speed is measured in bench/, never asserted here: these only prove the scripts work.
+"""
+
+import json
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+ROOT = Path(__file__).resolve().parents[2]
+SCRIPTS = ["transform", "loaders", "train_step", "scaling", "dali_loader", "ffcv_loader"]
+WITH_TARGETS = {"transform", "loaders", "train_step"}
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("script", SCRIPTS)
+def test_quick_run_writes_rows(tmp_path, script):
+    out = tmp_path / f"{script}.json"
+    proc = subprocess.run([sys.executable, f"bench/{script}.py", "--quick", "--json", str(out)], cwd=ROOT,
+                          capture_output=True, text=True, timeout=600)
+    assert proc.returncode == 0, proc.stdout[-2000:] + proc.stderr[-2000:]
+    result = json.loads(out.read_text())
+    assert result["rows"] and result["header"]["torch"]
+    if script in WITH_TARGETS:
+        assert result["header"]["targets"]
