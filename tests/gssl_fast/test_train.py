@@ -165,17 +165,21 @@ def two_process_metrics(out: Path) -> list[dict]:
 
 
 @pytest.mark.slow
-@pytest.mark.parametrize("launcher", ["accelerate", "torchrun"])
-def test_two_cpu_processes_stay_in_sync(tmp_path, launcher):
+@pytest.mark.parametrize("launcher, loader, port", [
+    ("accelerate", "torch", 29533), ("torchrun", "torch", 29534), ("torchrun", "dali", 29535),
+    ("torchrun", "ffcv", 29536),
+])
+def test_two_cpu_processes_stay_in_sync(tmp_path, launcher, loader, port):
     recipe = write_recipe(tmp_path)
     out = tmp_path / launcher
     bin_dir = Path(sys.executable).parent
     if launcher == "accelerate":
         cmd = [str(bin_dir / "accelerate"), "launch", "--multi_gpu", "--num_processes", "2", "--num_machines", "1",
-               "--mixed_precision", "no", "--dynamo_backend", "no", "--main_process_port", "29533"]
+               "--mixed_precision", "no", "--dynamo_backend", "no", "--main_process_port", str(port)]
     else:
-        cmd = [str(bin_dir / "torchrun"), "--nproc_per_node", "2", "--master_port", "29534"]
-    cmd += ["-m", "gssl_fast.train", str(recipe), "--out", str(out), "--set", "train.steps_per_epoch=3"]
+        cmd = [str(bin_dir / "torchrun"), "--nproc_per_node", "2", "--master_port", str(port)]
+    cmd += ["-m", "gssl_fast.train", str(recipe), "--out", str(out), "--set", "train.steps_per_epoch=3",
+            "--set", f"train.loader={loader}"]
     proc = subprocess.run(cmd, cwd=ROOT, capture_output=True, text=True, timeout=600,
                           env={**os.environ, "PYTHONUNBUFFERED": "1"})
     assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
