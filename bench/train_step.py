@@ -143,7 +143,7 @@ def part_epoch(args, device) -> list[dict]:
     def epoch(loader):
         def run():
             progress = Progress(args.steps, desc="bench", enabled=False)
-            train_one_epoch(task, optimizer, scheduler, loader, accelerator=accelerator, epoch=0, steps=args.steps,
+            train_one_epoch(task, optimizer, scheduler, loader, accelerator=accelerator, steps=args.steps,
                             channels_last=False, progress=progress)
             sync(device)
         return run

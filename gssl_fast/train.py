@@ -104,7 +104,7 @@ def prepare_run_dir(recipe: Recipe, out, resume, overwrite: bool, accelerator) -
     return run_dir, start
 
 
-def train_one_epoch(task, optimizer, scheduler, loader, *, accelerator, epoch: int, steps: int, channels_last: bool, progress):
+def train_one_epoch(task, optimizer, scheduler, loader, *, accelerator, steps: int, channels_last: bool, progress):
     """One epoch of G-SSL steps; returns summed statistics as a ``[S]`` float tensor
     laid out by :func:`stat_names` (not yet reduced across processes)."""
     task.train()
@@ -214,7 +214,7 @@ def run_epochs(recipe, task, optimizer, scheduler, train_loader, val_loader, acc
         model.class_loss.set_epoch(epoch)  # deferred re-weighting from loss.drw_start_epoch
         train_loader.set_epoch(epoch)
         progress = Progress(steps, desc=f"epoch {epoch + 1}/{train.epochs}", enabled=accelerator.is_main_process)
-        totals = train_one_epoch(task, optimizer, scheduler, train_loader, accelerator=accelerator, epoch=epoch,
+        totals = train_one_epoch(task, optimizer, scheduler, train_loader, accelerator=accelerator,
                                  steps=steps, channels_last=recipe.model.channels_last, progress=progress)
         progress.close()
         train_seconds = time.perf_counter() - start

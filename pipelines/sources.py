@@ -23,7 +23,7 @@ def as_array_dataset(source, *, image_size: int | None = None, split: str = "tra
         from gssl_fast.data.folders import decode_files, list_folder
 
         files = list_folder(Path(source), split=split)
-        return decode_files(files, image_size or _first_image_side(files.paths[0]))
+        return decode_files(files, image_size or image_side(files.paths[0]))
     elif isinstance(source, (tuple, list)) and len(source) == 2:
         ds = _from_pair(*source)
     else:
@@ -53,7 +53,8 @@ def _from_pair(images, labels) -> ArrayDataset:
     )
 
 
-def _first_image_side(path: str) -> int:
+def image_side(path: str) -> int:
+    """Width in pixels of the image file ``path`` (read from its header)."""
     from PIL import Image
 
     with Image.open(path) as im:

@@ -23,7 +23,7 @@ from pipelines.dali.graph import (
     unpack_codes,
 )
 from pipelines.sampling import check_shard, derive_seed, epoch_indices, num_batches
-from pipelines.sources import as_array_dataset
+from pipelines.sources import as_array_dataset, image_side
 
 
 def _array_batches(images: np.ndarray, order: torch.Tensor, batch_size: int):
@@ -162,13 +162,6 @@ def _resolve(source, image_size: int | None, split: str) -> ArrayDataset | FileL
     return as_array_dataset(source, image_size=image_size, split=split)
 
 
-def _file_side(path: str) -> int:
-    from PIL import Image
-
-    with Image.open(path) as im:
-        return im.size[0]
-
-
 def make_loader(
     source,
     *,
@@ -214,7 +207,7 @@ def make_loader(
     device = torch.device(device if device is not None else "cuda" if torch.cuda.is_available() else "cpu")
     dataset = _resolve(source, image_size, split)
     if isinstance(dataset, FileList):
-        side = image_size or _file_side(dataset.paths[0])
+        side = image_size or image_side(dataset.paths[0])
         size, defaults = (side, side), (IMAGENET_MEAN, IMAGENET_STD)
     else:
         size, defaults = dataset.image_size, (dataset.mean, dataset.std)
