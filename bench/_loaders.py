@@ -23,7 +23,7 @@ import numpy as np
 import torch
 
 from bench.common import time_runs
-from gssl_fast.pretext import PARAM_KEYS, draw_localizable, reference_localizable
+from pipelines.localizable import PARAM_KEYS, draw_localizable, reference_localizable
 
 PADDING = 4  # the random crop's zero padding, as in the papers' code
 
@@ -111,8 +111,8 @@ def per_sample_loader(dataset, *, batch_size: int, workers: int, drop_last: bool
 def write_jpeg_folder(root: Path, n: int, side: int = 64) -> Path:
     """A Tiny-ImageNet-shaped folder (``wnids.txt``, ``train/<wnid>/images/*.JPEG``,
     ``val/``) of ``n`` generated ``side x side`` JPEGs of the built-in shapes dataset."""
-    from gssl_fast.data.shapes import make_shapes
-    from gssl_fast.data.testing import write_tinyimagenet
+    from pipelines.datasets.shapes import make_shapes
+    from pipelines.datasets.testing import write_tinyimagenet
 
     train = make_shapes(n, image_size=side, seed=0)
     val = make_shapes(10, image_size=side, seed=0, split="val")

@@ -12,13 +12,15 @@ from pathlib import Path
 
 import torch
 
+from pipelines.system import usable_cores
+
 
 def header() -> dict:
     """Machine, device and versions, printed above every table and stored in the JSON."""
     info = {
         "machine": platform.node(),
         "cpu": platform.processor() or platform.machine(),
-        "cores": len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count(),
+        "cores": usable_cores(),
         "torch_threads": torch.get_num_threads(),
         "python": platform.python_version(),
         "torch": torch.__version__,

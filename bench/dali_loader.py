@@ -33,8 +33,8 @@ sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
 from bench._loaders import PerSampleFiles, PerSampleTransform, per_sample_loader, time_loader, write_jpeg_folder  # noqa: E402
 from bench.common import header, print_table, summarize, write_json  # noqa: E402
-from gssl_fast.data.arrays import IMAGENET_MEAN, IMAGENET_STD  # noqa: E402
-from gssl_fast.data.folders import FileList, list_folder  # noqa: E402
+from pipelines.datasets.arrays import IMAGENET_MEAN, IMAGENET_STD  # noqa: E402
+from pipelines.datasets.folders import FileList, list_folder  # noqa: E402
 
 SIDE = 64
 

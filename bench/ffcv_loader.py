@@ -11,7 +11,7 @@ epochs after warm-up ones; FFCV's first epoch compiles and is not timed):
 - ffcv, no quadrant: the same without the localizable transform (``tasks=()``)
 - torch DataLoader, per sample: ``--workers`` worker processes, each sample through
   torchvision's ``RandomCrop(32, padding=4)`` and ``RandomHorizontalFlip``, the authors'
-  per-sample quadrant loop (``gssl_fast.pretext.reference_localizable``) and ``Normalize``
+  per-sample quadrant loop (``pipelines.localizable.reference_localizable``) and ``Normalize``
 - pipelines.torch, batched: the project's in-memory loader (whole-batch tensor ops)
 - copy (ceiling): slicing and copying the uint8 batches, nothing else
 """
@@ -30,7 +30,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
 from bench._loaders import PerSampleArrays, PerSampleTransform, per_sample_loader  # noqa: E402
 from bench.common import header, print_table, summarize, time_runs, write_json  # noqa: E402
-from gssl_fast.data.arrays import CIFAR_MEAN, CIFAR_STD  # noqa: E402
+from pipelines.datasets.arrays import CIFAR_MEAN, CIFAR_STD  # noqa: E402
 
 ALL_TASKS = ("rotation", "flip", "perm")
 

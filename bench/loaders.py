@@ -56,9 +56,9 @@ from bench._loaders import (  # noqa: E402
 from bench.common import (  # noqa: E402
     bench_parser, check_target, header, load_average, print_table, print_targets, summarize, write_json,
 )
-from gssl_fast.data import ArrayDataset  # noqa: E402
-from gssl_fast.data.arrays import CIFAR_MEAN, CIFAR_STD, IMAGENET_MEAN, IMAGENET_STD  # noqa: E402
-from gssl_fast.data.folders import FileList, decode_files, list_folder  # noqa: E402
+from pipelines.datasets import ArrayDataset  # noqa: E402
+from pipelines.datasets.arrays import CIFAR_MEAN, CIFAR_STD, IMAGENET_MEAN, IMAGENET_STD  # noqa: E402
+from pipelines.datasets.folders import FileList, decode_files, list_folder  # noqa: E402
 
 ALL_TASKS = ("rotation", "flip", "perm")
 PAPERS = "papers' DataLoader"

@@ -39,7 +39,7 @@ from bench.common import (  # noqa: E402
     bench_parser, header, load_average, print_table, summarize, sync, time_interleaved, write_json,
 )
 from bench.train_step import build  # noqa: E402
-from gssl_fast.pretext import TASKS  # noqa: E402
+from pipelines.localizable import TASKS  # noqa: E402
 
 
 def loader_step(backbone: str, batch: int, side: int, device: torch.device):

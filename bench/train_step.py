@@ -51,7 +51,8 @@ from bench.common import (  # noqa: E402
     write_json,
 )
 from gssl_fast.config import LossConfig, ModelConfig, PretextConfig  # noqa: E402
-from gssl_fast.pretext import TASKS  # noqa: E402
+from pipelines.localizable import TASKS  # noqa: E402
+from pipelines.datasets.arrays import CIFAR_MEAN, CIFAR_STD  # noqa: E402
 
 VARIANTS = {"supervised": (), "lorot-e": ("rotation",), "g-ssl 3 gated": tuple(TASKS)}
 NUM_CLASSES = 10
@@ -63,7 +64,7 @@ def build(backbone: str, tasks, device: torch.device, seed: int = 0):
 
     torch.manual_seed(seed)
     task = build_task(ModelConfig(backbone=backbone), PretextConfig(tasks=tuple(tasks)), LossConfig(),
-                      num_classes=NUM_CLASSES, class_counts=[1] * NUM_CLASSES).to(device)
+                      num_classes=NUM_CLASSES, class_counts=[1] * NUM_CLASSES, mean=CIFAR_MEAN, std=CIFAR_STD).to(device)
     return task, torch.optim.SGD(task.parameters(), lr=0.05, momentum=0.9, weight_decay=5e-4)
 
 
@@ -126,25 +127,32 @@ def part_steps(args, device) -> list[dict]:
 
 def part_epoch(args, device) -> list[dict]:
     """train_one_epoch with pipelines.torch vs with a synthetic loader, interleaved."""
-    from gssl_fast.config import TrainConfig
-    from gssl_fast.data.shapes import make_shapes
+    from dataclasses import replace
+
+    from gssl_fast.config import Recipe, TrainConfig
+    from gssl_fast.methods import MethodContext, build_method
     from gssl_fast.progress import Progress
     from gssl_fast.train import make_accelerator, train_one_epoch
+    from pipelines.datasets.shapes import make_shapes
     from pipelines.torch import make_loader
 
     accelerator = make_accelerator(TrainConfig(cpu=device.type == "cpu"))
-    task, optimizer = build(args.backbone, tuple(TASKS), accelerator.device)
+    torch.manual_seed(0)
+    recipe = replace(Recipe(), model=ModelConfig(backbone=args.backbone), pretext=PretextConfig(tasks=tuple(TASKS)))
+    method = build_method(recipe.method, MethodContext.of(recipe, [1] * NUM_CLASSES, CIFAR_MEAN, CIFAR_STD))
+    optimizer = torch.optim.SGD(method.model.parameters(), lr=0.05, momentum=0.9, weight_decay=5e-4)
     scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, lambda s: 1.0)
-    task, optimizer = accelerator.prepare(task, optimizer)
+    model, optimizer = accelerator.prepare(method.model, optimizer)
     data = make_shapes(args.steps * args.batch, image_size=args.side, seed=0)
-    real = make_loader(data, batch_size=args.batch, tasks=tuple(TASKS), drop_last=True, device=accelerator.device)
+    real = make_loader(data, batch_size=args.batch, tasks=tuple(TASKS), drop_last=True, normalize=False,
+                       device=accelerator.device)
     synthetic = SameBatch(next(iter(real)), batches=args.steps)
 
     def epoch(loader):
         def run():
             progress = Progress(args.steps, desc="bench", enabled=False)
-            train_one_epoch(task, optimizer, scheduler, loader, accelerator=accelerator, steps=args.steps,
-                            channels_last=False, progress=progress)
+            train_one_epoch(method, model, optimizer, scheduler, {"train": loader}, epoch=0, accelerator=accelerator,
+                            steps=args.steps, progress=progress)
             sync(device)
         return run
 

@@ -5,8 +5,8 @@ ceiling (a plain copy of the same batch) and the authors' per-sample loop.
 
 Rows per image side (batch 256 by default), the same images and parameters for all:
 - copy (ceiling): ``x.clone()`` of the ``[B, 3, H, W]`` uint8 batch
-- torch batched: ``gssl_fast.pretext.apply_localizable`` (one gather, one scatter)
-- per-sample loop: ``gssl_fast.pretext.reference_localizable`` (the authors' loop)
+- torch batched: ``pipelines.localizable.apply_localizable`` (one gather, one scatter)
+- per-sample loop: ``pipelines.localizable.reference_localizable`` (the authors' loop)
 - dali: a DALI pipeline doing only ``pipelines.dali.graph.localizable_step`` on an
   ``external_source`` ``[B, H, W, 3]`` uint8 batch (its native layout), with the same
   parameters packed into codes; the output handed over as a torch tensor
@@ -37,7 +37,7 @@ from bench.common import (  # noqa: E402
     bench_parser, check_target, count_ops, header, load_average, print_table, print_targets, summarize,
     time_interleaved, write_json,
 )
-from gssl_fast.pretext import PARAM_KEYS, TASKS, apply_localizable, draw_localizable, reference_localizable  # noqa: E402
+from pipelines.localizable import PARAM_KEYS, TASKS, apply_localizable, draw_localizable, reference_localizable  # noqa: E402
 
 
 def dali_impl(x_hwc: np.ndarray, params: dict, device: torch.device, threads: int):

@@ -1,7 +1,16 @@
 """gssl_fast: Gated Self-Supervised Learning at full loader speed.
 
-Kept light on purpose: importing ``pipelines`` pulls in ``gssl_fast.pretext`` and
-``gssl_fast.data`` only, never the trainer.
+Two floors, imports one way: ``pipelines`` (datasets, sampling, batched ops, the torch,
+DALI and FFCV loaders) imports nothing of ``gssl_fast``; ``gssl_fast`` trains on top of it.
+Kept light on purpose: ``gssl_fast.load_model`` imports the trainer's modules on first use.
 """
 
 __version__ = "0.1.0"
+
+
+def load_model(path, *, device="cpu"):
+    """The trained model of a run folder or checkpoint: ``[B, 3, H, W]`` float pixels in
+    [0, 1] -> ``[B, K]`` class logits, eval mode (``gssl_fast.inference.load_model``)."""
+    from gssl_fast.inference import load_model as load
+
+    return load(path, device=device)

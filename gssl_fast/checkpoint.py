@@ -14,7 +14,7 @@ from pathlib import Path
 
 import torch
 
-from gssl_fast.errors import UserError
+from pipelines.errors import UserError
 
 CHECKPOINT_DIR = "checkpoints"
 _NAME = re.compile(r"^epoch_(\d{4,})\.pt$")

@@ -16,7 +16,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Sequence
 
-from gssl_fast.errors import UserError
+from pipelines.errors import UserError
 
 try:
     import tomllib
@@ -26,7 +26,7 @@ except ModuleNotFoundError:  # python 3.10: the same parser, packaged separately
 
 @dataclass(frozen=True)
 class DataConfig:
-    name: str = "shapes"  # a key of gssl_fast.data.DATASETS
+    name: str = "shapes"  # a key of pipelines.datasets.DATASETS
     root: str = ""  # dataset folder (CIFAR batches, Tiny-ImageNet, ImageFolder); unused by shapes
     image_size: int = 32  # side in pixels after resizing; even when a pretext task is on
     crop_padding: int = 4  # pixels of zero padding of the random crop; 0 disables the crop
@@ -51,7 +51,7 @@ class ModelConfig:
 
 @dataclass(frozen=True)
 class PretextConfig:
-    tasks: tuple[str, ...] = ("rotation", "flip", "perm")  # subset of gssl_fast.pretext.TASKS; () = supervised only
+    tasks: tuple[str, ...] = ("rotation", "flip", "perm")  # subset of pipelines.localizable.TASKS; () = supervised only
     gate: str = "reference"  # "reference" (authors' code) | "learned" (paper text)
     combine: str = "gated"  # "gated" | "sum" | "mean"
     lam: float = 0.1  # TOML key "lambda": weight of the pretext loss, >= 0
@@ -92,13 +92,20 @@ class TrainConfig:
     loader: str = "torch"  # "torch" | "dali" | "ffcv"
     cpu: bool = False  # train on the CPU even where CUDA is present
     num_threads: int = 0  # torch threads per process; 0 = the cores this process may use
-    steps_per_epoch: int = 0  # cap on optimizer steps per epoch; 0 = the whole epoch
+    steps_per_epoch: int = 0  # cap on optimizer steps per epoch; 0 = the whole epoch of the main stream
     keep_checkpoints: int = 2  # newest checkpoints kept in the run folder
+    steps: int = 0  # optimizer steps of the whole run; 0 = train.epochs epochs of the main stream
+
+
+def default_method_config() -> Any:
+    """``[method]`` of a recipe that has none: the supervised method's defaults."""
+    return method_config_class(DEFAULT_METHOD, "the defaults")()
 
 
 @dataclass(frozen=True)
 class Recipe:
     name: str = "recipe"  # run name: the recipe file's stem
+    method: Any = field(default_factory=default_method_config)  # the method's own dataclass (gssl_fast.methods)
     data: DataConfig = field(default_factory=DataConfig)
     model: ModelConfig = field(default_factory=ModelConfig)
     pretext: PretextConfig = field(default_factory=PretextConfig)
@@ -116,8 +123,35 @@ SECTIONS = {
     "train": TrainConfig,
 }
 
+# [method] is the section of the training method: ``name`` picks one of
+# gssl_fast.methods.METHODS, whose ``Config`` dataclass gives the section's other keys.
+METHOD_SECTION = "method"
+DEFAULT_METHOD = "supervised"
+
 # TOML keys that are Python keywords, spelled differently in the dataclass.
 KEY_ALIASES = {("pretext", "lambda"): "lam"}
+
+
+def method_config_class(name: Any, source: str) -> type:
+    """The ``Config`` dataclass of the method called ``name`` (``method.name``)."""
+    from gssl_fast.methods import METHODS  # the registry imports the methods, which import this module
+
+    if not isinstance(name, str) or name not in METHODS:
+        raise UserError(f"method.name must be one of {', '.join(map(repr, METHODS))}, got {_show(name)} ({source})")
+    return METHODS[name].Config
+
+
+def section_class(section: str, d: dict, source: str) -> type:
+    """The dataclass of ``section`` in the TOML-shaped dict ``d`` (``[method]`` depends on its name)."""
+    if section == METHOD_SECTION:
+        table = d.get(METHOD_SECTION, {})
+        return method_config_class(table.get("name", DEFAULT_METHOD) if isinstance(table, dict) else None, source)
+    return SECTIONS[section]
+
+
+def section_keys(section: str, cls: type) -> tuple[str, ...]:
+    """The TOML keys of ``section`` whose dataclass is ``cls``."""
+    return tuple(_TOML_KEYS.get((section, f.name), f.name) for f in dataclasses.fields(cls))
 
 
 # ---------------------------------------------------------------------------
@@ -126,10 +160,8 @@ KEY_ALIASES = {("pretext", "lambda"): "lam"}
 # there are any), the key as spelled in TOML, the rule and the value found.
 
 _TOML_KEYS = {(section, name): key for (section, key), name in KEY_ALIASES.items()}
-VALID_KEYS = {
-    section: tuple(_TOML_KEYS.get((section, f.name), f.name) for f in dataclasses.fields(cls))
-    for section, cls in SECTIONS.items()
-}
+VALID_KEYS = {section: section_keys(section, cls) for section, cls in SECTIONS.items()}
+ALL_SECTIONS = (METHOD_SECTION, *SECTIONS)
 
 
 def _show(value: Any) -> str:
@@ -142,27 +174,23 @@ def _show(value: Any) -> str:
 
 
 def _check_section(section: str, source: str) -> None:
-    if section not in SECTIONS:
-        valid = ", ".join(f"[{s}]" for s in SECTIONS)
+    if section not in ALL_SECTIONS:
+        valid = ", ".join(f"[{s}]" for s in ALL_SECTIONS)
         raise UserError(f"unknown section [{section}] in {source}; valid sections: {valid}")
 
 
-def _check_key(section: str, key: str, source: str) -> None:
-    _check_section(section, source)
-    if key not in VALID_KEYS[section]:
-        close = difflib.get_close_matches(key, VALID_KEYS[section], n=1)
+def _check_key(section: str, key: str, valid: Sequence[str], source: str) -> None:
+    if key not in valid:
+        close = difflib.get_close_matches(key, valid, n=1)
         hint = f"; did you mean '{section}.{close[0]}'?" if close else ""
-        raise UserError(
-            f"unknown key '{section}.{key}' in {source}; "
-            f"valid keys of [{section}]: {', '.join(VALID_KEYS[section])}{hint}"
-        )
+        raise UserError(f"unknown key '{section}.{key}' in {source}; valid keys of [{section}]: {', '.join(valid)}{hint}")
 
 
 def _check_layout(d: dict, source: str) -> None:
     """Every top-level entry is a known section table holding known keys."""
     for section, table in d.items():
-        if section not in SECTIONS and not isinstance(table, dict):
-            valid = ", ".join(f"[{s}]" for s in SECTIONS)
+        if section not in ALL_SECTIONS and not isinstance(table, dict):
+            valid = ", ".join(f"[{s}]" for s in ALL_SECTIONS)
             raise UserError(f"key '{section}' in {source} is outside any section; move it under one of {valid}")
         _check_section(section, source)
         if not isinstance(table, dict):
@@ -170,8 +198,9 @@ def _check_layout(d: dict, source: str) -> None:
                 f"{section} = {_show(table)} in {source} must be a table: "
                 f"write [{section}] on its own line, then one key = value per line"
             )
+        valid = section_keys(section, section_class(section, d, source))
         for key in table:
-            _check_key(section, key, source)
+            _check_key(section, key, valid, source)
 
 
 # TOML has str, int, float, bool and arrays; the fields are str, int, float, bool and
@@ -207,9 +236,9 @@ def _coerce(value: Any, hint: Any, key: str, source: str) -> Any:
     return value
 
 
-def _field_type(section: str, key: str) -> Any:
+def _field_type(cls: type, section: str, key: str) -> Any:
     # The dataclasses' annotations are strings (postponed); resolve them to types.
-    return typing.get_type_hints(SECTIONS[section])[KEY_ALIASES.get((section, key), key)]
+    return typing.get_type_hints(cls)[KEY_ALIASES.get((section, key), key)]
 
 
 def recipe_from_dict(d: dict, source: str) -> Recipe:
@@ -220,11 +249,12 @@ def recipe_from_dict(d: dict, source: str) -> Recipe:
     """
     _check_layout(d, source)
     sections = {}
-    for section, cls in SECTIONS.items():
+    for section in ALL_SECTIONS:
+        cls = section_class(section, d, source)
         kwargs = {}
         for key, value in d.get(section, {}).items():
             kwargs[KEY_ALIASES.get((section, key), key)] = _coerce(
-                value, _field_type(section, key), f"{section}.{key}", source
+                value, _field_type(cls, section, key), f"{section}.{key}", source
             )
         sections[section] = cls(**kwargs)
     recipe = Recipe(**sections)
@@ -266,11 +296,15 @@ def apply_overrides(d: dict, overrides: Sequence[str]) -> dict:
                 f"e.g. train.epochs=3 or pretext.tasks=['rotation']"
             )
         section, key = parts
-        _check_key(section, key, where)
+        _check_section(section, where)
         text = text.strip()
         value = _parse_value(text)
-        if _field_type(section, key) is str and not isinstance(value, str):
-            value = text
+        # [method]'s keys depend on method.name, which a later --set may change: they
+        # are checked with the merged recipe.
+        if section != METHOD_SECTION:
+            _check_key(section, key, VALID_KEYS[section], where)
+            if _field_type(SECTIONS[section], section, key) is str and not isinstance(value, str):
+                value = text
         table = merged.setdefault(section, {})
         if isinstance(table, dict):  # else recipe_from_dict reports the non-table section
             table[key] = value
@@ -307,20 +341,13 @@ def load_recipe(path: str | os.PathLike, overrides: Sequence[str] = ()) -> Recip
     return dataclasses.replace(recipe_from_dict(d, source), name=path.stem)
 
 
-def _toml_value(value: Any) -> str:
-    if isinstance(value, bool):
-        return "true" if value else "false"
-    if isinstance(value, (int, float)):
-        return repr(value)  # for a float, the shortest text that reads back to the same bits
-    if isinstance(value, (list, tuple)):
-        return "[" + ", ".join(map(_toml_value, value)) + "]"
-    if isinstance(value, str):
-        # Basic string: escape the quote, the backslash and the control characters.
-        return '"' + "".join(
-            "\\" + c if c in '"\\' else f"\\u{ord(c):04x}" if ord(c) < 0x20 or ord(c) == 0x7F else c
-            for c in value
-        ) + '"'
-    raise TypeError(f"cannot write {type(value).__name__} {value!r} as a TOML value")
+def recipe_to_dict(recipe: Recipe) -> dict:
+    """The resolved recipe as a TOML-shaped dict: every key of every section, [method] first."""
+    out = {}
+    for section in ALL_SECTIONS:
+        cfg = getattr(recipe, section)
+        out[section] = {_TOML_KEYS.get((section, f.name), f.name): getattr(cfg, f.name) for f in dataclasses.fields(cfg)}
+    return out
 
 
 def recipe_to_toml(recipe: Recipe) -> str:
@@ -328,14 +355,10 @@ def recipe_to_toml(recipe: Recipe) -> str:
 
     The name is not a key (it is the file's stem), so it appears in the header comment only.
     """
-    lines = [f"# Resolved recipe '{recipe.name}': every key, defaults included."]
-    for section in SECTIONS:
-        cfg = getattr(recipe, section)
-        lines += ["", f"[{section}]"]
-        for f in dataclasses.fields(cfg):
-            key = _TOML_KEYS.get((section, f.name), f.name)
-            lines.append(f"{key} = {_toml_value(getattr(cfg, f.name))}")
-    return "\n".join(lines) + "\n"
+    import tomli_w
+
+    header = f"# Resolved recipe '{recipe.name}': every key, defaults included.\n\n"
+    return header + tomli_w.dumps(recipe_to_dict(recipe))
 
 
 def save_recipe(recipe: Recipe, path: str | os.PathLike) -> None:

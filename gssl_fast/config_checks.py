@@ -21,84 +21,84 @@ from gssl_fast.config import (
     TrainConfig,
     _show,
 )
-from gssl_fast.errors import UserError
+from pipelines.errors import UserError
 
 
-def _rule(ok: bool, key: str, rule: str, value: Any, source: str, fix: str = "") -> None:
+def rule(ok: bool, key: str, rule: str, value: Any, source: str, fix: str = "") -> None:
     if not ok:
         raise UserError(f"{key} must {rule}, got {_show(value)} ({source})" + (f"; {fix}" if fix else ""))
 
 
-def _one_of(value: str, allowed: Sequence[str], key: str, source: str) -> None:
-    _rule(value in allowed, key, "be one of " + ", ".join(map(repr, allowed)), value, source)
+def one_of(value: str, allowed: Sequence[str], key: str, source: str) -> None:
+    rule(value in allowed, key, "be one of " + ", ".join(map(repr, allowed)), value, source)
 
 
 def check_data(cfg: DataConfig, source: str) -> None:
-    # Imported here: gssl_fast.data is heavier than a recipe, and may import this module.
-    from gssl_fast.data import DATASETS
-    from gssl_fast.data.longtail import KINDS as LONGTAILS
+    # Imported here: pipelines.datasets is heavier than a recipe, and may import this module.
+    from pipelines.datasets import DATASETS
+    from pipelines.datasets.longtail import KINDS as LONGTAILS
 
-    _one_of(cfg.name, sorted(DATASETS), "data.name", source)
-    _rule(cfg.image_size >= 8, "data.image_size", "be >= 8", cfg.image_size, source)
-    _rule(cfg.crop_padding >= 0, "data.crop_padding", "be >= 0 (0: no crop)", cfg.crop_padding, source)
-    for key, values, in_range, rule in (
+    one_of(cfg.name, sorted(DATASETS), "data.name", source)
+    rule(cfg.image_size >= 8, "data.image_size", "be >= 8", cfg.image_size, source)
+    rule(cfg.crop_padding >= 0, "data.crop_padding", "be >= 0 (0: no crop)", cfg.crop_padding, source)
+    for key, values, in_range, wanted in (
         ("data.mean", cfg.mean, all(0 <= v <= 1 for v in cfg.mean), "hold values in [0, 1]"),
         ("data.std", cfg.std, all(0 < v <= 1 for v in cfg.std), "hold values in (0, 1]"),
     ):
-        _rule(len(values) in (0, 3), key, "be [] (the dataset's default) or 3 values, one per RGB channel",
+        rule(len(values) in (0, 3), key, "be [] (the dataset's default) or 3 values, one per RGB channel",
               values, source)
-        _rule(in_range, key, rule, values, source, "they are for pixels scaled to [0, 1]: divide 0-255 by 255")
-    _one_of(cfg.longtail, LONGTAILS, "data.longtail", source)
-    _rule(0 < cfg.imbalance_ratio <= 1, "data.imbalance_ratio", "be in (0, 1] (rho = n_min / n_max)",
+        rule(in_range, key, wanted, values, source, "they are for pixels scaled to [0, 1]: divide 0-255 by 255")
+    one_of(cfg.longtail, LONGTAILS, "data.longtail", source)
+    rule(0 < cfg.imbalance_ratio <= 1, "data.imbalance_ratio", "be in (0, 1] (rho = n_min / n_max)",
           cfg.imbalance_ratio, source)
-    _rule(cfg.train_size > 0, "data.train_size", "be > 0", cfg.train_size, source)
-    _rule(cfg.val_size > 0, "data.val_size", "be > 0", cfg.val_size, source)
-    _rule(cfg.seed >= 0, "data.seed", "be >= 0", cfg.seed, source)
+    rule(cfg.train_size > 0, "data.train_size", "be > 0", cfg.train_size, source)
+    rule(cfg.val_size > 0, "data.val_size", "be > 0", cfg.val_size, source)
+    rule(cfg.seed >= 0, "data.seed", "be >= 0", cfg.seed, source)
 
 
 def check_model(cfg: ModelConfig, source: str) -> None:
-    _rule(cfg.backbone.strip() != "", "model.backbone", "name a timm model, e.g. 'resnet32_cifar'",
+    rule(cfg.backbone.strip() != "", "model.backbone", "name a timm model, e.g. 'resnet32_cifar'",
           cfg.backbone, source)
-    _rule(0 <= cfg.drop_rate < 1, "model.drop_rate", "be in [0, 1)", cfg.drop_rate, source)
+    rule(0 <= cfg.drop_rate < 1, "model.drop_rate", "be in [0, 1)", cfg.drop_rate, source)
 
 
 def check_pretext(cfg: PretextConfig, source: str) -> None:
     # Imported here so that reading a recipe does not import torch; the allowed values
     # are the registries next to the code they select.
     from gssl_fast.losses import COMBINE_MODES, GATE_MODES
-    from gssl_fast.pretext import FLIP_AXES, TASKS
+    from pipelines.localizable import FLIP_AXES, TASKS
 
-    _rule(all(t in TASKS for t in cfg.tasks), "pretext.tasks",
+    rule(all(t in TASKS for t in cfg.tasks), "pretext.tasks",
           "list task names among " + ", ".join(map(repr, TASKS)), cfg.tasks, source,
           "[] trains the class head alone")
-    _rule(len(set(cfg.tasks)) == len(cfg.tasks), "pretext.tasks", "name each task once", cfg.tasks, source)
-    _one_of(cfg.gate, tuple(GATE_MODES), "pretext.gate", source)
-    _one_of(cfg.combine, tuple(COMBINE_MODES), "pretext.combine", source)
-    _rule(cfg.lam >= 0, "pretext.lambda", "be >= 0", cfg.lam, source)
-    _one_of(cfg.flip_axis, tuple(FLIP_AXES), "pretext.flip_axis", source)
+    rule(len(set(cfg.tasks)) == len(cfg.tasks), "pretext.tasks", "name each task once", cfg.tasks, source)
+    one_of(cfg.gate, tuple(GATE_MODES), "pretext.gate", source)
+    one_of(cfg.combine, tuple(COMBINE_MODES), "pretext.combine", source)
+    rule(cfg.lam >= 0, "pretext.lambda", "be >= 0", cfg.lam, source)
+    one_of(cfg.flip_axis, tuple(FLIP_AXES), "pretext.flip_axis", source)
 
 
 def check_loss(cfg: LossConfig, source: str) -> None:
     from gssl_fast.losses import CLASS_LOSSES
 
-    _one_of(cfg.name, tuple(CLASS_LOSSES), "loss.name", source)
-    _rule(cfg.ldam_max_margin > 0, "loss.ldam_max_margin", "be > 0", cfg.ldam_max_margin, source)
-    _rule(cfg.ldam_scale > 0, "loss.ldam_scale", "be > 0", cfg.ldam_scale, source)
-    _rule(cfg.drw_start_epoch >= 0, "loss.drw_start_epoch", "be >= 0", cfg.drw_start_epoch, source)
-    _rule(0 <= cfg.drw_beta < 1, "loss.drw_beta", "be in [0, 1)", cfg.drw_beta, source)
+    one_of(cfg.name, tuple(CLASS_LOSSES), "loss.name", source)
+    rule(cfg.ldam_max_margin > 0, "loss.ldam_max_margin", "be > 0", cfg.ldam_max_margin, source)
+    rule(cfg.ldam_scale > 0, "loss.ldam_scale", "be > 0", cfg.ldam_scale, source)
+    rule(cfg.drw_start_epoch >= 0, "loss.drw_start_epoch", "be >= 0", cfg.drw_start_epoch, source)
+    rule(0 <= cfg.drw_beta < 1, "loss.drw_beta", "be in [0, 1)", cfg.drw_beta, source)
 
 
 def check_optim(cfg: OptimConfig, source: str) -> None:
     from gssl_fast.optim import OPTIMIZERS, SCHEDULES
 
-    _one_of(cfg.name, tuple(OPTIMIZERS), "optim.name", source)
-    _rule(cfg.lr > 0, "optim.lr", "be > 0", cfg.lr, source)
-    _rule(0 <= cfg.momentum < 1, "optim.momentum", "be in [0, 1)", cfg.momentum, source)
-    _rule(cfg.momentum > 0 or not cfg.nesterov, "optim.momentum", "be > 0 with nesterov = true",
+    one_of(cfg.name, tuple(OPTIMIZERS), "optim.name", source)
+    rule(cfg.lr > 0, "optim.lr", "be > 0", cfg.lr, source)
+    rule(0 <= cfg.momentum < 1, "optim.momentum", "be in [0, 1)", cfg.momentum, source)
+    rule(cfg.momentum > 0 or not cfg.nesterov, "optim.momentum", "be > 0 with nesterov = true",
           cfg.momentum, source)
-    _rule(cfg.weight_decay >= 0, "optim.weight_decay", "be >= 0", cfg.weight_decay, source)
-    _one_of(cfg.schedule, tuple(SCHEDULES), "optim.schedule", source)
-    _rule(cfg.warmup_epochs >= 0, "optim.warmup_epochs", "be >= 0", cfg.warmup_epochs, source)
+    rule(cfg.weight_decay >= 0, "optim.weight_decay", "be >= 0", cfg.weight_decay, source)
+    one_of(cfg.schedule, tuple(SCHEDULES), "optim.schedule", source)
+    rule(cfg.warmup_epochs >= 0, "optim.warmup_epochs", "be >= 0", cfg.warmup_epochs, source)
     if len(cfg.milestones) != len(cfg.milestone_factors):
         raise UserError(
             f"optim.milestones and optim.milestone_factors must have the same length, got "
@@ -106,9 +106,9 @@ def check_optim(cfg: OptimConfig, source: str) -> None:
             f"give one lr factor per milestone"
         )
     epochs = (0,) + cfg.milestones
-    _rule(all(a < b for a, b in zip(epochs, epochs[1:])), "optim.milestones", "be increasing epochs > 0",
+    rule(all(a < b for a, b in zip(epochs, epochs[1:])), "optim.milestones", "be increasing epochs > 0",
           cfg.milestones, source)
-    _rule(all(f > 0 for f in cfg.milestone_factors), "optim.milestone_factors", "be > 0",
+    rule(all(f > 0 for f in cfg.milestone_factors), "optim.milestone_factors", "be > 0",
           cfg.milestone_factors, source)
 
 
@@ -118,14 +118,14 @@ PRECISIONS = ("no", "fp16", "bf16")  # Accelerate's mixed_precision values
 def check_train(cfg: TrainConfig, source: str) -> None:
     at_least = {
         "epochs": 1, "batch_size": 1, "eval_batch_size": 1, "grad_accum_steps": 1, "keep_checkpoints": 1,
-        "seed": 0, "num_threads": 0, "steps_per_epoch": 0,
+        "seed": 0, "num_threads": 0, "steps_per_epoch": 0, "steps": 0,
     }
     for key, low in at_least.items():
-        _rule(getattr(cfg, key) >= low, f"train.{key}", f"be >= {low}", getattr(cfg, key), source)
-    _one_of(cfg.mixed_precision, PRECISIONS, "train.mixed_precision", source)
+        rule(getattr(cfg, key) >= low, f"train.{key}", f"be >= {low}", getattr(cfg, key), source)
+    one_of(cfg.mixed_precision, PRECISIONS, "train.mixed_precision", source)
     from pipelines import LOADERS
 
-    _one_of(cfg.loader, tuple(LOADERS), "train.loader", source)
+    one_of(cfg.loader, tuple(LOADERS), "train.loader", source)
 
 
 CHECKS = {
@@ -139,9 +139,13 @@ CHECKS = {
 
 
 def check_recipe(recipe: Recipe, source: str) -> None:
-    """Checks every section, then the rule that spans sections."""
+    """Checks every section, the method's own section and its rules across sections,
+    then the rule that spans sections."""
+    from gssl_fast.methods import METHODS
+
     for section, check in CHECKS.items():
         check(getattr(recipe, section), source)
+    METHODS[recipe.method.name].check(recipe, source)
     size = recipe.data.image_size
     if recipe.pretext.tasks and size % 2:
         raise UserError(

@@ -1,14 +1,8 @@
-"""User-facing errors: a bad recipe, a missing dataset, an unsafe file."""
+"""User-facing errors of the trainer: the same ``UserError`` the data floor raises.
 
+The command line prints ``error: <message>`` on one line and exits with status 2.
+"""
 
-class UserError(ValueError):
-    """A problem with the user's input, not a bug.
+from pipelines.errors import UserError, unknown_name
 
-    The command line prints ``error: <message>`` on one line and exits with status 2,
-    without a traceback, so the message must name the file, key or value and the fix.
-    """
-
-
-def unknown_name(kind: str, name: str, valid) -> UserError:
-    """Error for a registry lookup miss, listing the valid names."""
-    return UserError(f"unknown {kind} {name!r}; valid: {', '.join(sorted(valid))}")
+__all__ = ["UserError", "unknown_name"]

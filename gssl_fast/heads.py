@@ -16,7 +16,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from gssl_fast.pretext import TASKS, check_tasks
+from pipelines.localizable import TASKS, check_tasks
 
 
 class NormedLinear(nn.Module):
@@ -53,7 +53,7 @@ class NormedLinear(nn.Module):
 class GatedMultiHead(nn.Module):
     """Class head, one head per enabled pretext task and the gate, all on the same features.
 
-    tasks: names from ``gssl_fast.pretext.TASKS``; kept in canonical order
+    tasks: names from ``pipelines.localizable.TASKS``; kept in canonical order
     (rotation, flip, perm), so ``gate_logits[:, t]`` belongs to ``self.tasks[t]``.
     normed: ``NormedLinear`` class and pretext heads (the LDAM setting); the gate
     stays an ``nn.Linear`` with bias, as in eq. 1.

@@ -1,5 +1,5 @@
 """What each loader reads, and the loaders of a run: the step between the datasets
-(``gssl_fast.data``) and the backends (``pipelines``) for the trainer.
+(``pipelines.datasets``) and the backends (``pipelines``) for the trainer.
 
 One shard per process: loaders are sharded by their own ``shard_id`` / ``num_shards``
 and must not be passed to ``accelerator.prepare``.
@@ -11,7 +11,7 @@ import os
 from pathlib import Path
 
 from gssl_fast.config import Recipe
-from gssl_fast.errors import UserError
+from pipelines.errors import UserError
 
 
 # Datasets read from image files, which the DALI loader decodes (on the GPU where there
@@ -28,11 +28,11 @@ def loader_source(recipe: Recipe, split: str, run_dir: Path, accelerator):
     ``.beton`` file (``data.beton`` for the train split, else converted once into the
     run folder).
     """
-    from gssl_fast.data import load_dataset
+    from pipelines.datasets import load_dataset
 
     data, loader = recipe.data, recipe.train.loader
     if loader == "dali" and data.name in FILE_DATASETS and (split == "val" or data.longtail == "none"):
-        from gssl_fast.data.folders import list_folder
+        from pipelines.datasets.folders import list_folder
 
         files = list_folder(data.root, split)
         return files, files
@@ -48,7 +48,7 @@ def ffcv_file(given: str, split: str, dataset, run_dir: Path, accelerator) -> st
     if given:
         if not Path(given).is_file():
             raise UserError(f"data.beton = {given!r}: no such file; write it with "
-                            f"python -m pipelines.ffcv RECIPE.toml --split train --out {given}, or set data.beton = ''")
+                            f"python -m gssl_fast.convert RECIPE.toml --split train --out {given}, or set data.beton = ''")
         return given
     path = run_dir / "data" / f"{split}.beton"
     if accelerator.is_main_process and not path.exists():
@@ -63,29 +63,53 @@ def ffcv_file(given: str, split: str, dataset, run_dir: Path, accelerator) -> st
     return str(path)
 
 
-def build_loaders(recipe: Recipe, train_ds, val_ds, accelerator):
-    """Train and val loaders of ``train.loader``, one shard per process."""
+def _common(recipe: Recipe, accelerator) -> dict:
+    data = recipe.data
+    # Loaders deliver uint8 pixels; the model's first layer normalizes (models.InputNormalize).
+    return dict(image_size=data.image_size, shard_id=accelerator.process_index, num_shards=accelerator.num_processes,
+                device=accelerator.device, crop_padding=data.crop_padding, hflip=data.hflip,
+                flip_axis=recipe.pretext.flip_axis, normalize=False)
+
+
+def build_train_loaders(recipe: Recipe, streams: dict, source, accelerator) -> dict:
+    """One loader of ``train.loader`` per stream of the method (``{name: Stream}``), one
+    shard per process. The main (first) stream draws with ``train.seed``; every other
+    stream with a seed of its own, so two streams of one dataset do not repeat each other."""
+    from pipelines import get_make_loader
+    from pipelines.sampling import derive_seed
+
+    make_loader = get_make_loader(recipe.train.loader)
+    loaders = {}
+    for i, (name, stream) in enumerate(streams.items()):
+        seed = recipe.train.seed if i == 0 else derive_seed(recipe.train.seed, "stream", name) % (1 << 31)
+        # drop_last keeps every process at the same number of steps (DDP needs it).
+        loaders[name] = make_loader(source, batch_size=stream.batch_size, tasks=stream.tasks, augment=stream.augment,
+                                    shuffle=True, drop_last=True, seed=seed, **_common(recipe, accelerator))
+    return loaders
+
+
+def build_val_loader(recipe: Recipe, source, accelerator):
+    """The validation loader: untransformed pixels, every image once over all processes."""
     from pipelines import get_make_loader
 
-    data, train = recipe.data, recipe.train
-    make_loader = get_make_loader(train.loader)
-    common = dict(
-        image_size=data.image_size, seed=train.seed, shard_id=accelerator.process_index,
-        num_shards=accelerator.num_processes, device=accelerator.device, crop_padding=data.crop_padding,
-        hflip=data.hflip,
-        flip_axis=recipe.pretext.flip_axis, mean=data.mean or None, std=data.std or None,
-    )
-    # drop_last keeps every process at the same number of steps (DDP needs it).
-    train_loader = make_loader(train_ds, batch_size=train.batch_size, tasks=recipe.pretext.tasks,
-                               augment=True, shuffle=True, drop_last=True, **common)
-    val_loader = make_loader(val_ds, batch_size=train.eval_batch_size, tasks=(), augment=False,
-                             shuffle=False, drop_last=False, **common)
-    return train_loader, val_loader
+    return get_make_loader(recipe.train.loader)(source, batch_size=recipe.train.eval_batch_size, tasks=(),
+                                                augment=False, shuffle=False, drop_last=False,
+                                                seed=recipe.train.seed, **_common(recipe, accelerator))
+
+
+def input_normalization(data, dataset) -> tuple[tuple[float, ...], tuple[float, ...]]:
+    """``(mean, std)`` of the model's input layer: ``data.mean`` / ``data.std``, else the
+    dataset's defaults (ImageNet statistics for a list of files)."""
+    from pipelines.datasets import IMAGENET_MEAN, IMAGENET_STD
+
+    mean = data.mean or getattr(dataset, "mean", None) or IMAGENET_MEAN
+    std = data.std or getattr(dataset, "std", None) or IMAGENET_STD
+    return tuple(mean), tuple(std)
 
 
 def steps_in_epoch(loader, cfg) -> int:
-    """Loader batches used per epoch: capped by ``steps_per_epoch`` optimizer steps and
-    a whole number of accumulation rounds."""
+    """Batches of the main stream's ``loader`` used per epoch: capped by
+    ``steps_per_epoch`` optimizer steps and a whole number of accumulation rounds."""
     n = len(loader)
     if cfg.steps_per_epoch:
         n = min(n, cfg.steps_per_epoch * cfg.grad_accum_steps)

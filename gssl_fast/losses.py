@@ -18,7 +18,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from gssl_fast.config import LossConfig
-from gssl_fast.errors import UserError, unknown_name
+from pipelines.errors import UserError, unknown_name
 
 REDUCTIONS = ("mean", "none")
 

@@ -33,14 +33,34 @@ from timm.models.resnet import BasicBlock as TimmBasicBlock
 from timm.models.resnet import ResNet
 
 from gssl_fast.config import ModelConfig
-from gssl_fast.errors import UserError
+from pipelines.datasets.arrays import CIFAR_MEAN, CIFAR_STD, IMAGENET_MEAN, IMAGENET_STD
+from pipelines.errors import UserError
 
 nn = torch.nn
 
-CIFAR_MEAN = (0.4914, 0.4822, 0.4465)  # the authors' CIFAR normalization (SPEC section 3)
-CIFAR_STD = (0.2023, 0.1994, 0.2010)
-IMAGENET_MEAN = (0.485, 0.456, 0.406)  # the authors' Tiny-ImageNet code normalizes with ImageNet's
-IMAGENET_STD = (0.229, 0.224, 0.225)
+
+class InputNormalize(nn.Module):
+    """The model's first layer: pixels in, normalized floats out (SPEC section 1).
+
+    ``[B, 3, H, W]`` uint8 (0..255) or float pixels in [0, 1] -> float32
+    ``(x - mean) / std``, in ``channels_last`` memory format when asked. Loaders thus
+    deliver pixels, and attacks work on pixels in [0, 1]. ``mean`` and ``std`` are
+    buffers, so a checkpoint carries the normalization it was trained with.
+    """
+
+    def __init__(self, mean, std, *, channels_last: bool = False):
+        super().__init__()
+        self.register_buffer("mean", torch.tensor(mean, dtype=torch.float32).view(1, 3, 1, 1))
+        self.register_buffer("std", torch.tensor(std, dtype=torch.float32).view(1, 3, 1, 1))
+        self.channels_last = channels_last
+
+    def forward(self, images: torch.Tensor) -> torch.Tensor:
+        x = images.float() / 255.0 if images.dtype == torch.uint8 else images.float()
+        x = (x - self.mean) / self.std
+        return x.contiguous(memory_format=torch.channels_last) if self.channels_last else x
+
+    def extra_repr(self) -> str:
+        return f"mean={self.mean.flatten().tolist()}, std={self.std.flatten().tolist()}"
 
 
 class _PooledHead(nn.Module):

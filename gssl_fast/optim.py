@@ -8,7 +8,7 @@ import torch
 from torch.optim.lr_scheduler import LambdaLR
 
 from gssl_fast.config import OptimConfig
-from gssl_fast.errors import unknown_name
+from pipelines.errors import unknown_name
 
 
 def build_optimizer(params, cfg: OptimConfig) -> torch.optim.Optimizer:

@@ -1,6 +1,8 @@
-"""The training task: backbone + gated multi-head + losses, one forward, one dict out.
+"""The G-SSL component: input normalization + backbone + gated multi-head + losses,
+one forward, one dict out. Every training method builds its model from it.
 
-    images [B, 3, H, W] --backbone--> features z [B, D] --heads--> logits, pretext logits, gate
+    pixels [B, 3, H, W] --normalize--> --backbone--> features z [B, D]
+        --heads--> logits, pretext logits, gate
     loss = loss_cls + lambda * loss_ssl                       (paper eq. 3, SPEC section 2)
 
 One backbone pass serves the class head and every pretext head (LoRot-E): the images
@@ -16,7 +18,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from gssl_fast.config import LossConfig, ModelConfig, PretextConfig
-from gssl_fast.errors import UserError
+from pipelines.errors import UserError
 from gssl_fast.heads import GatedMultiHead
 from gssl_fast.losses import ClassLoss, build_class_loss, check_gate_combine, combine_pretext_losses, cross_entropy
 
@@ -26,7 +28,9 @@ class GSSLTask(nn.Module):
 
     backbone: a module mapping ``[B, 3, H, W]`` float to pooled features ``[B, D]`` with
     ``num_features == D`` (a timm model built with ``num_classes=0``).
-    tasks: enabled pretext tasks (names of ``gssl_fast.pretext.TASKS``), any order.
+    normalize: the input layer turning pixels (uint8, or float in [0, 1]) into the
+    backbone's input (``models.InputNormalize``); None feeds the images as they are.
+    tasks: enabled pretext tasks (names of ``pipelines.localizable.TASKS``), any order.
     gate, combine, lam: ``pretext.gate``, ``pretext.combine``, ``pretext.lambda``.
     class_loss: loss of the class head; plain cross-entropy when None.
     normed_heads: cosine (``NormedLinear``) class and pretext heads, for LDAM.
@@ -53,11 +57,13 @@ class GSSLTask(nn.Module):
         class_loss: ClassLoss | None = None,
         normed_heads: bool = False,
         pretext_scale: float = 1.0,
+        normalize: nn.Module | None = None,
     ):
         super().__init__()
         check_gate_combine(gate, combine)
         if lam < 0:
             raise UserError(f"pretext.lambda must be >= 0, got {lam}")
+        self.normalize = normalize if normalize is not None else nn.Identity()
         self.backbone = backbone
         self.heads = GatedMultiHead(backbone.num_features, num_classes, tasks, normed=normed_heads)
         self.tasks = self.heads.tasks
@@ -75,7 +81,7 @@ class GSSLTask(nn.Module):
         labels: torch.Tensor | None = None,
         targets: Mapping[str, torch.Tensor] | None = None,
     ) -> dict:
-        """images ``[B, 3, H, W]`` float; labels ``[B]`` int64; targets ``{"target_<task>": [B] int64}``.
+        """images ``[B, 3, H, W]`` pixels (uint8, or float in [0, 1]); labels ``[B]`` int64; targets ``{"target_<task>": [B] int64}``.
 
         Always: ``features`` ``[B, D]``, ``logits`` ``[B, K]``, ``pretext_logits``
         ``{task: [B, n_t]}`` (and ``gate_logits`` ``[B, T]`` with a task).
@@ -84,7 +90,7 @@ class GSSLTask(nn.Module):
         gate values). ``loss`` = ``loss_cls + lam * loss_ssl`` over the terms present
         (``lam * loss_ssl`` alone for unlabeled images); absent when there is no term.
         """
-        z = self.backbone(images)
+        z = self.backbone(self.normalize(images))
         out = {"features": z, **self.heads(z)}
         terms = []
         if labels is not None:
@@ -114,18 +120,26 @@ class GSSLTask(nn.Module):
         return torch.stack(losses)
 
 
-def pretext_accuracy(out: Mapping, targets: Mapping[str, torch.Tensor]) -> dict[str, tuple[torch.Tensor, int]]:
-    """Top-1 hits of every pretext head: ``{task: (correct, count)}``.
+def pretext_batch_targets(batch: Mapping[str, torch.Tensor], tasks: Sequence[str]) -> dict[str, torch.Tensor]:
+    """The ``target_<task>`` entries of a loader batch for ``tasks``."""
+    return {f"target_{t}": batch[f"target_{t}"] for t in tasks}
 
-    out: a ``GSSLTask`` output; targets: ``{"target_<task>": [B] int64}``. ``correct`` is
-    a 0-dim int64 tensor on the logits' device (no host sync, sum it across steps and
-    processes), ``count`` the batch size.
+
+def gssl_scalars(out: Mapping, targets: Mapping[str, torch.Tensor], tasks: Sequence[str]) -> dict[str, torch.Tensor]:
+    """What a step of the G-SSL component logs: 0-dim float32 tensors, detached.
+
+    ``loss_cls``, ``loss_ssl``, ``loss_<task>`` (batch means), ``gate/<task>`` (the
+    batch-mean gate value) and ``pretext_acc/<task>`` (top-1 of the head, percent).
+    Values stay on the device: no host sync per step.
     """
-    result = {}
-    for task, logits in out["pretext_logits"].items():
-        target = targets[f"target_{task}"]
-        result[task] = ((logits.argmax(dim=1) == target).sum(), int(target.numel()))
-    return result
+    zero = out["logits"].detach().new_zeros((), dtype=torch.float32)
+    row = {"loss_cls": out.get("loss_cls", zero).detach().float(), "loss_ssl": out.get("loss_ssl", zero).detach().float()}
+    for j, t in enumerate(tasks):
+        row[f"loss_{t}"] = out[f"loss_{t}"].float()
+        row[f"gate/{t}"] = out["gate"][j].float()
+        hits = out["pretext_logits"][t].argmax(1) == targets[f"target_{t}"]
+        row[f"pretext_acc/{t}"] = 100.0 * hits.float().mean()
+    return row
 
 
 def build_task(
@@ -135,13 +149,17 @@ def build_task(
     *,
     num_classes: int,
     class_counts: Sequence[int],
+    mean: Sequence[float],
+    std: Sequence[float],
 ) -> GSSLTask:
     """The recipe's ``[model]``, ``[pretext]`` and ``[loss]`` sections as a GSSLTask.
 
     class_counts: ``[K]`` training images per class (LDAM margins, DRW weights).
+    mean, std: the input normalization in [0, 1] units (``data.mean`` / ``data.std``
+    or the dataset's defaults).
     LDAM brings cosine heads, with the pretext logits scaled by ``loss.ldam_scale``.
     """
-    from gssl_fast.models import build_backbone  # models.py registers the CIFAR nets in timm
+    from gssl_fast.models import InputNormalize, build_backbone  # models.py registers the CIFAR nets in timm
 
     if len(class_counts) != num_classes:
         raise ValueError(f"class_counts has {len(class_counts)} entries for {num_classes} classes")
@@ -157,4 +175,5 @@ def build_task(
         class_loss=class_loss,
         normed_heads=ldam,
         pretext_scale=loss_cfg.ldam_scale if ldam else 1.0,
+        normalize=InputNormalize(mean, std, channels_last=model_cfg.channels_last),
     )

@@ -3,10 +3,14 @@
     accelerate launch -m gssl_fast.train recipes/tinyimagenet.toml [--set train.epochs=3]
     python -m gssl_fast.train recipes/demo.toml --out runs/try --resume auto
 
-Reads top to bottom: Accelerator -> data -> loaders -> task (timm backbone + gated
-heads + losses) -> optimizer and schedule -> prepare -> resume -> epochs (train,
-evaluate, log, checkpoint). Loaders are sharded by their own ``shard_id`` /
-``num_shards`` and are never passed to ``accelerator.prepare``.
+Reads top to bottom: Accelerator -> data -> method (its model, its streams) -> one
+loader per stream -> optimizer and schedule -> prepare -> resume -> epochs (train,
+evaluate, log, checkpoint). The loop knows only the method contract of
+``gssl_fast.methods.base``: it backpropagates the step's ``loss`` and logs the other
+scalars by name. Optimizer steps are counted (``train.steps`` or ``train.epochs``);
+an epoch of the main stream is the unit of evaluation, logging and checkpoints.
+Loaders are sharded by their own ``shard_id`` / ``num_shards`` and are never passed
+to ``accelerator.prepare``.
 """
 
 from __future__ import annotations
@@ -16,6 +20,7 @@ import os
 import shutil
 import sys
 import time
+from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
@@ -23,7 +28,7 @@ import torch
 
 from gssl_fast import checkpoint
 from gssl_fast.config import Recipe, load_recipe, save_recipe
-from gssl_fast.errors import UserError
+from pipelines.errors import UserError
 
 USAGE_EXIT = 2
 
@@ -104,135 +109,196 @@ def prepare_run_dir(recipe: Recipe, out, resume, overwrite: bool, accelerator) -
     return run_dir, start
 
 
-def train_one_epoch(task, optimizer, scheduler, loader, *, accelerator, steps: int, channels_last: bool, progress):
-    """One epoch of G-SSL steps; returns summed statistics as a ``[S]`` float tensor
-    laid out by :func:`stat_names` (not yet reduced across processes)."""
-    task.train()
-    tasks = accelerator.unwrap_model(task).tasks
-    totals = None
-    for i, batch in enumerate(loader):
-        if i == steps:
-            break
-        images = batch["images"]
-        if channels_last:
-            images = images.contiguous(memory_format=torch.channels_last)
-        targets = {f"target_{t}": batch[f"target_{t}"] for t in tasks}
-        with accelerator.accumulate(task):
-            out = task(images, batch["labels"], targets)
-            accelerator.backward(out["loss"])
-            optimizer.step()
-            if accelerator.sync_gradients:
-                scheduler.step()
-            optimizer.zero_grad(set_to_none=True)
-        row = step_stats(out, targets, tasks, images.shape[0])
-        totals = row if totals is None else totals + row
-        progress.update(images.shape[0] * accelerator.num_processes, lambda: {"loss": out["loss"].item()})
-    return totals
+@dataclass(frozen=True)
+class StepPlan:
+    """How many batches each epoch takes: ``batches`` of the main stream per full epoch
+    (a whole number of accumulation rounds), ``total_steps`` optimizer steps in all
+    (``train.steps``, or ``train.epochs`` full epochs); the last epoch may be short."""
 
+    batches: int
+    accum: int
+    total_steps: int
 
-def stat_names(tasks) -> list[str]:
-    return (["loss", "loss_cls", "loss_ssl"] + [f"loss_{t}" for t in tasks] + [f"gate_{t}" for t in tasks]
-            + [f"correct_{t}" for t in tasks] + ["count"])
+    @property
+    def steps_per_epoch(self) -> int:
+        return self.batches // self.accum
 
+    @property
+    def epochs(self) -> int:
+        return -(-self.total_steps // self.steps_per_epoch)
 
-def step_stats(out: dict, targets: dict, tasks, batch_size: int) -> torch.Tensor:
-    """Batch-size-weighted sums of one step, on the device (no host sync per step)."""
-    b = float(batch_size)
-    zero = out["loss"].detach().new_zeros(())
-    vals = [out["loss"].detach() * b, out["loss_cls"].detach() * b, out.get("loss_ssl", zero).detach() * b]
-    vals += [out[f"loss_{t}"].detach() * b for t in tasks]
-    vals += [out["gate"][j].detach() * b for j in range(len(tasks))]
-    vals += [(out["pretext_logits"][t].argmax(1) == targets[f"target_{t}"]).sum().to(zero.dtype) for t in tasks]
-    vals.append(zero + b)
-    return torch.stack([v.float() for v in vals])
-
-
-def epoch_row(totals: torch.Tensor, tasks) -> dict:
-    """Turns reduced sums into the metrics.jsonl fields of the training phase."""
-    s = dict(zip(stat_names(tasks), totals.tolist()))
-    n = max(s["count"], 1.0)
-    row = {"train_loss": s["loss"] / n, "loss_cls": s["loss_cls"] / n, "loss_ssl": s["loss_ssl"] / n}
-    row.update({f"loss_{t}": s[f"loss_{t}"] / n for t in tasks})
-    row["gate"] = {t: s[f"gate_{t}"] / n for t in tasks}
-    row["pretext_acc"] = {t: 100.0 * s[f"correct_{t}"] / n for t in tasks}
-    row["train_images"] = int(s["count"])
-    return row
+    def batches_in(self, epoch: int) -> int:
+        return min(self.batches, (self.total_steps - epoch * self.steps_per_epoch) * self.accum)
 
 
 def fit(recipe: Recipe, *, out=None, resume=None, overwrite=False) -> Path:
-    """Trains ``recipe`` to its last epoch; returns the run folder."""
+    """Trains ``recipe`` to its last step; returns the run folder."""
     from accelerate.utils import set_seed
 
-    from gssl_fast.task import build_task
+    from gssl_fast.loaders import (
+        build_train_loaders,
+        build_val_loader,
+        input_normalization,
+        loader_source,
+        steps_in_epoch,
+    )
+    from gssl_fast.methods import MethodContext, build_method
+    from gssl_fast.optim import build_optimizer, build_scheduler
 
     train = recipe.train
     accelerator = make_accelerator(train)
     threads = set_threads(train, accelerator)
     run_dir, start_from = prepare_run_dir(recipe, out, resume, overwrite, accelerator)
     set_seed(train.seed)  # the same initial weights on every process
-    from gssl_fast.loaders import build_loaders, loader_source, steps_in_epoch
-
     train_src, train_ds = loader_source(recipe, "train", run_dir, accelerator)
     val_src, val_ds = loader_source(recipe, "val", run_dir, accelerator)
-    train_loader, val_loader = build_loaders(recipe, train_src, val_src, accelerator)
     counts = np.bincount(train_ds.labels, minlength=len(train_ds.classes))
-    task = build_task(recipe.model, recipe.pretext, recipe.loss, num_classes=len(train_ds.classes), class_counts=counts)
-    if recipe.model.channels_last:
-        task = task.to(memory_format=torch.channels_last)
-    steps = steps_in_epoch(train_loader, train)
-    from gssl_fast.optim import build_optimizer, build_scheduler
-
-    optimizer = build_optimizer(task.parameters(), recipe.optim)
-    scheduler = build_scheduler(optimizer, recipe.optim, steps_per_epoch=steps // train.grad_accum_steps, epochs=train.epochs)
-    task, optimizer = accelerator.prepare(task, optimizer)
-    first_epoch = restore(start_from, task, optimizer, scheduler, accelerator) if start_from else 0
+    mean, std = input_normalization(recipe.data, train_ds)
+    method = build_method(recipe.method, MethodContext.of(recipe, counts, mean, std))
+    loaders = build_train_loaders(recipe, method.streams(), train_src, accelerator)
+    val_loader = build_val_loader(recipe, val_src, accelerator)
+    batches = steps_in_epoch(next(iter(loaders.values())), train)
+    per_epoch = batches // train.grad_accum_steps
+    plan = StepPlan(batches, train.grad_accum_steps, train.steps or train.epochs * per_epoch)
+    optimizer = build_optimizer(method.parameters_for_optimizer(method.model), recipe.optim)
+    scheduler = build_scheduler(optimizer, recipe.optim, steps_per_epoch=per_epoch, epochs=plan.total_steps / per_epoch)
+    model, optimizer = accelerator.prepare(method.model, optimizer)
+    first_epoch = restore(start_from, method, optimizer, scheduler, accelerator) if start_from else 0
     if accelerator.is_main_process:
-        describe(recipe, accelerator, threads, train_ds, val_ds, task, steps, first_epoch)
-    run_epochs(recipe, task, optimizer, scheduler, train_loader, val_loader, accelerator,
-               run_dir=run_dir, first_epoch=first_epoch, steps=steps, counts=counts, threads=threads)
+        describe(recipe, accelerator, threads, train_ds, val_ds, method, plan, first_epoch)
+    run_epochs(recipe, method, model, optimizer, scheduler, loaders, val_loader, accelerator,
+               run_dir=run_dir, first_epoch=first_epoch, plan=plan, threads=threads)
     accelerator.end_training()
     return run_dir
 
 
-def run_epochs(recipe, task, optimizer, scheduler, train_loader, val_loader, accelerator, *,
-               run_dir: Path, first_epoch: int, steps: int, counts, threads: int) -> None:
+class Cycle:
+    """Endless batches of one stream's loader: a fresh pass whenever one runs out.
+
+    Pass ``p`` of epoch ``e`` is the loader's epoch ``first`` for ``p = 0`` (the main
+    stream: exactly epoch ``e``) and ``(e << 16) + p`` after it, so every batch is a
+    function of (seed, epoch, step) and a resumed run draws what an unbroken one would.
+    """
+
+    def __init__(self, loader, epoch: int):
+        self.loader, self.epoch, self.passes = loader, epoch, 0
+        self.it = self._start()
+
+    def _start(self):
+        self.loader.set_epoch(self.epoch if self.passes == 0 else (self.epoch << 16) + self.passes)
+        self.passes += 1
+        return iter(self.loader)
+
+    def __next__(self) -> dict:
+        try:
+            return next(self.it)
+        except StopIteration:
+            self.it = self._start()
+            return next(self.it)
+
+    def close(self) -> None:
+        """Stops the loader's pass early (FFCV and DALI hold threads until then)."""
+        if hasattr(self.it, "close"):
+            self.it.close()
+
+
+def train_one_epoch(method, model, optimizer, scheduler, loaders: dict, *, epoch: int, accelerator, steps: int,
+                    progress) -> tuple[list[str], torch.Tensor, int]:
+    """``steps`` steps of ``method``; returns the names of the step's scalars, their sums
+    as a ``[S]`` float32 tensor (not yet reduced across processes) and the images of
+    the main stream this process trained on."""
+    model.train()
+    streams = {name: Cycle(loader, epoch) for name, loader in loaders.items()}
+    main = next(iter(streams))
+    names, sums, images = None, None, 0
+    try:
+        for _ in range(steps):
+            batches = {name: next(stream) for name, stream in streams.items()}
+            with accelerator.accumulate(model):
+                out = method.training_step(model, batches, accelerator=accelerator)
+                accelerator.backward(out["loss"])
+                optimizer.step()
+                if accelerator.sync_gradients:
+                    scheduler.step()
+                optimizer.zero_grad(set_to_none=True)
+            names = names or list(out)
+            row = torch.stack([torch.as_tensor(out[k], device=accelerator.device).detach().float().reshape(())
+                               for k in names])
+            sums = row if sums is None else sums + row
+            images += batches[main]["images"].shape[0]
+            progress.update(batches[main]["images"].shape[0] * accelerator.num_processes,
+                            lambda: {"loss": out["loss"].item()})
+    finally:
+        for stream in streams.values():
+            stream.close()
+    return names, sums, images
+
+
+def epoch_row(names: list[str], sums: torch.Tensor, steps: int) -> dict:
+    """Reduced step sums -> the training fields of metrics.jsonl: each scalar's mean
+    over the epoch's steps and processes; ``loss`` is logged as ``train_loss`` and
+    ``group/key`` names become ``{"group": {"key": value}}``."""
+    row: dict = {}
+    for name, total in zip(names, (sums / steps).tolist()):
+        group, _, key = name.rpartition("/")
+        name = "train_loss" if name == "loss" else name
+        if group:
+            row.setdefault(group, {})[key] = total
+        else:
+            row[name] = total
+    return row
+
+
+def run_epochs(recipe, method, model, optimizer, scheduler, loaders, val_loader, accelerator, *,
+               run_dir: Path, first_epoch: int, plan: StepPlan, threads: int) -> None:
     """Train, evaluate, log and checkpoint each epoch from ``first_epoch`` on."""
-    from gssl_fast.evaluate import evaluate
     from gssl_fast.metrics import MetricsLog
     from gssl_fast.progress import Progress
 
     train, rank = recipe.train, accelerator.process_index
-    model = accelerator.unwrap_model(task)
+    plain = accelerator.unwrap_model(model)
     log = MetricsLog(run_dir / "metrics.jsonl")
     if accelerator.is_main_process:
         log.truncate_after(first_epoch - 1)
-    longtail = recipe.data.longtail != "none"
-    for epoch in range(first_epoch, train.epochs):
+    best = best_so_far(log.read()[:first_epoch])
+    for epoch in range(first_epoch, plan.epochs):
         start = time.perf_counter()
-        # Reseeded per (seed, rank, epoch): a resumed run draws what an uninterrupted one would.
+        # Reseeded per (seed, rank, epoch): a resumed run draws what an uninterrupted one
+        # would. numpy too: timm's Mixup draws its mixing from numpy's global stream.
         torch.manual_seed(checkpoint_seed(train.seed, rank, epoch))
-        model.class_loss.set_epoch(epoch)  # deferred re-weighting from loss.drw_start_epoch
-        train_loader.set_epoch(epoch)
-        progress = Progress(steps, desc=f"epoch {epoch + 1}/{train.epochs}", enabled=accelerator.is_main_process)
-        totals = train_one_epoch(task, optimizer, scheduler, train_loader, accelerator=accelerator,
-                                 steps=steps, channels_last=recipe.model.channels_last, progress=progress)
+        np.random.seed(checkpoint_seed(train.seed, rank, epoch) % (1 << 32))
+        method.on_epoch_start(epoch)
+        steps = plan.batches_in(epoch)
+        progress = Progress(steps, desc=f"epoch {epoch + 1}/{plan.epochs}", enabled=accelerator.is_main_process)
+        names, sums, images = train_one_epoch(method, model, optimizer, scheduler, loaders, epoch=epoch,
+                                              accelerator=accelerator, steps=steps, progress=progress)
         progress.close()
         train_seconds = time.perf_counter() - start
-        totals = accelerator.reduce(totals, reduction="sum")
-        broadcast_buffers(model, accelerator)
-        report = evaluate(model, val_loader, accelerator=accelerator, num_classes=len(counts),
-                          train_counts=counts if longtail else None)
-        row = {"epoch": epoch, "lr": optimizer.param_groups[0]["lr"], **epoch_row(totals, model.tasks), **report}
-        row.update(images_per_s=row["train_images"] / train_seconds, seconds=time.perf_counter() - start,
+        sums = accelerator.reduce(sums, reduction="sum") / accelerator.num_processes
+        images = int(accelerator.reduce(torch.tensor(images, device=accelerator.device), reduction="sum"))
+        broadcast_buffers(plain, accelerator)
+        report = method.evaluate(plain, val_loader, accelerator=accelerator, epoch=epoch,
+                                 last=epoch == plan.epochs - 1)
+        row = {"epoch": epoch, "lr": optimizer.param_groups[0]["lr"], **epoch_row(names, sums, steps), **report}
+        if "val_acc1" in row and row["val_acc1"] > best[0]:
+            best = (row["val_acc1"], epoch)
+        row.update(best_val_acc1=best[0], best_epoch=best[1], train_images=images,
+                   images_per_s=images / train_seconds, seconds=time.perf_counter() - start,
                    world_size=accelerator.num_processes, threads=threads)
         if accelerator.num_processes > 1:
-            row["replicas_in_sync"] = replicas_in_sync(model, accelerator)
+            row["replicas_in_sync"] = replicas_in_sync(plain, accelerator)
         # Log before the checkpoint: a run killed in between redoes this epoch, and the
         # resumed run drops the orphaned line (truncate_after) instead of losing one.
         if accelerator.is_main_process:
             log.append(row)
-            print(summary_line(row, train.epochs), flush=True)
-        save_checkpoint(run_dir, epoch + 1, task, optimizer, scheduler, accelerator, train.keep_checkpoints)
+            print(summary_line(row, plan.epochs), flush=True)
+        save_checkpoint(run_dir, epoch + 1, recipe, method, optimizer, scheduler, accelerator, train.keep_checkpoints)
+
+
+def best_so_far(rows: list[dict]) -> tuple[float, int]:
+    """``(best val_acc1, its epoch)`` of the logged rows; ``(-1, -1)`` before any."""
+    scored = [(r["val_acc1"], r["epoch"]) for r in rows if "val_acc1" in r]
+    return max(scored, key=lambda t: t[0], default=(-1.0, -1))
 
 
 def broadcast_buffers(model, accelerator) -> None:
@@ -264,28 +330,40 @@ def checkpoint_seed(seed: int, rank: int, epoch: int) -> int:
     return derive_seed(seed, "torch", rank, epoch)
 
 
-def save_checkpoint(run_dir, epochs_done, task, optimizer, scheduler, accelerator, keep) -> None:
-    """Main process writes atomically; the others wait so nobody races ahead of it."""
+def save_checkpoint(run_dir, epochs_done, recipe, method, optimizer, scheduler, accelerator, keep) -> None:
+    """Main process writes atomically; the others wait so nobody races ahead of it.
+
+    Beside the training state: the resolved recipe and what the method was built from
+    (``context``), so that ``gssl_fast.load_model`` rebuilds the model from the file alone.
+    """
+    from gssl_fast.config import recipe_to_toml
+
     accelerator.wait_for_everyone()
     if accelerator.is_main_process:
+        ctx = method.ctx
         state = {
             "epoch": epochs_done,
-            "model": accelerator.unwrap_model(task).state_dict(),
+            "model": method.model.state_dict(),
+            "method": method.state_dict(),
             "optimizer": optimizer.state_dict(),
             "scheduler": scheduler.state_dict(),
             "scaler": accelerator.scaler.state_dict() if accelerator.scaler is not None else None,
             "rng": checkpoint.rng_state(),
+            "recipe": recipe_to_toml(recipe),
+            "context": {"class_counts": list(ctx.class_counts), "mean": list(ctx.mean), "std": list(ctx.std)},
         }
         checkpoint.save_atomic(state, checkpoint.checkpoint_path(run_dir, epochs_done))
         checkpoint.prune(run_dir, keep)
     accelerator.wait_for_everyone()
 
 
-def restore(path: Path, task, optimizer, scheduler, accelerator) -> int:
-    """Loads a checkpoint into the prepared task and optimizer; returns finished epochs."""
+def restore(path: Path, method, optimizer, scheduler, accelerator) -> int:
+    """Loads a checkpoint into the method's model and state and the optimizer; returns
+    the finished epochs."""
     state = checkpoint.load(path)
     try:
-        accelerator.unwrap_model(task).load_state_dict(state["model"])
+        method.model.load_state_dict(state["model"])
+        method.load_state_dict(state.get("method", {}))
         optimizer.load_state_dict(state["optimizer"])
     except (RuntimeError, ValueError, KeyError) as e:
         raise UserError(f"checkpoint {path} does not fit this recipe's model: {str(e).splitlines()[0]}") from None
@@ -298,26 +376,38 @@ def restore(path: Path, task, optimizer, scheduler, accelerator) -> int:
     return int(state["epoch"])
 
 
-def describe(recipe, accelerator, threads, train_ds, val_ds, task, steps, first_epoch) -> None:
-    params = sum(p.numel() for p in accelerator.unwrap_model(task).parameters())
+def describe(recipe, accelerator, threads, train_ds, val_ds, method, plan: StepPlan, first_epoch) -> None:
+    params = sum(p.numel() for p in method.model.parameters())
+    streams = ", ".join(f"{name} x{s.batch_size}" for name, s in method.streams().items())
     print(
-        f"gssl_fast: {recipe.name} | device {accelerator.device} x{accelerator.num_processes} "
-        f"({accelerator.distributed_type}), {threads} threads/process, precision {accelerator.mixed_precision}\n"
-        f"data {recipe.data.name}: {len(train_ds.labels)} train / {len(val_ds.labels)} val images, {len(train_ds.classes)} classes, "
-        f"{recipe.data.image_size}px, loader {recipe.train.loader}\n"
+        f"gssl_fast: {recipe.name} | method {recipe.method.name} | device {accelerator.device} "
+        f"x{accelerator.num_processes} ({accelerator.distributed_type}), {threads} threads/process, "
+        f"precision {accelerator.mixed_precision}\n"
+        f"data {recipe.data.name}: {len(train_ds.labels)} train / {len(val_ds.labels)} val images, "
+        f"{len(train_ds.classes)} classes, {recipe.data.image_size}px, loader {recipe.train.loader}, streams {streams}\n"
         f"model {recipe.model.backbone} + heads {list(recipe.pretext.tasks)} ({params / 1e6:.2f}M params), "
         f"gate {recipe.pretext.gate}/{recipe.pretext.combine}, lambda {recipe.pretext.lam}\n"
-        f"{steps} steps/epoch, epochs {first_epoch + 1}..{recipe.train.epochs}",
+        f"{plan.steps_per_epoch} steps/epoch, {plan.total_steps} steps, epochs {first_epoch + 1}..{plan.epochs}",
         flush=True,
     )
 
 
 def summary_line(row: dict, epochs: int) -> str:
-    pre = " ".join(f"{t} {a:.1f}%" for t, a in row["pretext_acc"].items())
-    gate = " ".join(f"{t} {g:.3f}" for t, g in row["gate"].items())
-    return (f"epoch {row['epoch'] + 1}/{epochs}: loss {row['train_loss']:.4f} val top-1 {row['val_acc1']:.2f}% "
-            f"top-5 {row['val_acc5']:.2f}% | pretext {pre or '-'} | gate {gate or '-'} | "
-            f"{row['images_per_s']:.0f} img/s, {row['seconds']:.1f}s")
+    """One line per epoch: loss, validation accuracy (clean and robust), then each
+    group of per-task values the method logged (pretext accuracy, gate, ...)."""
+    parts = [f"epoch {row['epoch'] + 1}/{epochs}: loss {row['train_loss']:.4f}"]
+    if "val_acc1" in row:
+        parts[0] += f" val top-1 {row['val_acc1']:.2f}% top-5 {row['val_acc5']:.2f}%"
+    robust = [f"{k[4:-5]} {v:.2f}%" for k, v in row.items() if k.startswith("val_pgd") and k.endswith("_acc1")]
+    if robust:
+        parts.append("robust " + " ".join(robust))
+    for group, values in row.items():
+        if isinstance(values, dict) and values:
+            unit = "%" if group.endswith("acc") else ""
+            label = "pretext" if group == "pretext_acc" else group
+            parts.append(label + " " + " ".join(f"{k} {v:.{1 if unit else 3}f}{unit}" for k, v in values.items()))
+    parts.append(f"{row['images_per_s']:.0f} img/s, {row['seconds']:.1f}s")
+    return " | ".join(parts)
 
 
 if __name__ == "__main__":

@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import importlib
 
-from gssl_fast.errors import unknown_name
+from pipelines.errors import unknown_name
 
 # Loader name (recipe key ``train.loader``) -> module offering ``make_loader``.
 LOADERS: dict[str, str] = {

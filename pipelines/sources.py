@@ -11,8 +11,8 @@ from pathlib import Path
 
 import numpy as np
 
-from gssl_fast.data import ArrayDataset
-from gssl_fast.data.arrays import CIFAR_MEAN, CIFAR_STD
+from pipelines.datasets import ArrayDataset
+from pipelines.datasets.arrays import CIFAR_MEAN, CIFAR_STD
 
 
 def as_array_dataset(source, *, image_size: int | None = None, split: str = "train") -> ArrayDataset:
@@ -20,7 +20,7 @@ def as_array_dataset(source, *, image_size: int | None = None, split: str = "tra
     if isinstance(source, ArrayDataset):
         ds = source
     elif isinstance(source, (str, os.PathLike)):
-        from gssl_fast.data.folders import decode_files, list_folder
+        from pipelines.datasets.folders import decode_files, list_folder
 
         files = list_folder(Path(source), split=split)
         return decode_files(files, image_size or image_side(files.paths[0]))

@@ -18,8 +18,8 @@ from typing import Iterator, Sequence
 import numpy as np
 import torch
 
-from gssl_fast.data import ArrayDataset
-from gssl_fast.pretext import TASKS, check_tasks
+from pipelines.datasets import ArrayDataset
+from pipelines.localizable import TASKS, check_tasks
 from pipelines.augment import augment_batch
 from pipelines.sampling import epoch_indices, generator, num_batches
 from pipelines.sources import as_array_dataset

@@ -14,8 +14,8 @@ from typing import Iterator, Sequence
 import numpy as np
 import torch
 
-from gssl_fast.errors import UserError
-from gssl_fast.pretext import FLIP_AXES, PARAM_KEYS, PERMUTATIONS
+from pipelines.errors import UserError
+from pipelines.localizable import FLIP_AXES, PARAM_KEYS, PERMUTATIONS
 
 INSTALL_HELP = (
     "the DALI loader needs NVIDIA DALI: pip install -e '.[dali]' (nvidia-dali-cuda130; "

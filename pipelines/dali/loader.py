@@ -10,10 +10,10 @@ from typing import Iterator, Sequence
 import numpy as np
 import torch
 
-from gssl_fast.data import ArrayDataset, FileList
-from gssl_fast.data.arrays import IMAGENET_MEAN, IMAGENET_STD
-from gssl_fast.errors import unknown_name
-from gssl_fast.pretext import FLIP_AXES, PARAM_KEYS, TASKS, check_tasks, pretext_targets
+from pipelines.datasets import ArrayDataset, FileList
+from pipelines.datasets.arrays import IMAGENET_MEAN, IMAGENET_STD
+from pipelines.errors import unknown_name
+from pipelines.localizable import FLIP_AXES, PARAM_KEYS, TASKS, check_tasks, pretext_targets
 from pipelines.dali.graph import (
     GraphOptions,
     build_array_pipeline,
@@ -24,6 +24,7 @@ from pipelines.dali.graph import (
 )
 from pipelines.sampling import check_shard, derive_seed, epoch_indices, num_batches
 from pipelines.sources import as_array_dataset, image_side
+from pipelines.system import usable_cores
 
 
 def _array_batches(images: np.ndarray, order: torch.Tensor, batch_size: int):
@@ -146,8 +147,7 @@ def _cuda_index(device: torch.device) -> int:
 
 
 def _default_threads() -> int:
-    cores = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else (os.cpu_count() or 1)
-    return max(1, min(cores, 8))
+    return max(1, min(usable_cores(), 8))
 
 
 def _resolve(source, image_size: int | None, split: str) -> ArrayDataset | FileList:
@@ -156,7 +156,7 @@ def _resolve(source, image_size: int | None, split: str) -> ArrayDataset | FileL
     if isinstance(source, FileList):
         return source
     if isinstance(source, (str, os.PathLike)):
-        from gssl_fast.data.folders import list_folder
+        from pipelines.datasets.folders import list_folder
 
         return list_folder(Path(source), split=split)
     return as_array_dataset(source, image_size=image_size, split=split)

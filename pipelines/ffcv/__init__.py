@@ -1,6 +1,6 @@
 """FFCV loader: ``.beton`` files in, G-SSL batches with pseudo-labels out.
 
-    python -m pipelines.ffcv recipes/cifar10_lt.toml --split train --out data/c10lt.beton
+    python -m gssl_fast.convert recipes/cifar10_lt.toml --split train --out data/c10lt.beton
 
     from pipelines.ffcv import make_loader
     loader = make_loader("data/c10lt.beton", batch_size=128, device="cuda")

@@ -14,10 +14,11 @@ from pathlib import Path
 
 import numpy as np
 
-from gssl_fast.data import ArrayDataset
-from gssl_fast.data.arrays import CIFAR_MEAN, CIFAR_STD
-from gssl_fast.errors import UserError, unknown_name
+from pipelines.datasets import ArrayDataset
+from pipelines.datasets.arrays import CIFAR_MEAN, CIFAR_STD
+from pipelines.errors import UserError, unknown_name
 from pipelines.sources import as_array_dataset
+from pipelines.system import usable_cores
 
 FIELDS = ("image", "label", "index")
 # convert(mode=...) -> RGBImageField write_mode
@@ -84,7 +85,7 @@ def convert(
         "label": IntField(),
         "index": IntField(),
     }
-    workers = num_workers or min(_cores(), 8)
+    workers = num_workers or min(usable_cores(), 8)
     # One writer process per chunk at most: processes cost more than a small dataset.
     workers = max(1, min(workers, -(-len(dataset) // CHUNK)))
     writer = DatasetWriter(str(path), fields, num_workers=workers)
@@ -123,7 +124,7 @@ def check_beton(path: str | os.PathLike):
     from ffcv.reader import Reader
 
     path = Path(path)
-    hint = f"write it with: python -m pipelines.ffcv RECIPE.toml --split train --out {path}"
+    hint = f"write it with: python -m gssl_fast.convert RECIPE.toml --split train --out {path}"
     if not path.is_file():
         raise UserError(f"FFCV file not found: {path}; {hint}")
     try:
@@ -138,6 +139,3 @@ def check_beton(path: str | os.PathLike):
         raise UserError(f"{path} holds images of several sizes or non-square ones; {hint} (it resizes them)")
     return reader
 
-
-def _cores() -> int:
-    return len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count() or 1

@@ -32,11 +32,12 @@ from ffcv.pipeline import PipelineSpec
 from ffcv.transforms import ToDevice, ToTensor, ToTorchImage
 from ffcv.traversal_order.base import TraversalOrder
 
-from gssl_fast.errors import UserError, unknown_name
-from gssl_fast.pretext import FLIP_AXES, PARAM_KEYS, TASKS, check_tasks, pretext_targets
+from pipelines.errors import UserError, unknown_name
+from pipelines.localizable import FLIP_AXES, PARAM_KEYS, TASKS, check_tasks, pretext_targets
 from pipelines.ffcv.convert import check_beton, convert, read_info
 from pipelines.ffcv.ops import ContiguousImage, EpochDraws, Localizable, LocalizableParams, RandomCropFlip
 from pipelines.sampling import epoch_indices, num_batches
+from pipelines.system import usable_cores
 
 # Batches FFCV prepares ahead of the one being consumed.
 BATCHES_AHEAD = 3
@@ -207,8 +208,7 @@ def _default_workers() -> int:
     """This process's share of the machine's cores (over ``LOCAL_WORLD_SIZE``), less one
     for the training loop: FFCV's parallel stages wait for all their threads, and on a
     machine with no core to spare they run several times slower."""
-    cores = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count() or 1
-    return max(cores // max(int(os.environ.get("LOCAL_WORLD_SIZE", "1")), 1) - 1, 1)
+    return max(usable_cores() // max(int(os.environ.get("LOCAL_WORLD_SIZE", "1")), 1) - 1, 1)
 
 
 def make_loader(

@@ -27,14 +27,14 @@ from ffcv.pipeline.allocation_query import AllocationQuery
 from ffcv.pipeline.operation import Operation
 from ffcv.pipeline.state import State
 
-from gssl_fast.pretext import PERMUTATIONS, check_tasks
+from pipelines.localizable import PERMUTATIONS, check_tasks
 from pipelines.sampling import derive_seed
 
 # Output channel c of a permuted quadrant reads input channel _PERMS[p, c] (SPEC section 1).
 _PERMS = np.array(PERMUTATIONS, dtype=np.int64)
 
 # Number of values of each localizable parameter, in the column order of
-# gssl_fast.pretext.PARAM_KEYS: quadrant, flip, rotation, perm.
+# pipelines.localizable.PARAM_KEYS: quadrant, flip, rotation, perm.
 LOCALIZABLE_HIGHS = (4, 2, 4, 6)
 _TASK_COLUMN = {"flip": 1, "rotation": 2, "perm": 3}
 

@@ -2,7 +2,7 @@ import pytest
 import torch
 
 from gssl_fast import checkpoint
-from gssl_fast.errors import UserError
+from pipelines.errors import UserError
 
 
 def test_atomic_save_leaves_no_temp_files_and_resolves_newest(tmp_path):

@@ -4,8 +4,9 @@ from pathlib import Path
 
 import pytest
 
-import gssl_fast.data
+import pipelines.datasets
 from gssl_fast.config import (
+    ALL_SECTIONS,
     KEY_ALIASES,
     SECTIONS,
     DataConfig,
@@ -21,15 +22,17 @@ from gssl_fast.config import (
     recipe_to_toml,
     save_recipe,
 )
-from gssl_fast.errors import UserError
+from gssl_fast.methods.adversarial import AdversarialConfig
+from gssl_fast.methods.supervised import SupervisedConfig
+from pipelines.errors import UserError
 
 RECIPES = Path(__file__).resolve().parents[2] / "recipes"
 
 
 @pytest.fixture(autouse=True)
 def dataset_registry():
-    """data.name is checked against gssl_fast.data.DATASETS."""
-    return gssl_fast.data.DATASETS
+    """data.name is checked against pipelines.datasets.DATASETS."""
+    return pipelines.datasets.DATASETS
 
 
 def write(tmp_path, text, name="exp.toml"):
@@ -42,6 +45,8 @@ def every_section_recipe():
     """A recipe where every key differs from its default, with awkward values."""
     return Recipe(
         name="every",
+        method=AdversarialConfig(eps_255=4.0, step_255=1.0, steps=7, random_start=False, eval_attacks=("pgd20",),
+                                 eval_images=5, eval_every_epochs=2),
         data=DataConfig(name="cifar100", root='dir with "quotes" \\ and é\t', image_size=48, crop_padding=0, hflip=False,
                         mean=(0.1 + 0.2, 0.5, 1.0), std=(1e-05, 0.2, 0.3), longtail="step",
                         imbalance_ratio=0.02, train_size=7, val_size=3, seed=5, beton="x.beton"),
@@ -54,15 +59,16 @@ def every_section_recipe():
                           warmup_epochs=0.5, milestones=(2, 4, 9), milestone_factors=(0.1, 2e-4, 1e-300)),
         train=TrainConfig(epochs=11, batch_size=3, eval_batch_size=5, seed=7, mixed_precision="bf16",
                           grad_accum_steps=2, loader="ffcv", cpu=True, num_threads=1, steps_per_epoch=4,
-                          keep_checkpoints=3),
+                          keep_checkpoints=3, steps=40),
     )
 
 
 def test_every_key_of_every_section_differs_from_default():
     recipe = every_section_recipe()
-    same = {(section, f.name) for section, cls in SECTIONS.items() for f in dataclasses.fields(cls)
+    classes = {**SECTIONS, "method": AdversarialConfig}
+    same = {(section, f.name) for section, cls in classes.items() for f in dataclasses.fields(cls)
             if getattr(getattr(recipe, section), f.name) == f.default}
-    assert same == {("optim", "name")}  # sgd is the only optimizer
+    assert same == {("optim", "name"), ("method", "name")}  # sgd is the only optimizer
 
 
 def test_round_trip_through_toml(tmp_path):
@@ -72,7 +78,8 @@ def test_round_trip_through_toml(tmp_path):
     assert load_recipe(path) == recipe
     # Every key is written, with the TOML spelling of aliased keys.
     written = tomllib.loads(path.read_text(encoding="utf-8"))
-    assert list(written) == list(SECTIONS)
+    assert list(written) == list(ALL_SECTIONS) == ["method", *SECTIONS]
+    assert list(written["method"]) == [f.name for f in dataclasses.fields(AdversarialConfig)]
     for section, cls in SECTIONS.items():
         expected = [next((k for (s, k), f in KEY_ALIASES.items() if (s, f) == (section, fld.name)), fld.name)
                     for fld in dataclasses.fields(cls)]
@@ -180,7 +187,7 @@ def test_bad_override(tmp_path, override, fragments):
 
 # (TOML text, fragments the message must hold: the key, the rule and/or the valid values)
 BAD = [
-    ("[dta]\nname = 'x'", ["unknown section [dta]", "valid sections: [data], [model]"]),
+    ("[dta]\nname = 'x'", ["unknown section [dta]", "valid sections: [method], [data], [model]"]),
     ("epochs = 3", ["key 'epochs'", "outside any section", "[train]"]),
     ("data = 3", ["data = 3", "must be a table", "write [data] on its own line"]),
     ("[data]\nnmae = 'x'", ["unknown key 'data.nmae'", "valid keys of [data]: name, root, image_size",

@@ -2,9 +2,9 @@ import pytest
 import torch
 from torch import nn
 
-from gssl_fast.errors import UserError
+from pipelines.errors import UserError
 from gssl_fast.heads import GatedMultiHead, NormedLinear
-from gssl_fast.pretext import TASKS
+from pipelines.localizable import TASKS
 
 
 def test_normed_linear_is_cosine_in_unit_range():

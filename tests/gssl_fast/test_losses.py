@@ -4,7 +4,7 @@ import pytest
 import torch
 
 from gssl_fast.config import LossConfig
-from gssl_fast.errors import UserError
+from pipelines.errors import UserError
 from gssl_fast.losses import (
     COMBINE_MODES,
     GATE_MODES,

@@ -5,7 +5,7 @@ import timm
 import torch
 
 from gssl_fast.config import ModelConfig
-from gssl_fast.errors import UserError
+from pipelines.errors import UserError
 from gssl_fast.models import CIFAR_BACKBONES, PadShortcut, build_backbone, last_conv_name
 
 NAMES = sorted(CIFAR_BACKBONES)

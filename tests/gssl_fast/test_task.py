@@ -8,11 +8,11 @@ import torch.nn.functional as F
 from torch import nn
 
 from gssl_fast.config import LossConfig, ModelConfig, PretextConfig
-from gssl_fast.errors import UserError
+from pipelines.errors import UserError
 from gssl_fast.heads import NormedLinear
 from gssl_fast.losses import LDAMLoss, build_class_loss, combine_pretext_losses
-from gssl_fast.pretext import TASKS, draw_localizable
-from gssl_fast.task import GSSLTask, build_task, pretext_accuracy
+from pipelines.localizable import TASKS, draw_localizable
+from gssl_fast.task import GSSLTask, build_task, gssl_scalars
 
 ALL = tuple(TASKS)
 
@@ -162,16 +162,18 @@ def test_missing_target_and_bad_settings():
         GSSLTask(TinyBackbone(), 5, ALL, lam=-1.0)
 
 
-def test_pretext_accuracy_counts_hits():
+def test_gssl_scalars_name_every_logged_value():
     task = GSSLTask(TinyBackbone(), 5, ("rotation", "flip"))
-    images, _, targets = _batch(b=9, tasks=("rotation", "flip"))
-    out = task(images)
-    acc = pretext_accuracy(out, targets)
-    assert set(acc) == {"rotation", "flip"}
-    for t, (correct, count) in acc.items():
-        assert count == 9
+    images, labels, targets = _batch(b=9, tasks=("rotation", "flip"))
+    out = task(images, labels, targets)
+    row = gssl_scalars(out, targets, task.tasks)
+    assert set(row) == {"loss_cls", "loss_ssl", "loss_rotation", "loss_flip", "gate/rotation", "gate/flip",
+                        "pretext_acc/rotation", "pretext_acc/flip"}
+    assert all(v.dim() == 0 and not v.requires_grad for v in row.values())
+    for t in task.tasks:
         hits = sum(int(out["pretext_logits"][t][i].argmax() == targets[f"target_{t}"][i]) for i in range(9))
-        assert correct.item() == hits
+        assert row[f"pretext_acc/{t}"].item() == pytest.approx(100.0 * hits / 9)
+    assert row["gate/rotation"].item() + row["gate/flip"].item() == pytest.approx(1.0)
 
 
 def test_timm_backbone():
@@ -185,6 +187,9 @@ def test_timm_backbone():
     assert task.heads.gate.weight.grad is not None
 
 
+NORM = dict(mean=(0.5, 0.5, 0.5), std=(0.25, 0.25, 0.25))
+
+
 def test_build_task(monkeypatch):
     """build_task wires the recipe sections; models.py is stood in by a fake build_backbone."""
     seen = []
@@ -193,28 +198,29 @@ def test_build_task(monkeypatch):
         seen.append(cfg)
         return TinyBackbone(4)
 
-    monkeypatch.setitem(sys.modules, "gssl_fast.models", types.SimpleNamespace(build_backbone=build_backbone))
+    fake = types.SimpleNamespace(build_backbone=build_backbone, InputNormalize=lambda *a, **k: nn.Identity())
+    monkeypatch.setitem(sys.modules, "gssl_fast.models", fake)
     model_cfg = ModelConfig(backbone="tiny")
     pretext_cfg = PretextConfig(tasks=("flip", "rotation"), gate="learned", combine="sum", lam=0.3)
     task = build_task(model_cfg, pretext_cfg, LossConfig(name="ldam", ldam_scale=16.0, drw=True),
-                      num_classes=3, class_counts=[9, 4, 1])
+                      num_classes=3, class_counts=[9, 4, 1], **NORM)
     assert seen == [model_cfg]
     assert task.tasks == ("rotation", "flip")
     assert (task.gate_mode, task.combine, task.lam, task.pretext_scale) == ("learned", "sum", 0.3, 16.0)
     assert isinstance(task.heads.classifier, NormedLinear)
     assert isinstance(task.class_loss.criterion, LDAMLoss) and task.class_loss.drw is not None
 
-    plain = build_task(model_cfg, PretextConfig(tasks=()), LossConfig(), num_classes=3, class_counts=[1, 1, 1])
+    plain = build_task(model_cfg, PretextConfig(tasks=()), LossConfig(), num_classes=3, class_counts=[1, 1, 1], **NORM)
     assert isinstance(plain.heads.classifier, nn.Linear) and plain.pretext_scale == 1.0
     with pytest.raises(UserError, match="loss.name"):
-        build_task(model_cfg, pretext_cfg, LossConfig(name="focal"), num_classes=3, class_counts=[1, 1, 1])
+        build_task(model_cfg, pretext_cfg, LossConfig(name="focal"), num_classes=3, class_counts=[1, 1, 1], **NORM)
     with pytest.raises(ValueError, match="class_counts"):
-        build_task(model_cfg, pretext_cfg, LossConfig(), num_classes=4, class_counts=[1, 1, 1])
+        build_task(model_cfg, pretext_cfg, LossConfig(), num_classes=4, class_counts=[1, 1, 1], **NORM)
 
 
 def test_build_task_with_project_backbone():
     task = build_task(ModelConfig(backbone="resnet8_cifar"), PretextConfig(), LossConfig(name="ldam", drw=True),
-                      num_classes=5, class_counts=[40, 20, 10, 5, 2])
+                      num_classes=5, class_counts=[40, 20, 10, 5, 2], **NORM)
     images, labels, targets = _batch(b=4)
     out = task(images.repeat(1, 1, 4, 4), labels, targets)  # 32x32 CIFAR-sized
     assert out["features"].shape == (4, task.backbone.num_features)

@@ -195,7 +195,7 @@ def test_two_cpu_processes_stay_in_sync(tmp_path, launcher, loader, port):
 def test_tinyimagenet_files_train_with_each_loader(tmp_path, loader):
     import numpy as np
 
-    from gssl_fast.data.testing import write_tinyimagenet
+    from pipelines.datasets.testing import write_tinyimagenet
 
     rng = np.random.default_rng(0)
     images = rng.integers(0, 256, (48, 16, 16, 3), dtype=np.uint8)

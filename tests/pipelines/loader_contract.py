@@ -9,7 +9,7 @@ from __future__ import annotations
 import numpy as np
 import torch
 
-from gssl_fast.pretext import PARAM_KEYS, TASKS, apply_localizable
+from pipelines.localizable import PARAM_KEYS, TASKS, apply_localizable
 
 BATCH_KEYS = {"images", "labels", "indices", *PARAM_KEYS}
 

@@ -5,9 +5,9 @@ from PIL import Image
 
 pytest.importorskip("nvidia.dali")
 
-from gssl_fast.data.folders import decode_files, list_folder  # noqa: E402
-from gssl_fast.data.testing import write_image_folder, write_tinyimagenet  # noqa: E402
-from gssl_fast.pretext import PARAM_KEYS, apply_localizable  # noqa: E402
+from pipelines.datasets.folders import decode_files, list_folder  # noqa: E402
+from pipelines.datasets.testing import write_image_folder, write_tinyimagenet  # noqa: E402
+from pipelines.localizable import PARAM_KEYS, apply_localizable  # noqa: E402
 from pipelines.augment import crop_with_padding, flip_images, normalize  # noqa: E402
 from pipelines.dali import make_loader  # noqa: E402
 from tests.pipelines.loader_contract import (  # noqa: E402
@@ -75,6 +75,24 @@ def test_pixel_parity_from_tinyimagenet(tmp_path, split):
     assert check_pixel_parity(collect(loader), ds.images, ds.labels, flip_axis="vertical") == len(ds)
     if split == "val":  # labels come from val_annotations.txt
         assert sorted(ds.labels.tolist()) == sorted(val_labels.tolist())
+
+
+@pytest.mark.parametrize("split", ["train", "val"])
+def test_tinyimagenet_from_the_folder_it_was_unzipped_in(tmp_path, split):
+    """A root holding tiny-imagenet-200/ (as the torch datasets accept it) is read as
+    Tiny-ImageNet, not as an ImageFolder of one class: the wnids and both splits."""
+    train, train_labels = arrays(24, 64, classes=3, seed=1)
+    val, val_labels = arrays(10, 64, classes=3, seed=2)
+    wnids = ("n0300", "n0100", "n0200")  # wnids.txt order, not sorted
+    write_tinyimagenet(tmp_path / "tiny-imagenet-200", train, train_labels, val, val_labels, wnids=wnids)
+    loader = make_loader(tmp_path, split=split, batch_size=8, augment=False, normalize=False, device="cpu")
+    assert loader.dataset.classes == wnids and len(loader.dataset) == (10 if split == "val" else 24)
+    if split == "val":  # val_annotations.txt order = the order written
+        images, labels = val, val_labels
+    else:  # train/<wnid>/images/, class by class in wnids.txt order, files in written order
+        order = np.argsort(train_labels, kind="stable")
+        images, labels = train[order], train_labels[order]
+    assert check_pixel_parity(collect(loader), images, labels) == len(labels)
 
 
 def test_folder_of_mixed_sizes_is_resized_like_pil(tmp_path):

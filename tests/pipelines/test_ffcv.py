@@ -15,11 +15,11 @@ import torch
 
 pytest.importorskip("ffcv", reason="the ffcv extra is not installed (pip install -e .[ffcv])")
 
-from gssl_fast.errors import UserError  # noqa: E402
-from gssl_fast.pretext import PARAM_KEYS  # noqa: E402
+from pipelines.errors import UserError  # noqa: E402
+from pipelines.localizable import PARAM_KEYS  # noqa: E402
 from pipelines.augment import crop_with_padding, flip_images, normalize  # noqa: E402
 from pipelines.ffcv import convert, make_loader, read_info  # noqa: E402
-from pipelines.ffcv.__main__ import main  # noqa: E402
+from gssl_fast.convert import main  # noqa: E402
 from pipelines.ffcv.ops import EpochDraws, _draw_kernel  # noqa: E402
 from tests.pipelines.loader_contract import (  # noqa: E402
     check_batch_format,
@@ -192,7 +192,7 @@ def test_array_source_is_converted_to_a_temporary_beton():
 
 
 def test_missing_or_mismatched_beton(tmp_path, data32):
-    with pytest.raises(UserError, match="not found.*python -m pipelines.ffcv"):
+    with pytest.raises(UserError, match="not found.*python -m gssl_fast.convert"):
         make_loader(tmp_path / "nope.beton", batch_size=8)
     (tmp_path / "junk.beton").write_bytes(b"not a beton")
     with pytest.raises(UserError, match="not a readable FFCV"):
@@ -227,7 +227,7 @@ def test_command_line_user_errors(args, message, capsys, monkeypatch):
 
 @pytest.mark.slow
 def test_python_dash_m_entry_point():
-    proc = subprocess.run([sys.executable, "-m", "pipelines.ffcv", "missing.toml", "--out", "x.beton"],
+    proc = subprocess.run([sys.executable, "-m", "gssl_fast.convert", "missing.toml", "--out", "x.beton"],
                           cwd=ROOT, capture_output=True, text=True, timeout=300)
     assert proc.returncode == 2 and proc.stderr.startswith("error: recipe file not found")
     assert "Traceback" not in proc.stderr

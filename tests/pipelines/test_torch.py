@@ -30,7 +30,7 @@ def test_pixel_parity_with_reference(side, flip_axis):
 
 
 def test_pixel_parity_from_png_folder(tmp_path):
-    from gssl_fast.data.testing import write_image_folder
+    from pipelines.datasets.testing import write_image_folder
 
     images, labels = arrays(40, 32, classes=4)
     write_image_folder(tmp_path / "folder", images, labels, ext="png")
@@ -89,7 +89,7 @@ def test_bad_source_and_shape():
 def test_hflip_off_keeps_crop_and_transform():
     from pipelines.augment import crop_with_padding, draw_crop_flip
     from pipelines.sampling import generator
-    from gssl_fast.pretext import PARAM_KEYS, apply_localizable
+    from pipelines.localizable import PARAM_KEYS, apply_localizable
 
     images, labels = arrays(64, 16)
     b = collect(make_loader((images, labels), batch_size=64, normalize=False, hflip=False, seed=5, device="cpu"))[0]

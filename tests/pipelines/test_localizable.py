@@ -3,7 +3,7 @@ import itertools
 import pytest
 import torch
 
-from gssl_fast.pretext import (
+from pipelines.localizable import (
     PARAM_KEYS,
     PERMUTATIONS,
     TASKS,

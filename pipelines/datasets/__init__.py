@@ -17,7 +17,7 @@ from __future__ import annotations
 
 from typing import Callable
 
-from gssl_fast.data.arrays import (
+from pipelines.datasets.arrays import (
     CIFAR_MEAN,
     CIFAR_STD,
     IMAGENET_MEAN,
@@ -26,11 +26,11 @@ from gssl_fast.data.arrays import (
     check_split,
     resize_images,
 )
-from gssl_fast.data.cifar import cifar10, cifar100
-from gssl_fast.data.folders import FileList, decode_files, imagefolder, list_folder, tinyimagenet
-from gssl_fast.data.longtail import longtail_counts, longtail_indices
-from gssl_fast.data.shapes import make_shapes, shapes
-from gssl_fast.errors import UserError, unknown_name
+from pipelines.datasets.cifar import cifar10, cifar100
+from pipelines.datasets.folders import FileList, decode_files, imagefolder, list_folder, tinyimagenet
+from pipelines.datasets.longtail import longtail_counts, longtail_indices
+from pipelines.datasets.shapes import make_shapes, shapes
+from pipelines.errors import UserError, unknown_name
 
 # data.name -> fn(cfg: DataConfig, split: "train" | "val") -> ArrayDataset
 DATASETS: dict[str, Callable] = {

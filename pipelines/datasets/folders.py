@@ -7,7 +7,8 @@ labels, nothing decoded), which the DALI and FFCV pipelines can read themselves;
     ImageFolder:    root/<class>/**/*.jpg|jpeg|png|bmp|webp, or root/train/<class>/... and
                     root/val/<class>/... for both splits
     Tiny-ImageNet:  root/wnids.txt, root/train/<wnid>/images/*.JPEG,
-                    root/val/images/*.JPEG labelled by root/val/val_annotations.txt
+                    root/val/images/*.JPEG labelled by root/val/val_annotations.txt;
+                    or root/tiny-imagenet-200/... (root = the folder the zip was unpacked in)
 """
 
 from __future__ import annotations
@@ -20,14 +21,16 @@ from pathlib import Path
 import numpy as np
 from PIL import Image
 
-from gssl_fast.data.arrays import IMAGENET_MEAN, IMAGENET_STD, ArrayDataset, check_split, resize_image
-from gssl_fast.errors import UserError
+from pipelines.datasets.arrays import IMAGENET_MEAN, IMAGENET_STD, ArrayDataset, check_split, resize_image
+from pipelines.errors import UserError
+from pipelines.system import usable_cores
 
 IMAGE_EXTENSIONS = (".jpg", ".jpeg", ".png", ".bmp", ".webp")
 TINY_URL = "http://cs231n.stanford.edu/tiny-imagenet-200.zip"
+TINY_FOLDER = "tiny-imagenet-200"  # the folder the zip unpacks to
 TINY_HELP = (
     f"Tiny-ImageNet-200 comes from {TINY_URL}; unzip it and set data.root to the "
-    "tiny-imagenet-200 folder (the one holding wnids.txt)"
+    f"{TINY_FOLDER} folder (the one holding wnids.txt) or the folder it was unzipped in"
 )
 FOLDER_HELP = (
     "data.root must point at an ImageFolder tree: root/<class>/*.jpg|png, or "
@@ -108,6 +111,15 @@ def list_image_folder(root, classes=None) -> FileList:
     return FileList(tuple(paths), np.asarray(labels, dtype=np.int64), classes)
 
 
+def _find_tiny(root: Path) -> Path | None:
+    """The Tiny-ImageNet folder at ``root``: root itself when it holds ``wnids.txt``, or
+    ``root/tiny-imagenet-200`` when root is the folder the zip was unpacked in; else None."""
+    for folder in (root, root / TINY_FOLDER):
+        if (folder / "wnids.txt").is_file():
+            return folder
+    return None
+
+
 def read_wnids(root) -> tuple[str, ...]:
     """The class ids of a Tiny-ImageNet root, in the order of ``wnids.txt``."""
     root = _existing_dir(root, "Tiny-ImageNet", TINY_HELP)
@@ -121,15 +133,17 @@ def read_wnids(root) -> tuple[str, ...]:
 
 
 def list_tinyimagenet(root, split: str) -> FileList:
-    """Tiny-ImageNet-200 as it unzips, no file moved.
+    """Tiny-ImageNet-200 as it unzips, no file moved; ``root`` is the tiny-imagenet-200
+    folder or the folder holding it.
 
     train: ``train/<wnid>/images/*``, classes in the order of ``wnids.txt``, files sorted.
     val: ``val/images/<file>`` labelled by ``val/val_annotations.txt`` (tab-separated
     ``file, wnid, x0, y0, x1, y1``), in the order of the annotation file.
     """
     check_split(split)
+    root = _existing_dir(root, "Tiny-ImageNet", TINY_HELP)
+    root = _find_tiny(root) or root
     wnids = read_wnids(root)
-    root = Path(root).expanduser()
     index = {w: k for k, w in enumerate(wnids)}
     paths, labels = [], []
     if split == "train":
@@ -160,25 +174,24 @@ def list_tinyimagenet(root, split: str) -> FileList:
 
 
 def list_folder(root, split: str = "train") -> FileList:
-    """Either layout: Tiny-ImageNet when ``root/wnids.txt`` exists, else ImageFolder
-    (``root/<split>`` when root has ``train/`` and ``val/``, else root itself as train)."""
+    """Either layout: Tiny-ImageNet when ``root/wnids.txt`` or
+    ``root/tiny-imagenet-200/wnids.txt`` exists, else ImageFolder (``root/<split>`` when
+    root has ``train/`` and ``val/``, else root itself as train).
+
+    Every reader of folders (the torch datasets, DALI, the FFCV conversion) lists them
+    here, so a root means the same files to each of them.
+    """
     check_split(split)
     base = _existing_dir(root, "image", FOLDER_HELP)
-    if (base / "wnids.txt").is_file():
-        return list_tinyimagenet(base, split)
+    tiny = _find_tiny(base)
+    if tiny is not None:
+        return list_tinyimagenet(tiny, split)
     if (base / "train").is_dir() and (base / "val").is_dir():
         train = list_image_folder(base / "train")
         return train if split == "train" else list_image_folder(base / "val", train.classes)
     if split == "val":
         raise UserError(f"{base} has no val/ folder, so there is no val split. {FOLDER_HELP}")
     return list_image_folder(base)
-
-
-def _default_workers() -> int:
-    try:
-        return max(1, len(os.sched_getaffinity(0)))
-    except AttributeError:  # not Linux
-        return os.cpu_count() or 1
 
 
 def decode_files(files: FileList, image_size: int, *, workers: int = 0) -> ArrayDataset:
@@ -202,7 +215,7 @@ def decode_files(files: FileList, image_size: int, *, workers: int = 0) -> Array
         except (OSError, ValueError, Image.DecompressionBombError) as e:
             raise UserError(f"cannot read image {path}: {e}") from None
 
-    workers = workers or _default_workers()
+    workers = workers or usable_cores()
     if workers == 1 or len(files) < 2:
         for i in range(len(files)):
             decode(i)
@@ -213,15 +226,9 @@ def decode_files(files: FileList, image_size: int, *, workers: int = 0) -> Array
     return ArrayDataset(out, files.labels, files.classes, IMAGENET_MEAN, IMAGENET_STD)
 
 
-def _tiny_root(root) -> Path | str:
-    """``root``, or ``root/tiny-imagenet-200`` when root is the folder the zip was unpacked in."""
-    inner = Path(root).expanduser() / "tiny-imagenet-200"
-    return inner if str(root) and (inner / "wnids.txt").is_file() else root
-
-
 def tinyimagenet(cfg, split: str) -> ArrayDataset:
     """Registry entry: Tiny-ImageNet-200 from ``cfg.root`` at ``cfg.image_size``."""
-    return decode_files(list_tinyimagenet(_tiny_root(cfg.root), split), cfg.image_size)
+    return decode_files(list_tinyimagenet(cfg.root, split), cfg.image_size)
 
 
 def imagefolder(cfg, split: str) -> ArrayDataset:

@@ -24,8 +24,8 @@ from __future__ import annotations
 
 import numpy as np
 
-from gssl_fast.data.arrays import CIFAR_MEAN, CIFAR_STD, ArrayDataset, check_split
-from gssl_fast.errors import UserError
+from pipelines.datasets.arrays import CIFAR_MEAN, CIFAR_STD, ArrayDataset, check_split
+from pipelines.errors import UserError
 
 SPLIT_CODES = {"train": 0, "val": 1}
 CHUNK = 2048  # images rendered at once: bounds the float32 temporaries to ~100 MB at 64 x 64

@@ -1,6 +1,6 @@
 """Writes the dataset of a recipe to an FFCV .beton file, with a .beton.json beside it.
 
-    python -m pipelines.ffcv RECIPE.toml [--split train|val] [--out PATH.beton]
+    python -m gssl_fast.convert RECIPE.toml [--split train|val] [--out PATH.beton]
                              [--mode raw|jpg] [--jpeg-quality 90] [--set SECTION.KEY=VALUE ...]
 
 Any dataset the project reads (``data.name``: CIFAR, Tiny-ImageNet, ImageFolder, the
@@ -13,13 +13,13 @@ from __future__ import annotations
 import argparse
 import sys
 
-from gssl_fast.errors import UserError
+from pipelines.errors import UserError
 
 USAGE_EXIT = 2
 
 
 def parse_args(argv=None) -> argparse.Namespace:
-    p = argparse.ArgumentParser(prog="python -m pipelines.ffcv", description=__doc__.splitlines()[0])
+    p = argparse.ArgumentParser(prog="python -m gssl_fast.convert", description=__doc__.splitlines()[0])
     p.add_argument("recipe", help="recipe TOML file, e.g. recipes/cifar10_lt.toml")
     p.add_argument("--split", default="train", choices=["train", "val"])
     p.add_argument("--out", default=None, help="the .beton to write (default: data.beton of the recipe, train split)")
@@ -35,7 +35,7 @@ def main(argv=None) -> int:
     args = parse_args(argv)
     try:
         from gssl_fast.config import load_recipe
-        from gssl_fast.data import load_dataset
+        from pipelines.datasets import load_dataset
 
         recipe = load_recipe(args.recipe, args.set)
         out = args.out or (recipe.data.beton if args.split == "train" else "")

@@ -19,7 +19,7 @@ from typing import Iterable, Mapping, Sequence
 
 import torch
 
-from gssl_fast.errors import unknown_name
+from pipelines.errors import unknown_name
 
 # Number of classes of each pretext head, in the canonical task order.
 TASKS: dict[str, int] = {"rotation": 16, "flip": 2, "perm": 6}

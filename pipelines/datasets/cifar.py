@@ -19,8 +19,8 @@ from pathlib import Path
 
 import numpy as np
 
-from gssl_fast.data.arrays import CIFAR_MEAN, CIFAR_STD, ArrayDataset, check_split
-from gssl_fast.errors import UserError
+from pipelines.datasets.arrays import CIFAR_MEAN, CIFAR_STD, ArrayDataset, check_split
+from pipelines.errors import UserError
 
 CIFAR_URL = "https://www.cs.toronto.edu/~kriz/cifar.html"
 SIDE = 32

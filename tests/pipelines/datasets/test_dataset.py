@@ -5,7 +5,7 @@ import pytest
 from PIL import Image
 
 from gssl_fast.config import DataConfig
-from gssl_fast.data import (
+from pipelines.datasets import (
     CIFAR_MEAN,
     CIFAR_STD,
     DATASETS,
@@ -15,8 +15,8 @@ from gssl_fast.data import (
     make_shapes,
     resize_images,
 )
-from gssl_fast.data.testing import write_cifar10
-from gssl_fast.errors import UserError
+from pipelines.datasets.testing import write_cifar10
+from pipelines.errors import UserError
 
 
 def _dataset(n=6, k=3, size=4):

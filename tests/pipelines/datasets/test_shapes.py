@@ -5,10 +5,10 @@ import pytest
 import torch
 
 from gssl_fast.config import DataConfig
-from gssl_fast.data import CIFAR_MEAN, CIFAR_STD, DATASETS
-from gssl_fast.data.shapes import CLASSES, make_shapes
-from gssl_fast.errors import UserError
-from gssl_fast.pretext import PERMUTATIONS, apply_localizable
+from pipelines.datasets import CIFAR_MEAN, CIFAR_STD, DATASETS
+from pipelines.datasets.shapes import CLASSES, make_shapes
+from pipelines.errors import UserError
+from pipelines.localizable import PERMUTATIONS, apply_localizable
 
 
 def test_deterministic_from_seed_and_split():

@@ -3,16 +3,16 @@ import pytest
 from PIL import Image
 
 from gssl_fast.config import DataConfig
-from gssl_fast.data import DATASETS, IMAGENET_MEAN, IMAGENET_STD, load_dataset
-from gssl_fast.data.folders import (
+from pipelines.datasets import DATASETS, IMAGENET_MEAN, IMAGENET_STD, load_dataset
+from pipelines.datasets.folders import (
     FileList,
     decode_files,
     list_folder,
     list_image_folder,
     list_tinyimagenet,
 )
-from gssl_fast.data.testing import save_image, write_image_folder, write_tinyimagenet
-from gssl_fast.errors import UserError
+from pipelines.datasets.testing import save_image, write_image_folder, write_tinyimagenet
+from pipelines.errors import UserError
 
 WNIDS = ("n0300", "n0100", "n0200")  # deliberately not sorted: wnids.txt order rules
 
@@ -139,6 +139,31 @@ def test_image_folder_without_val(tmp_path):
 
 def test_list_folder_detects_tinyimagenet(tiny):
     assert list_folder(tiny[0], "val").classes == WNIDS
+
+
+@pytest.mark.parametrize("split", ["train", "val"])
+def test_parent_of_tinyimagenet_lists_the_same_files(tiny, split):
+    """root = the folder the zip was unpacked in: every reader (list_folder for DALI and
+    FFCV, both registry entries for torch) finds tiny-imagenet-200/ inside it."""
+    root, (_, train_labels), (_, val_labels) = tiny
+    direct = list_tinyimagenet(root, split)
+    for files in (list_folder(root.parent, split), list_tinyimagenet(root.parent, split)):
+        assert files.paths == direct.paths and files.classes == WNIDS
+        np.testing.assert_array_equal(files.labels, val_labels if split == "val" else train_labels)
+    for name in ("tinyimagenet", "imagefolder"):
+        data = load_dataset(DataConfig(name=name, root=str(root.parent), image_size=64), split)
+        assert data.classes == WNIDS
+        np.testing.assert_array_equal(data.labels, direct.labels)
+
+
+def test_parent_without_tinyimagenet_stays_an_image_folder(tmp_path):
+    # A class folder of an ImageFolder tree is not mistaken for tiny-imagenet-200/ ...
+    write_image_folder(tmp_path / "a", _images(2, size=16), [0, 1], classes=("tiny-imagenet-200", "zebra"))
+    assert list_folder(tmp_path / "a").classes == ("tiny-imagenet-200", "zebra")
+    # ... and a tiny-imagenet-200/ without wnids.txt is no Tiny-ImageNet root.
+    (tmp_path / "b" / "tiny-imagenet-200").mkdir(parents=True)
+    with pytest.raises(UserError, match="wnids.txt"):
+        list_tinyimagenet(tmp_path / "b", "train")
 
 
 def test_empty_and_missing(tmp_path):

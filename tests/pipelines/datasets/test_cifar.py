@@ -6,10 +6,10 @@ import numpy as np
 import pytest
 
 from gssl_fast.config import DataConfig
-from gssl_fast.data import CIFAR_MEAN, CIFAR_STD, DATASETS, load_dataset
-from gssl_fast.data.cifar import load_plain_pickle, read_batch, read_cifar10
-from gssl_fast.data.testing import CIFAR10_CLASSES, write_cifar10, write_cifar100
-from gssl_fast.errors import UserError
+from pipelines.datasets import CIFAR_MEAN, CIFAR_STD, DATASETS, load_dataset
+from pipelines.datasets.cifar import load_plain_pickle, read_batch, read_cifar10
+from pipelines.datasets.testing import CIFAR10_CLASSES, write_cifar10, write_cifar100
+from pipelines.errors import UserError
 
 
 def _random_images(n, seed=0):

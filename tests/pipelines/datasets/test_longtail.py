@@ -1,7 +1,7 @@
 import numpy as np
 import pytest
 
-from gssl_fast.data.longtail import longtail_counts, longtail_indices
+from pipelines.datasets.longtail import longtail_counts, longtail_indices
 
 
 def test_exp_counts_cifar10_lt_100():

@@ -1,0 +1,68 @@
+"""Trained models outside the trainer: a run folder or a checkpoint in, a model out.
+
+    import gssl_fast
+    model = gssl_fast.load_model("runs/demo")          # newest checkpoint of the run
+    logits = model(pixels)                             # [B, 3, H, W] float in [0, 1] -> [B, K]
+
+Checkpoints carry the resolved recipe and what the model was built from, so the file
+alone rebuilds the model; it is read as data (``torch.load(weights_only=True)``).
+"""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+import torch
+from torch import nn
+
+from gssl_fast import checkpoint
+from gssl_fast.errors import UserError
+
+
+class Classifier(nn.Module):
+    """``[B, 3, H, W]`` pixels (float in [0, 1], or uint8) -> ``[B, K]`` class logits."""
+
+    def __init__(self, model: nn.Module):
+        super().__init__()
+        self.model = model
+
+    def forward(self, images: torch.Tensor) -> torch.Tensor:
+        return self.model(images)["logits"]
+
+
+def checkpoint_of(path: str | os.PathLike) -> Path:
+    """``path`` itself when it is a file, else the newest checkpoint of the run folder ``path``."""
+    path = Path(path)
+    if path.is_file():
+        return path
+    found = checkpoint.list_checkpoints(path)
+    if not found:
+        raise UserError(f"{path} is neither a checkpoint file nor a run folder with checkpoints "
+                        f"({path / checkpoint.CHECKPOINT_DIR} holds none)")
+    return found[-1]
+
+
+def load_run(path: str | os.PathLike):
+    """``(recipe, method, state)`` of a run folder or checkpoint file: the method built
+    from the checkpoint's recipe, with its model's weights loaded (train mode)."""
+    from gssl_fast.config import recipe_from_dict, tomllib
+    from gssl_fast.methods import MethodContext, build_method
+
+    file = checkpoint_of(path)
+    state = checkpoint.load(file)
+    if "recipe" not in state or "context" not in state:
+        raise UserError(f"{file} carries no recipe: it was not written by this version of gssl_fast.train")
+    recipe = recipe_from_dict(tomllib.loads(state["recipe"]), f"the recipe inside {file}")
+    c = state["context"]
+    method = build_method(recipe.method, MethodContext.of(recipe, c["class_counts"], c["mean"], c["std"]))
+    method.model.load_state_dict(state["model"])
+    method.load_state_dict(state.get("method", {}))
+    return recipe, method, state
+
+
+def load_model(path: str | os.PathLike, *, device: str | torch.device = "cpu") -> nn.Module:
+    """The trained model of a run folder (its newest checkpoint) or of a checkpoint file,
+    in eval mode on ``device``: ``[B, 3, H, W]`` float pixels in [0, 1] -> ``[B, K]`` logits."""
+    _, method, _ = load_run(path)
+    return Classifier(method.eval_model()).to(device).eval()

@@ -1,0 +1,43 @@
+"""Training methods: a registry of :class:`~gssl_fast.methods.base.Method` classes by name.
+
+``[method] name = "..."`` in a recipe picks one; the method's ``Config`` dataclass gives
+the other keys of ``[method]``. Built in:
+
+    supervised.py    cross-entropy or LDAM-DRW, G-SSL when pretext.tasks is non-empty,
+                     MixUp / CutMix through timm (Tables 1 and 3)
+    adversarial.py   PGD adversarial training with G-SSL, robust accuracy (Table 2)
+
+A method defined anywhere (a test file, a user's module) joins with ``@register_method``.
+"""
+
+from __future__ import annotations
+
+from gssl_fast.methods.base import Method, MethodContext, Stream
+
+# method.name -> Method subclass
+METHODS: dict[str, type[Method]] = {}
+
+
+def register_method(cls: type[Method]) -> type[Method]:
+    """Class decorator adding ``cls`` to :data:`METHODS` under ``cls.name``."""
+    if not cls.name:
+        raise ValueError(f"{cls.__name__} needs a class attribute 'name'")
+    if "name" not in getattr(cls.Config, "__dataclass_fields__", {}):
+        raise ValueError(f"{cls.__name__}.Config must be a dataclass with a 'name' field")
+    METHODS[cls.name] = cls
+    return cls
+
+
+def build_method(cfg, ctx: MethodContext) -> Method:
+    """The method of ``cfg`` (a ``[method]`` dataclass) built for ``ctx``."""
+    from pipelines.errors import unknown_name
+
+    if cfg.name not in METHODS:
+        raise unknown_name("method.name", cfg.name, METHODS)
+    return METHODS[cfg.name](cfg, ctx)
+
+
+# The built-in methods register themselves on import.
+from gssl_fast.methods import supervised, adversarial  # noqa: E402,F401,I001
+
+__all__ = ["METHODS", "Method", "MethodContext", "Stream", "build_method", "register_method"]

@@ -1,0 +1,151 @@
+"""The contract between a training method and the loop (``gssl_fast.train``).
+
+A method owns its recipe section (``Config``, the ``[method]`` table), the streams of
+batches it asks of the data, its model, its training step, its evaluation metrics and
+its per-epoch hooks. The loop knows only this contract: it builds one loader per
+stream, backpropagates ``step(...)["loss"]`` and logs every other scalar the step
+returns under its own name (``group/key`` names become nested ``{"group": {"key": v}}``
+fields of metrics.jsonl).
+
+A new method is a module that subclasses :class:`Method` and registers it:
+
+    @register_method
+    class MyMethod(Method):
+        name = "mine"
+        Config = MyConfig          # frozen dataclass with a ``name`` field
+        def training_step(self, model, batches, *, accelerator): ...
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Any, Mapping, Sequence
+
+import numpy as np
+import torch
+from torch import nn
+
+from gssl_fast.config import LossConfig, ModelConfig, PretextConfig, Recipe, TrainConfig
+
+
+@dataclass(frozen=True)
+class Stream:
+    """One stream of training batches a method asks for.
+
+    batch_size: images per batch and process. tasks: the pretext tasks whose
+    localizable transform the loader applies (their parameters come with the batch).
+    augment: the ordinary augmentation (random crop with padding, whole-image flip).
+    Batches hold ``images`` ``[B, 3, H, W]`` uint8 pixels and the loader contract's
+    ``[B]`` int64 entries (SPEC section 6).
+    """
+
+    batch_size: int
+    tasks: tuple[str, ...] = ()
+    augment: bool = True
+
+
+@dataclass(frozen=True)
+class MethodContext:
+    """What a method is built from: the recipe sections it may read and the data's facts.
+
+    class_counts: ``[K]`` training images per class; mean, std: the input normalization
+    in [0, 1] units (``data.mean`` / ``data.std`` or the dataset's defaults);
+    longtail: the train split is long-tailed (evaluation adds shot-group accuracy).
+    """
+
+    model: ModelConfig
+    pretext: PretextConfig
+    loss: LossConfig
+    train: TrainConfig
+    class_counts: tuple[int, ...]
+    mean: tuple[float, ...]
+    std: tuple[float, ...]
+    longtail: bool = False
+
+    @property
+    def num_classes(self) -> int:
+        return len(self.class_counts)
+
+    @classmethod
+    def of(cls, recipe: Recipe, class_counts: Sequence[int], mean: Sequence[float], std: Sequence[float]):
+        return cls(model=recipe.model, pretext=recipe.pretext, loss=recipe.loss, train=recipe.train,
+                   class_counts=tuple(int(c) for c in np.asarray(class_counts)), mean=tuple(mean), std=tuple(std),
+                   longtail=recipe.data.longtail != "none")
+
+
+class Method:
+    """Base of every training method; subclasses set ``name`` and ``Config``.
+
+    ``self.model`` is the ``nn.Module`` the loop trains, prepares with Accelerate and
+    checkpoints; ``model(images)["logits"]`` gives class logits of ``[B, 3, H, W]``
+    pixels (uint8, or float in [0, 1]).
+    """
+
+    name: str = ""
+    Config: type = object
+
+    def __init__(self, cfg: Any, ctx: MethodContext):
+        self.cfg, self.ctx = cfg, ctx
+        self.model: nn.Module = self.build_model()
+
+    # ---- recipe
+    @classmethod
+    def check(cls, recipe: Recipe, source: str) -> None:
+        """Checks ``recipe.method`` and the method's rules across sections; raises
+        ``UserError`` naming the key. Called when the recipe loads."""
+
+    # ---- data
+    def streams(self) -> dict[str, Stream]:
+        """Named streams of training batches, the main one first: the loop counts
+        epochs in batches of the main stream; the others restart when they run out."""
+        return {"train": Stream(self.ctx.train.batch_size, tasks=self.ctx.pretext.tasks)}
+
+    # ---- model and optimizer
+    def build_model(self) -> nn.Module:
+        raise NotImplementedError
+
+    def parameters_for_optimizer(self, model: nn.Module):
+        """Parameters (or groups) handed to the optimizer; all trainable ones by default."""
+        return [p for p in model.parameters() if p.requires_grad]
+
+    # ---- training
+    def on_epoch_start(self, epoch: int) -> None:
+        """Hook before the first step of ``epoch`` (0-based)."""
+
+    def training_step(self, model: nn.Module, batches: Mapping[str, dict], *, accelerator) -> dict:
+        """One step: ``{"loss": scalar with gradient, **named 0-dim scalars}``.
+
+        model: the prepared model (possibly DDP-wrapped); batches: one batch per stream.
+        """
+        raise NotImplementedError
+
+    # ---- evaluation
+    def evaluate(self, model: nn.Module, loader, *, accelerator, epoch: int, last: bool) -> dict:
+        """Metrics of ``model`` (unwrapped, eval mode is the method's to set) on the
+        validation loader: classification accuracy by default (``val_acc1``, ...)."""
+        from gssl_fast.evaluate import evaluate
+
+        return evaluate(model, loader, accelerator=accelerator, num_classes=self.ctx.num_classes,
+                        train_counts=self.ctx.class_counts if self.ctx.longtail else None)
+
+    def eval_model(self) -> nn.Module:
+        """The weights evaluated and exported by ``gssl_fast.load_model`` (EMA weights
+        for methods that keep them)."""
+        return self.model
+
+    # ---- extra state saved with the checkpoint (EMA weights, ...)
+    def state_dict(self) -> dict:
+        return {}
+
+    def load_state_dict(self, state: dict) -> None:
+        pass
+
+
+def main_batch(batches: Mapping[str, dict]) -> dict:
+    """The batch of the main (first) stream."""
+    return next(iter(batches.values()))
+
+
+def pixels(images: torch.Tensor) -> torch.Tensor:
+    """``[B, 3, H, W]`` uint8 -> float32 pixels in [0, 1] (float input is returned as is)."""
+    return images.float() / 255.0 if images.dtype == torch.uint8 else images

@@ -1,0 +1,146 @@
+"""The method seam: a method defined in this file (no package edit) is picked by a
+recipe, trained by the unchanged loop with two streams, and its scalars are logged."""
+
+from __future__ import annotations
+
+import json
+from dataclasses import dataclass
+
+import pytest
+import torch
+import torch.nn.functional as F
+
+from gssl_fast.config import load_recipe
+from gssl_fast.methods import METHODS, Method, Stream, register_method
+from gssl_fast.methods.supervised import GSSLMethod
+from gssl_fast.train import main
+from pipelines.errors import UserError
+
+TINY = """
+[method]
+name = "{name}"
+{extra}
+
+[data]
+name = "shapes"
+image_size = 16
+train_size = 256
+val_size = 64
+
+[model]
+backbone = "resnet8_cifar"
+
+[train]
+epochs = 1
+batch_size = 32
+eval_batch_size = 64
+num_threads = 1
+"""
+
+
+@dataclass(frozen=True)
+class ToyConfig:
+    name: str = "toy"
+    side_batch: int = 8  # batch of the second stream
+    weight: float = 0.5  # weight of the second stream's loss
+
+
+class Toy(GSSLMethod):
+    """Cross-entropy on a main stream plus a weighted term on a second, smaller stream
+    with the rotation task; logs a scalar and a nested group of its own."""
+
+    name = "toy"
+    Config = ToyConfig
+    seen: list = []
+
+    @classmethod
+    def check(cls, recipe, source):
+        if recipe.method.weight < 0:
+            raise UserError(f"method.weight must be >= 0, got {recipe.method.weight} ({source})")
+
+    def streams(self):
+        return {"main": Stream(self.ctx.train.batch_size), "side": Stream(self.cfg.side_batch, tasks=("rotation",))}
+
+    def training_step(self, model, batches, *, accelerator):
+        main, side = batches["main"], batches["side"]
+        Toy.seen.append((main["images"].shape[0], side["images"].shape[0], int(side["quadrant"].max())))
+        loss_main = F.cross_entropy(model(main["images"])["logits"], main["labels"])
+        loss_side = F.cross_entropy(model(side["images"])["logits"], side["labels"])
+        loss = loss_main + self.cfg.weight * loss_side
+        return {"loss": loss, "toy_side": loss_side.detach(), "toy/main": loss_main.detach(), "toy/w": 0.5}
+
+
+@pytest.fixture
+def toy():
+    Toy.seen = []
+    register_method(Toy)
+    yield Toy
+    METHODS.pop("toy")
+
+
+def write(tmp_path, name="toy", extra=""):
+    path = tmp_path / f"{name}.toml"
+    path.write_text(TINY.format(name=name, extra=extra))
+    return path
+
+
+def test_a_method_from_a_test_file_trains_through_the_loop(tmp_path, toy):
+    out = tmp_path / "run"
+    assert main([str(write(tmp_path, extra="side_batch = 16")), "--out", str(out),
+                 "--set", "train.steps_per_epoch=20"]) == 0
+    # The side stream (256 / 16 = 16 batches) ran out and restarted within the epoch.
+    assert len(toy.seen) == 8 and toy.seen[0][:2] == (32, 16)
+    assert any(q > 0 for _, _, q in toy.seen)  # its own stream carries the transform's parameters
+    row = json.loads((out / "metrics.jsonl").read_text())
+    assert {"train_loss", "toy_side", "val_acc1", "best_val_acc1", "best_epoch"} <= set(row)
+    assert row["toy"] == {"main": pytest.approx(row["toy"]["main"]), "w": 0.5}
+    assert "toy_side" not in (out / "config.toml").read_text()
+    assert 'name = "toy"' in (out / "config.toml").read_text()
+
+
+def test_the_method_section_is_checked_against_the_method(tmp_path, toy):
+    assert load_recipe(write(tmp_path, extra="weight = 2.0")).method == ToyConfig(weight=2.0)
+    with pytest.raises(UserError, match=r"unknown key 'method\.wieght'.*valid keys of \[method\]: name, side_batch, "
+                                        r"weight; did you mean 'method\.weight'"):
+        load_recipe(write(tmp_path, extra="wieght = 2.0"))
+    with pytest.raises(UserError, match="method.weight must be >= 0"):
+        load_recipe(write(tmp_path, extra="weight = -1.0"))
+    with pytest.raises(UserError, match=r"method\.side_batch must be an integer"):
+        load_recipe(write(tmp_path, extra='side_batch = "8"'))
+
+
+def test_unknown_method_lists_the_registered_ones(tmp_path):
+    with pytest.raises(UserError, match=r"method\.name must be one of 'supervised', 'adversarial'.*got 'fixmatc'"):
+        load_recipe(write(tmp_path, name="fixmatc"))
+
+
+def test_set_switches_the_method_and_its_keys(tmp_path):
+    path = write(tmp_path, name="supervised")
+    recipe = load_recipe(path, ["method.name=adversarial", "method.steps=3"])
+    assert recipe.method.name == "adversarial" and recipe.method.steps == 3
+    with pytest.raises(UserError, match=r"unknown key 'method\.steps'.*valid keys of \[method\]: name, mixup_alpha"):
+        load_recipe(path, ["method.steps=3"])
+
+
+def test_a_method_needs_a_name_and_a_config_dataclass():
+    class Nameless(Method):
+        Config = ToyConfig
+
+    class NoConfig(Method):
+        name = "noconfig"
+
+    for cls in (Nameless, NoConfig):
+        with pytest.raises(ValueError):
+            register_method(cls)
+    assert "noconfig" not in METHODS
+
+
+def test_loop_counts_optimizer_steps(tmp_path):
+    """train.steps overrides train.epochs: 7 steps of 3 per epoch are epochs of 3, 3 and 1."""
+    out = tmp_path / "run"
+    assert main([str(write(tmp_path, name="supervised")), "--out", str(out), "--set", "train.steps_per_epoch=3",
+                 "--set", "train.steps=7", "--set", "train.epochs=50"]) == 0
+    rows = [json.loads(line) for line in (out / "metrics.jsonl").read_text().splitlines()]
+    assert [r["train_images"] for r in rows] == [96, 96, 32]
+    state = torch.load(out / "checkpoints" / "epoch_0003.pt", weights_only=True)
+    assert state["scheduler"]["last_epoch"] == 7
