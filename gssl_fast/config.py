@@ -1,7 +1,7 @@
-"""Recipe sections: one frozen dataclass each, loaded from TOML.
+"""Recipes: TOML in, checked sections out (``gssl_fast.sections``), TOML written back.
 
-Every key has a default, so ``[data]\\nname = "shapes"`` is a whole recipe. Functions
-elsewhere take their own section (``DataConfig``, ``OptimConfig``...), never a Recipe.
+Every problem is a UserError on one line naming the source (the file, plus the --set
+overrides when there are any), the key as spelled in TOML, the rule and the value found.
 """
 
 from __future__ import annotations
@@ -12,11 +12,25 @@ import math
 import os
 import tempfile
 import typing
-from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Sequence
 
-from pipelines.errors import UserError
+import tomli_w
+
+from gssl_fast.config_checks import check_recipe, show
+from gssl_fast.errors import UserError
+from gssl_fast.methods import DEFAULT_METHOD, METHODS
+from gssl_fast.sections import (  # noqa: F401  (the sections are part of this module's interface)
+    KEY_ALIASES,
+    SECTIONS,
+    DataConfig,
+    LossConfig,
+    ModelConfig,
+    OptimConfig,
+    PretextConfig,
+    Recipe,
+    TrainConfig,
+)
 
 try:
     import tomllib
@@ -24,120 +38,15 @@ except ModuleNotFoundError:  # python 3.10: the same parser, packaged separately
     import tomli as tomllib
 
 
-@dataclass(frozen=True)
-class DataConfig:
-    name: str = "shapes"  # a key of pipelines.datasets.DATASETS
-    root: str = ""  # dataset folder (CIFAR batches, Tiny-ImageNet, ImageFolder); unused by shapes
-    image_size: int = 32  # side in pixels after resizing; even when a pretext task is on
-    crop_padding: int = 4  # pixels of zero padding of the random crop; 0 disables the crop
-    hflip: bool = True  # random whole-image horizontal flip of training images
-    mean: tuple[float, ...] = ()  # per-channel normalization mean in [0, 1]; () = dataset default
-    std: tuple[float, ...] = ()  # per-channel std in [0, 1]; () = dataset default
-    longtail: str = "none"  # "none" | "exp" | "step": long-tailed subsampling of the train split
-    imbalance_ratio: float = 0.01  # rho = n_min / n_max of the long-tailed train split, in (0, 1]
-    train_size: int = 10000  # images of the built-in dataset's train split
-    val_size: int = 2000  # images of the built-in dataset's val split
-    seed: int = 0  # seed of the built-in dataset's generator
-    beton: str = ""  # FFCV .beton of the train split (train.loader = "ffcv"); "" = convert on first use
-
-
-@dataclass(frozen=True)
-class ModelConfig:
-    backbone: str = "resnet32_cifar"  # any timm.create_model name, plus gssl_fast.models' CIFAR nets
-    pretrained: bool = False  # timm pretrained weights (must already be in the local cache)
-    drop_rate: float = 0.0  # dropout before the heads
-    channels_last: bool = False  # memory format of images and weights (faster on recent GPUs)
-
-
-@dataclass(frozen=True)
-class PretextConfig:
-    tasks: tuple[str, ...] = ("rotation", "flip", "perm")  # subset of pipelines.localizable.TASKS; () = supervised only
-    gate: str = "reference"  # "reference" (authors' code) | "learned" (paper text)
-    combine: str = "gated"  # "gated" | "sum" | "mean"
-    lam: float = 0.1  # TOML key "lambda": weight of the pretext loss, >= 0
-    flip_axis: str = "horizontal"  # "horizontal" (left-right) | "vertical" (the LT-CIFAR script)
-
-
-@dataclass(frozen=True)
-class LossConfig:
-    name: str = "ce"  # "ce" | "ldam"
-    ldam_max_margin: float = 0.5  # largest per-class margin of LDAM
-    ldam_scale: float = 30.0  # logit scale s of LDAM (cosine logits times s)
-    drw: bool = False  # deferred re-weighting with class-balanced weights
-    drw_start_epoch: int = 160  # first epoch (0-based) with re-weighting
-    drw_beta: float = 0.9999  # beta of the class-balanced weights
-
-
-@dataclass(frozen=True)
-class OptimConfig:
-    name: str = "sgd"
-    lr: float = 0.1  # peak learning rate (for the whole batch, no scaling rule)
-    momentum: float = 0.9
-    nesterov: bool = False
-    weight_decay: float = 5e-4
-    schedule: str = "cosine"  # "cosine" | "step" | "constant", updated every optimizer step
-    warmup_epochs: float = 0.0  # linear warm-up from ~0 to lr
-    milestones: tuple[int, ...] = (160, 180)  # "step": epochs at which the factor changes
-    milestone_factors: tuple[float, ...] = (0.01, 0.0001)  # "step": lr multiplier from each milestone on
-
-
-@dataclass(frozen=True)
-class TrainConfig:
-    epochs: int = 30
-    batch_size: int = 128  # per process
-    eval_batch_size: int = 256  # per process
-    seed: int = 0
-    mixed_precision: str = "no"  # "no" | "fp16" | "bf16"
-    grad_accum_steps: int = 1
-    loader: str = "torch"  # "torch" | "dali" | "ffcv"
-    cpu: bool = False  # train on the CPU even where CUDA is present
-    num_threads: int = 0  # torch threads per process; 0 = the cores this process may use
-    steps_per_epoch: int = 0  # cap on optimizer steps per epoch; 0 = the whole epoch of the main stream
-    keep_checkpoints: int = 2  # newest checkpoints kept in the run folder
-    steps: int = 0  # optimizer steps of the whole run; 0 = train.epochs epochs of the main stream
-
-
-def default_method_config() -> Any:
-    """``[method]`` of a recipe that has none: the supervised method's defaults."""
-    return method_config_class(DEFAULT_METHOD, "the defaults")()
-
-
-@dataclass(frozen=True)
-class Recipe:
-    name: str = "recipe"  # run name: the recipe file's stem
-    method: Any = field(default_factory=default_method_config)  # the method's own dataclass (gssl_fast.methods)
-    data: DataConfig = field(default_factory=DataConfig)
-    model: ModelConfig = field(default_factory=ModelConfig)
-    pretext: PretextConfig = field(default_factory=PretextConfig)
-    loss: LossConfig = field(default_factory=LossConfig)
-    optim: OptimConfig = field(default_factory=OptimConfig)
-    train: TrainConfig = field(default_factory=TrainConfig)
-
-
-SECTIONS = {
-    "data": DataConfig,
-    "model": ModelConfig,
-    "pretext": PretextConfig,
-    "loss": LossConfig,
-    "optim": OptimConfig,
-    "train": TrainConfig,
-}
-
 # [method] is the section of the training method: ``name`` picks one of
 # gssl_fast.methods.METHODS, whose ``Config`` dataclass gives the section's other keys.
 METHOD_SECTION = "method"
-DEFAULT_METHOD = "supervised"
-
-# TOML keys that are Python keywords, spelled differently in the dataclass.
-KEY_ALIASES = {("pretext", "lambda"): "lam"}
 
 
 def method_config_class(name: Any, source: str) -> type:
     """The ``Config`` dataclass of the method called ``name`` (``method.name``)."""
-    from gssl_fast.methods import METHODS  # the registry imports the methods, which import this module
-
     if not isinstance(name, str) or name not in METHODS:
-        raise UserError(f"method.name must be one of {', '.join(map(repr, METHODS))}, got {_show(name)} ({source})")
+        raise UserError(f"method.name must be one of {', '.join(map(repr, METHODS))}, got {show(name)} ({source})")
     return METHODS[name].Config
 
 
@@ -164,15 +73,6 @@ VALID_KEYS = {section: section_keys(section, cls) for section, cls in SECTIONS.i
 ALL_SECTIONS = (METHOD_SECTION, *SECTIONS)
 
 
-def _show(value: Any) -> str:
-    """A value as written in TOML: 'abc', 3, 0.1, true, ['rotation']."""
-    if isinstance(value, bool):
-        return "true" if value else "false"
-    if isinstance(value, (list, tuple)):
-        return "[" + ", ".join(map(_show, value)) + "]"
-    return repr(value)
-
-
 def _check_section(section: str, source: str) -> None:
     if section not in ALL_SECTIONS:
         valid = ", ".join(f"[{s}]" for s in ALL_SECTIONS)
@@ -195,7 +95,7 @@ def _check_layout(d: dict, source: str) -> None:
         _check_section(section, source)
         if not isinstance(table, dict):
             raise UserError(
-                f"{section} = {_show(table)} in {source} must be a table: "
+                f"{section} = {show(table)} in {source} must be a table: "
                 f"write [{section}] on its own line, then one key = value per line"
             )
         valid = section_keys(section, section_class(section, d, source))
@@ -228,11 +128,11 @@ def _coerce(value: Any, hint: Any, key: str, source: str) -> Any:
         kind = typing.get_args(hint)[0]
         pairs = [_scalar(v, kind) for v in value] if isinstance(value, (list, tuple)) else [(False, None)]
         if not all(ok for ok, _ in pairs):
-            raise UserError(f"{key} must be {_LIST_KINDS[kind]}, got {_show(value)} ({source})")
+            raise UserError(f"{key} must be {_LIST_KINDS[kind]}, got {show(value)} ({source})")
         return tuple(v for _, v in pairs)
     ok, value = _scalar(value, hint)
     if not ok:
-        raise UserError(f"{key} must be {_KINDS[hint]}, got {_show(value)} ({source})")
+        raise UserError(f"{key} must be {_KINDS[hint]}, got {show(value)} ({source})")
     return value
 
 
@@ -258,9 +158,8 @@ def recipe_from_dict(d: dict, source: str) -> Recipe:
             )
         sections[section] = cls(**kwargs)
     recipe = Recipe(**sections)
-    from gssl_fast.config_checks import check_recipe  # beside this module; it reads the dataclasses
-
     check_recipe(recipe, source)
+    METHODS[recipe.method.name].check(recipe, source)
     return recipe
 
 
@@ -341,8 +240,16 @@ def load_recipe(path: str | os.PathLike, overrides: Sequence[str] = ()) -> Recip
     return dataclasses.replace(recipe_from_dict(d, source), name=path.stem)
 
 
+def resolved(recipe: Recipe) -> Recipe:
+    """``recipe`` with its ``[method]`` filled in: ``None`` is the default method's defaults."""
+    if recipe.method is not None:
+        return recipe
+    return dataclasses.replace(recipe, method=METHODS[DEFAULT_METHOD].Config())
+
+
 def recipe_to_dict(recipe: Recipe) -> dict:
     """The resolved recipe as a TOML-shaped dict: every key of every section, [method] first."""
+    recipe = resolved(recipe)
     out = {}
     for section in ALL_SECTIONS:
         cfg = getattr(recipe, section)
@@ -355,8 +262,6 @@ def recipe_to_toml(recipe: Recipe) -> str:
 
     The name is not a key (it is the file's stem), so it appears in the header comment only.
     """
-    import tomli_w
-
     header = f"# Resolved recipe '{recipe.name}': every key, defaults included.\n\n"
     return header + tomli_w.dumps(recipe_to_dict(recipe))
 

@@ -11,22 +11,23 @@ from __future__ import annotations
 
 from typing import Any, Sequence
 
-from gssl_fast.config import (
-    DataConfig,
-    LossConfig,
-    ModelConfig,
-    OptimConfig,
-    PretextConfig,
-    Recipe,
-    TrainConfig,
-    _show,
-)
-from pipelines.errors import UserError
+from gssl_fast.errors import UserError
+from gssl_fast.sections import DataConfig, LossConfig, ModelConfig, OptimConfig, PretextConfig, Recipe, TrainConfig
 
 
-def rule(ok: bool, key: str, rule: str, value: Any, source: str, fix: str = "") -> None:
+def show(value: Any) -> str:
+    """A value as written in TOML: 'abc', 3, 0.1, true, ['rotation']."""
+    if isinstance(value, bool):
+        return "true" if value else "false"
+    if isinstance(value, (list, tuple)):
+        return "[" + ", ".join(map(show, value)) + "]"
+    return repr(value)
+
+
+def rule(ok: bool, key: str, wanted: str, value: Any, source: str, fix: str = "") -> None:
+    """UserError ``<key> must <wanted>, got <value> (<source>)[; <fix>]`` unless ``ok``."""
     if not ok:
-        raise UserError(f"{key} must {rule}, got {_show(value)} ({source})" + (f"; {fix}" if fix else ""))
+        raise UserError(f"{key} must {wanted}, got {show(value)} ({source})" + (f"; {fix}" if fix else ""))
 
 
 def one_of(value: str, allowed: Sequence[str], key: str, source: str) -> None:
@@ -102,7 +103,7 @@ def check_optim(cfg: OptimConfig, source: str) -> None:
     if len(cfg.milestones) != len(cfg.milestone_factors):
         raise UserError(
             f"optim.milestones and optim.milestone_factors must have the same length, got "
-            f"{_show(cfg.milestones)} and {_show(cfg.milestone_factors)} ({source}); "
+            f"{show(cfg.milestones)} and {show(cfg.milestone_factors)} ({source}); "
             f"give one lr factor per milestone"
         )
     epochs = (0,) + cfg.milestones
@@ -139,13 +140,10 @@ CHECKS = {
 
 
 def check_recipe(recipe: Recipe, source: str) -> None:
-    """Checks every section, the method's own section and its rules across sections,
-    then the rule that spans sections."""
-    from gssl_fast.methods import METHODS
-
+    """Checks every section, then the rule that spans sections (the method checks its
+    own section: ``Method.check``)."""
     for section, check in CHECKS.items():
         check(getattr(recipe, section), source)
-    METHODS[recipe.method.name].check(recipe, source)
     size = recipe.data.image_size
     if recipe.pretext.tasks and size % 2:
         raise UserError(

@@ -10,7 +10,7 @@ from __future__ import annotations
 import os
 from pathlib import Path
 
-from gssl_fast.config import Recipe
+from gssl_fast.sections import Recipe
 from pipelines.errors import UserError
 
 

@@ -17,7 +17,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from gssl_fast.config import LossConfig
+from gssl_fast.sections import LossConfig
 from pipelines.errors import UserError, unknown_name
 
 REDUCTIONS = ("mean", "none")

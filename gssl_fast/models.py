@@ -32,7 +32,7 @@ from timm.models import build_model_with_cfg, generate_default_cfgs, register_mo
 from timm.models.resnet import BasicBlock as TimmBasicBlock
 from timm.models.resnet import ResNet
 
-from gssl_fast.config import ModelConfig
+from gssl_fast.sections import ModelConfig
 from pipelines.datasets.arrays import CIFAR_MEAN, CIFAR_STD, IMAGENET_MEAN, IMAGENET_STD
 from pipelines.errors import UserError
 

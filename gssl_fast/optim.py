@@ -7,7 +7,7 @@ import math
 import torch
 from torch.optim.lr_scheduler import LambdaLR
 
-from gssl_fast.config import OptimConfig
+from gssl_fast.sections import OptimConfig
 from pipelines.errors import unknown_name
 
 

@@ -17,7 +17,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from gssl_fast.config import LossConfig, ModelConfig, PretextConfig
+from gssl_fast.sections import LossConfig, ModelConfig, PretextConfig
 from pipelines.errors import UserError
 from gssl_fast.heads import GatedMultiHead
 from gssl_fast.losses import ClassLoss, build_class_loss, check_gate_combine, combine_pretext_losses, cross_entropy

@@ -162,7 +162,9 @@ def fit(recipe: Recipe, *, out=None, resume=None, overwrite=False) -> Path:
     plan = StepPlan(batches, train.grad_accum_steps, train.steps or train.epochs * per_epoch)
     optimizer = build_optimizer(method.parameters_for_optimizer(method.model), recipe.optim)
     scheduler = build_scheduler(optimizer, recipe.optim, steps_per_epoch=per_epoch, epochs=plan.total_steps / per_epoch)
-    model, optimizer = accelerator.prepare(method.model, optimizer)
+    # Compiled for training only: evaluation, checkpoints and load_model use method.model.
+    model = torch.compile(method.model) if train.compile else method.model
+    model, optimizer = accelerator.prepare(model, optimizer)
     first_epoch = restore(start_from, method, optimizer, scheduler, accelerator) if start_from else 0
     if accelerator.is_main_process:
         describe(recipe, accelerator, threads, train_ds, val_ds, method, plan, first_epoch)
@@ -256,7 +258,7 @@ def run_epochs(recipe, method, model, optimizer, scheduler, loaders, val_loader,
     from gssl_fast.progress import Progress
 
     train, rank = recipe.train, accelerator.process_index
-    plain = accelerator.unwrap_model(model)
+    plain = method.model  # the module itself: not wrapped by DDP, not compiled
     log = MetricsLog(run_dir / "metrics.jsonl")
     if accelerator.is_main_process:
         log.truncate_after(first_epoch - 1)

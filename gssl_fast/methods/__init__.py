@@ -16,6 +16,8 @@ from gssl_fast.methods.base import Method, MethodContext, Stream
 
 # method.name -> Method subclass
 METHODS: dict[str, type[Method]] = {}
+# The method of a recipe without [method].
+DEFAULT_METHOD = "supervised"
 
 
 def register_method(cls: type[Method]) -> type[Method]:
@@ -29,9 +31,12 @@ def register_method(cls: type[Method]) -> type[Method]:
 
 
 def build_method(cfg, ctx: MethodContext) -> Method:
-    """The method of ``cfg`` (a ``[method]`` dataclass) built for ``ctx``."""
+    """The method of ``cfg`` (a ``[method]`` dataclass; None: the default method's
+    defaults) built for ``ctx``."""
     from pipelines.errors import unknown_name
 
+    if cfg is None:
+        cfg = METHODS[DEFAULT_METHOD].Config()
     if cfg.name not in METHODS:
         raise unknown_name("method.name", cfg.name, METHODS)
     return METHODS[cfg.name](cfg, ctx)
@@ -40,4 +45,4 @@ def build_method(cfg, ctx: MethodContext) -> Method:
 # The built-in methods register themselves on import.
 from gssl_fast.methods import supervised, adversarial  # noqa: E402,F401,I001
 
-__all__ = ["METHODS", "Method", "MethodContext", "Stream", "build_method", "register_method"]
+__all__ = ["DEFAULT_METHOD", "METHODS", "Method", "MethodContext", "Stream", "build_method", "register_method"]

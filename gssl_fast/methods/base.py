@@ -25,7 +25,7 @@ import numpy as np
 import torch
 from torch import nn
 
-from gssl_fast.config import LossConfig, ModelConfig, PretextConfig, Recipe, TrainConfig
+from gssl_fast.sections import LossConfig, ModelConfig, PretextConfig, Recipe, TrainConfig
 
 
 @dataclass(frozen=True)
@@ -123,7 +123,7 @@ class Method:
     def evaluate(self, model: nn.Module, loader, *, accelerator, epoch: int, last: bool) -> dict:
         """Metrics of ``model`` (unwrapped, eval mode is the method's to set) on the
         validation loader: classification accuracy by default (``val_acc1``, ...)."""
-        from gssl_fast.evaluate import evaluate
+        from gssl_fast.metrics import evaluate
 
         return evaluate(model, loader, accelerator=accelerator, num_classes=self.ctx.num_classes,
                         train_counts=self.ctx.class_counts if self.ctx.longtail else None)

@@ -12,7 +12,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
-from gssl_fast.config import Recipe
+from gssl_fast.sections import Recipe
 from gssl_fast.config_checks import rule
 from gssl_fast.methods import register_method
 from gssl_fast.methods.base import Method, main_batch, pixels

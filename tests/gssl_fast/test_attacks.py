@@ -10,7 +10,7 @@ from accelerate import Accelerator
 from torch import nn
 
 from gssl_fast.attacks import ATTACKS, Attack, get_attack, pgd, robust_accuracy
-from gssl_fast.evaluate import evaluate
+from gssl_fast.metrics import evaluate
 from pipelines.errors import UserError
 from pipelines.torch import make_loader
 

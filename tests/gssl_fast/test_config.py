@@ -20,6 +20,7 @@ from gssl_fast.config import (
     load_recipe,
     recipe_from_dict,
     recipe_to_toml,
+    resolved,
     save_recipe,
 )
 from gssl_fast.methods.adversarial import AdversarialConfig
@@ -88,7 +89,7 @@ def test_round_trip_through_toml(tmp_path):
 
 
 def test_round_trip_of_defaults_and_empty_lists(tmp_path):
-    recipe = Recipe(name="plain", pretext=PretextConfig(tasks=()),
+    recipe = Recipe(name="plain", method=SupervisedConfig(), pretext=PretextConfig(tasks=()),
                     optim=OptimConfig(milestones=(), milestone_factors=()))
     path = write(tmp_path, recipe_to_toml(recipe), "plain.toml")
     assert load_recipe(path) == recipe
@@ -97,6 +98,7 @@ def test_round_trip_of_defaults_and_empty_lists(tmp_path):
 def test_save_recipe_replaces_and_leaves_no_temp_file(tmp_path):
     path = tmp_path / "run" / "every.toml"
     save_recipe(Recipe(name="every"), path)
+    assert load_recipe(path) == resolved(Recipe(name="every"))
     save_recipe(every_section_recipe(), path)
     assert load_recipe(path) == every_section_recipe()
     assert [p.name for p in path.parent.iterdir()] == ["every.toml"]
@@ -104,11 +106,12 @@ def test_save_recipe_replaces_and_leaves_no_temp_file(tmp_path):
 
 def test_one_line_recipe_gives_all_defaults(tmp_path):
     path = write(tmp_path, '[data]\nname = "shapes"\n', "tiny.toml")
-    assert load_recipe(path) == Recipe(name="tiny")
+    assert load_recipe(path) == resolved(Recipe(name="tiny"))
+    assert load_recipe(path).method == SupervisedConfig()
 
 
 def test_empty_dict_gives_defaults():
-    assert recipe_from_dict({}, "test") == Recipe()
+    assert recipe_from_dict({}, "test") == resolved(Recipe())
 
 
 def test_lambda_alias(tmp_path):

@@ -226,3 +226,19 @@ drw_start_epoch = 1
     assert not torch.allclose(weight, torch.ones_like(weight)) and weight.argmax() == len(weight) - 1
     first = torch.load(out / "checkpoints" / "epoch_0001.pt", weights_only=True)["model"]["class_loss.weight"]
     assert torch.equal(first, torch.ones_like(first))
+
+
+@pytest.mark.slow
+def test_compiled_model_trains_and_checkpoints_plain_weights(tmp_path):
+    """train.compile = true: torch.compile of the model (inductor, here on the CPU); the
+    checkpoint holds the module's own weights, which load_model reads back."""
+    import gssl_fast
+
+    out = tmp_path / "run"
+    assert main([str(write_recipe(tmp_path)), "--out", str(out), "--set", "train.compile=true",
+                 "--set", "train.steps_per_epoch=2", "--set", "train.epochs=1"]) == 0
+    state = torch.load(out / "checkpoints" / "epoch_0001.pt", weights_only=True)
+    assert not any(k.startswith("_orig_mod") for k in state["model"])
+    row = json.loads((out / "metrics.jsonl").read_text())
+    assert row["train_images"] == 64 and row["train_loss"] == row["train_loss"]  # finite, logged
+    assert gssl_fast.load_model(out)(torch.rand(2, 3, 16, 16)).shape == (2, 10)

@@ -1,0 +1,112 @@
+"""Recipe sections: one frozen dataclass each; plain data, importing nothing of the trainer.
+
+Every key has a default, so ``[data]\\nname = "shapes"`` is a whole recipe. Functions
+elsewhere take their own section (``DataConfig``, ``OptimConfig``...), never a Recipe.
+Reading, checking and writing recipes: ``gssl_fast.config``.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Any
+
+
+@dataclass(frozen=True)
+class DataConfig:
+    name: str = "shapes"  # a key of pipelines.datasets.DATASETS
+    root: str = ""  # dataset folder (CIFAR batches, Tiny-ImageNet, ImageFolder); unused by shapes
+    image_size: int = 32  # side in pixels after resizing; even when a pretext task is on
+    crop_padding: int = 4  # pixels of zero padding of the random crop; 0 disables the crop
+    hflip: bool = True  # random whole-image horizontal flip of training images
+    mean: tuple[float, ...] = ()  # per-channel normalization mean in [0, 1]; () = dataset default
+    std: tuple[float, ...] = ()  # per-channel std in [0, 1]; () = dataset default
+    longtail: str = "none"  # "none" | "exp" | "step": long-tailed subsampling of the train split
+    imbalance_ratio: float = 0.01  # rho = n_min / n_max of the long-tailed train split, in (0, 1]
+    train_size: int = 10000  # images of the built-in dataset's train split
+    val_size: int = 2000  # images of the built-in dataset's val split
+    seed: int = 0  # seed of the built-in dataset's generator
+    beton: str = ""  # FFCV .beton of the train split (train.loader = "ffcv"); "" = convert on first use
+
+
+@dataclass(frozen=True)
+class ModelConfig:
+    backbone: str = "resnet32_cifar"  # any timm.create_model name, plus gssl_fast.models' CIFAR nets
+    pretrained: bool = False  # timm pretrained weights (must already be in the local cache)
+    drop_rate: float = 0.0  # dropout before the heads
+    channels_last: bool = False  # memory format of images and weights (faster on recent GPUs)
+
+
+@dataclass(frozen=True)
+class PretextConfig:
+    tasks: tuple[str, ...] = ("rotation", "flip", "perm")  # subset of pipelines.localizable.TASKS; () = supervised only
+    gate: str = "reference"  # "reference" (authors' code) | "learned" (paper text)
+    combine: str = "gated"  # "gated" | "sum" | "mean"
+    lam: float = 0.1  # TOML key "lambda": weight of the pretext loss, >= 0
+    flip_axis: str = "horizontal"  # "horizontal" (left-right) | "vertical" (the LT-CIFAR script)
+
+
+@dataclass(frozen=True)
+class LossConfig:
+    name: str = "ce"  # "ce" | "ldam"
+    ldam_max_margin: float = 0.5  # largest per-class margin of LDAM
+    ldam_scale: float = 30.0  # logit scale s of LDAM (cosine logits times s)
+    drw: bool = False  # deferred re-weighting with class-balanced weights
+    drw_start_epoch: int = 160  # first epoch (0-based) with re-weighting
+    drw_beta: float = 0.9999  # beta of the class-balanced weights
+
+
+@dataclass(frozen=True)
+class OptimConfig:
+    name: str = "sgd"
+    lr: float = 0.1  # peak learning rate (for the whole batch, no scaling rule)
+    momentum: float = 0.9
+    nesterov: bool = False
+    weight_decay: float = 5e-4
+    schedule: str = "cosine"  # "cosine" | "step" | "constant", updated every optimizer step
+    warmup_epochs: float = 0.0  # linear warm-up from ~0 to lr
+    milestones: tuple[int, ...] = (160, 180)  # "step": epochs at which the factor changes
+    milestone_factors: tuple[float, ...] = (0.01, 0.0001)  # "step": lr multiplier from each milestone on
+
+
+@dataclass(frozen=True)
+class TrainConfig:
+    epochs: int = 30
+    batch_size: int = 128  # per process
+    eval_batch_size: int = 256  # per process
+    seed: int = 0
+    mixed_precision: str = "no"  # "no" | "fp16" | "bf16"
+    grad_accum_steps: int = 1
+    loader: str = "torch"  # "torch" | "dali" | "ffcv"
+    cpu: bool = False  # train on the CPU even where CUDA is present
+    num_threads: int = 0  # torch threads per process; 0 = the cores this process may use
+    steps_per_epoch: int = 0  # cap on optimizer steps per epoch; 0 = the whole epoch of the main stream
+    keep_checkpoints: int = 2  # newest checkpoints kept in the run folder
+    steps: int = 0  # optimizer steps of the whole run; 0 = train.epochs epochs of the main stream
+    compile: bool = False  # torch.compile the model for training (as timm's --torchcompile)
+
+
+@dataclass(frozen=True)
+class Recipe:
+    name: str = "recipe"  # run name: the recipe file's stem
+    # The [method] section: the Config dataclass of the method it names (gssl_fast.methods);
+    # None stands for the default method's defaults until gssl_fast.config resolves it.
+    method: Any = None
+    data: DataConfig = field(default_factory=DataConfig)
+    model: ModelConfig = field(default_factory=ModelConfig)
+    pretext: PretextConfig = field(default_factory=PretextConfig)
+    loss: LossConfig = field(default_factory=LossConfig)
+    optim: OptimConfig = field(default_factory=OptimConfig)
+    train: TrainConfig = field(default_factory=TrainConfig)
+
+
+SECTIONS = {
+    "data": DataConfig,
+    "model": ModelConfig,
+    "pretext": PretextConfig,
+    "loss": LossConfig,
+    "optim": OptimConfig,
+    "train": TrainConfig,
+}
+
+# TOML keys that are Python keywords, spelled differently in the dataclass.
+KEY_ALIASES = {("pretext", "lambda"): "lam"}
