@@ -12,7 +12,15 @@ from __future__ import annotations
 from typing import Any, Sequence
 
 from gssl_fast.errors import UserError
-from gssl_fast.sections import DataConfig, LossConfig, ModelConfig, OptimConfig, PretextConfig, Recipe, TrainConfig
+from gssl_fast.sections import (
+    DataConfig,
+    LossConfig,
+    ModelConfig,
+    OptimConfig,
+    PretextConfig,
+    Recipe,
+    TrainConfig,
+)
 
 
 def show(value: Any) -> str:

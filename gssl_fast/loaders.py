@@ -13,7 +13,6 @@ from pathlib import Path
 from gssl_fast.sections import Recipe
 from pipelines.errors import UserError
 
-
 # Datasets read from image files, which the DALI loader decodes (on the GPU where there
 # is one) instead of receiving arrays decoded by PIL.
 FILE_DATASETS = ("tinyimagenet", "imagefolder")
@@ -64,37 +63,45 @@ def ffcv_file(given: str, split: str, dataset, run_dir: Path, accelerator) -> st
 
 
 def _common(recipe: Recipe, accelerator) -> dict:
-    data = recipe.data
     # Loaders deliver uint8 pixels; the model's first layer normalizes (models.InputNormalize).
-    return dict(image_size=data.image_size, shard_id=accelerator.process_index, num_shards=accelerator.num_processes,
-                device=accelerator.device, crop_padding=data.crop_padding, hflip=data.hflip,
-                flip_axis=recipe.pretext.flip_axis, normalize=False)
+    return dict(backend=recipe.train.loader, image_size=recipe.data.image_size, shard_id=accelerator.process_index,
+                num_shards=accelerator.num_processes, device=accelerator.device, normalize=False)
+
+
+def stream_views(data, flip_axis: str, stream) -> dict:
+    """The views of a method's stream: its own, or the G-SSL training view built from
+    ``[data]`` (crop padding, whole-image flip) and the stream's tasks."""
+    from pipelines.views import DEFAULT_VIEW, standard_view
+
+    if stream.views is not None:
+        return dict(stream.views)
+    return {DEFAULT_VIEW: standard_view(augment=stream.augment, padding=data.crop_padding, hflip=data.hflip,
+                                        tasks=stream.tasks, flip_axis=flip_axis)}
 
 
 def build_train_loaders(recipe: Recipe, streams: dict, source, accelerator) -> dict:
     """One loader of ``train.loader`` per stream of the method (``{name: Stream}``), one
     shard per process. The main (first) stream draws with ``train.seed``; every other
     stream with a seed of its own, so two streams of one dataset do not repeat each other."""
-    from pipelines import get_make_loader
+    from pipelines import make_loader
     from pipelines.sampling import derive_seed
 
-    make_loader = get_make_loader(recipe.train.loader)
     loaders = {}
     for i, (name, stream) in enumerate(streams.items()):
         seed = recipe.train.seed if i == 0 else derive_seed(recipe.train.seed, "stream", name) % (1 << 31)
         # drop_last keeps every process at the same number of steps (DDP needs it).
-        loaders[name] = make_loader(source, batch_size=stream.batch_size, tasks=stream.tasks, augment=stream.augment,
+        loaders[name] = make_loader(source, batch_size=stream.batch_size,
+                                    views=stream_views(recipe.data, recipe.pretext.flip_axis, stream),
                                     shuffle=True, drop_last=True, seed=seed, **_common(recipe, accelerator))
     return loaders
 
 
 def build_val_loader(recipe: Recipe, source, accelerator):
     """The validation loader: untransformed pixels, every image once over all processes."""
-    from pipelines import get_make_loader
+    from pipelines import make_loader
 
-    return get_make_loader(recipe.train.loader)(source, batch_size=recipe.train.eval_batch_size, tasks=(),
-                                                augment=False, shuffle=False, drop_last=False,
-                                                seed=recipe.train.seed, **_common(recipe, accelerator))
+    return make_loader(source, batch_size=recipe.train.eval_batch_size, tasks=(), augment=False, shuffle=False,
+                       drop_last=False, seed=recipe.train.seed, **_common(recipe, accelerator))
 
 
 def input_normalization(data, dataset) -> tuple[tuple[float, ...], tuple[float, ...]]:

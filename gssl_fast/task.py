@@ -17,10 +17,16 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from gssl_fast.heads import GatedMultiHead
+from gssl_fast.losses import (
+    ClassLoss,
+    build_class_loss,
+    check_gate_combine,
+    combine_pretext_losses,
+    cross_entropy,
+)
 from gssl_fast.sections import LossConfig, ModelConfig, PretextConfig
 from pipelines.errors import UserError
-from gssl_fast.heads import GatedMultiHead
-from gssl_fast.losses import ClassLoss, build_class_loss, check_gate_combine, combine_pretext_losses, cross_entropy
 
 
 class GSSLTask(nn.Module):
@@ -159,7 +165,10 @@ def build_task(
     or the dataset's defaults).
     LDAM brings cosine heads, with the pretext logits scaled by ``loss.ldam_scale``.
     """
-    from gssl_fast.models import InputNormalize, build_backbone  # models.py registers the CIFAR nets in timm
+    from gssl_fast.models import (  # models.py registers the CIFAR nets in timm
+        InputNormalize,
+        build_backbone,
+    )
 
     if len(class_counts) != num_classes:
         raise ValueError(f"class_counts has {len(class_counts)} entries for {num_classes} classes")

@@ -1,8 +1,13 @@
-"""Loaders that deliver G-SSL batches: uint8 images in, transformed batches with
-pseudo-labels out, on the training device.
+"""Loaders that deliver batches on the training device: uint8 images in, the views a
+method asks for (crop, flip, the localizable transform, ...) with their drawn
+parameters and pseudo-labels out.
 
-Every backend offers the same ``make_loader`` (SPEC section 6). Backends are imported
-lazily so that ``import pipelines`` needs neither DALI nor FFCV.
+Every backend keeps the same contract (SPEC section 6), built by one ``make_loader``;
+backends are imported lazily so that ``import pipelines`` needs neither DALI nor FFCV.
+
+    from pipelines import make_loader
+    loader = make_loader((images, labels), backend="torch", batch_size=128)
+    # or: from pipelines.dali import make_loader   (the same, backend="dali")
 """
 
 from __future__ import annotations
@@ -11,16 +16,48 @@ import importlib
 
 from pipelines.errors import unknown_name
 
-# Loader name (recipe key ``train.loader``) -> module offering ``make_loader``.
+# Loader name (recipe key ``train.loader``) -> module offering ``build_loader(source, spec, **options)``.
 LOADERS: dict[str, str] = {
     "torch": "pipelines.torch",
     "dali": "pipelines.dali",
     "ffcv": "pipelines.ffcv",
 }
 
+# Keywords a backend takes besides the spec: DALI's CPU threads, FFCV's threads.
+BACKEND_OPTIONS = {"torch": (), "dali": ("num_threads",), "ffcv": ("num_workers",)}
 
-def get_make_loader(name: str):
-    """The ``make_loader`` factory of the backend called ``name``."""
-    if name not in LOADERS:
-        raise unknown_name("loader", name, LOADERS)
-    return importlib.import_module(LOADERS[name]).make_loader
+
+def make_loader(source, *, backend: str = "torch", **kwargs):
+    """A loader of ``backend`` over ``source``: an iterable of batch dicts with ``len()``
+    (batches per epoch of this shard) and ``set_epoch(epoch)``.
+
+    source: ``(images [N, H, W, 3] uint8, labels [N] int)``, an ``ArrayDataset``, a
+    folder (ImageFolder or Tiny-ImageNet; ``split`` picks train or val), and for FFCV a
+    ``.beton`` file; DALI decodes the files of a folder itself.
+    kwargs: those of :func:`pipelines.spec.make_spec` (batch_size, image_size, views or
+    tasks / augment / crop_padding / hflip / flip_axis, normalize, mean, std, shuffle,
+    drop_last, seed, shard_id, num_shards, device, split), plus the backend's options
+    (``num_threads`` for DALI, ``num_workers`` for FFCV).
+
+    Batches: each view's images ``[B, 3, H, W]`` (float32 normalized, or uint8) under
+    the view's name, ``labels`` and ``indices`` ``[B]`` int64, and each view's drawn
+    parameters (``pipelines.views``), all on ``device``.
+    """
+    from pipelines.spec import make_spec
+
+    if backend not in LOADERS:
+        raise unknown_name("loader", backend, LOADERS)
+    options = {k: kwargs.pop(k) for k in BACKEND_OPTIONS[backend] if k in kwargs}
+    spec = make_spec(**kwargs)
+    return importlib.import_module(LOADERS[backend]).build_loader(source, spec, **options)
+
+
+def loader_factory(backend: str):
+    """``make_loader`` with ``backend`` fixed: each backend module's own ``make_loader``."""
+
+    def make(source, **kwargs):
+        return make_loader(source, backend=backend, **kwargs)
+
+    make.__doc__ = f'``pipelines.make_loader(source, backend="{backend}", **kwargs)``.'
+    make.__name__ = make.__qualname__ = "make_loader"
+    return make

@@ -144,26 +144,48 @@ def apply_localizable(
     flip_axis: ``"horizontal"`` mirrors left-right (default), ``"vertical"`` top-bottom.
 
     Flip, then ``rot90`` by ``rotation``, then the channel permutation, inside the chosen
-    quadrant only. A fixed number of tensor ops whatever the batch size: one gather
-    reads the quadrant already flipped, rotated and channel-permuted (its index
-    combines the pixel table of ``(q, f, k)`` with the source channel of each output
-    channel), one scatter writes it back into a copy of the batch.
+    quadrant only: :func:`apply_localizable_` on a contiguous copy of ``images``.
+    """
+    check_image_batch(images)
+    copy = images.clone(memory_format=torch.contiguous_format)
+    return apply_localizable_(copy, quadrant=quadrant, flip=flip, rotation=rotation, perm=perm, flip_axis=flip_axis)
+
+
+def apply_localizable_(
+    images: torch.Tensor,
+    *,
+    quadrant: torch.Tensor,
+    flip: torch.Tensor,
+    rotation: torch.Tensor,
+    perm: torch.Tensor,
+    flip_axis: str = "horizontal",
+) -> torch.Tensor:
+    """In-place :func:`apply_localizable` on a contiguous batch the caller owns (a fresh
+    crop, say: no copy of the batch); returns ``images``.
+
+    A fixed number of tensor ops whatever the batch size: one gather reads the quadrant
+    already flipped, rotated and channel-permuted (its index combines the pixel table of
+    ``(q, f, k)`` with the source channel of each output channel), one scatter writes it
+    back. Table rows are picked with ``index_select`` (a row copy; advanced indexing is
+    several times slower on the CPU).
     """
     if flip_axis not in FLIP_AXES:
         raise unknown_name("flip_axis", flip_axis, FLIP_AXES)
     r = check_image_batch(images)
-    b, plane = images.shape[0], 4 * r * r
+    if not images.is_contiguous():
+        raise ValueError("apply_localizable_ needs a contiguous batch; use apply_localizable")
+    b, plane, n = images.shape[0], 4 * r * r, r * r
     device = images.device
     src, dst, channels = _index_tables(2 * r, flip_axis, device)
     quadrant, flip, rotation, perm = (t.to(device=device, dtype=torch.int64) for t in (quadrant, flip, rotation, perm))
 
-    flat = images.reshape(b, 3 * plane)
+    flat = images.view(b, 3 * plane)
     # Output channel c of the quadrant reads plane channels[perm][c]: [B, 3, r*r] positions.
-    index = channels[perm][:, :, None] * plane + src[8 * quadrant + 4 * flip + rotation][:, None, :]
-    values = flat.gather(1, index.view(b, 3 * r * r)).view(b, 3, r * r)
-    out = flat.clone().view(b, 3, plane)
-    out.scatter_(2, dst[quadrant][:, None, :].expand(b, 3, r * r), values)
-    return out.view(images.shape)
+    pixels = src.index_select(0, 8 * quadrant + 4 * flip + rotation)  # [B, r*r]
+    index = (channels.index_select(0, perm) * plane)[:, :, None] + pixels[:, None, :]
+    values = flat.gather(1, index.view(b, 3 * n)).view(b, 3, n)
+    flat.view(b, 3, plane).scatter_(2, dst.index_select(0, quadrant)[:, None, :].expand(b, 3, n), values)
+    return images
 
 
 def reference_localizable(

@@ -1,9 +1,8 @@
-"""The plain-torch loader: uint8 arrays in memory, every transform batched on the device.
+"""The plain-torch loader: uint8 arrays in memory, every view batched on the device.
 
 Per batch: index the uint8 dataset, move the ``[B, 3, H, W]`` uint8 batch to the
-device (a quarter of the bytes of float32), then crop, flip, the localizable transform
-and normalization as whole-batch tensor ops (``pipelines.augment``). No worker
-processes, no per-sample Python.
+device (a quarter of the bytes of float32), then each view's ops and normalization as
+whole-batch tensor ops (``pipelines.views``). No worker processes, no per-sample Python.
 
     from pipelines.torch import make_loader
     loader = make_loader((images, labels), batch_size=128, device="cuda")
@@ -13,16 +12,17 @@ processes, no per-sample Python.
 
 from __future__ import annotations
 
-from typing import Iterator, Sequence
+from typing import Iterator
 
 import numpy as np
 import torch
 
+from pipelines import loader_factory
 from pipelines.datasets import ArrayDataset
-from pipelines.localizable import TASKS, check_tasks
-from pipelines.augment import augment_batch
 from pipelines.sampling import epoch_indices, generator, num_batches
 from pipelines.sources import as_array_dataset
+from pipelines.spec import LoaderSpec
+from pipelines.views import apply_ops, finish_view
 
 # Datasets up to this size are kept on the GPU whole (CIFAR is 150 MB): indexing there
 # avoids a host-to-device copy per batch.
@@ -30,84 +30,46 @@ GPU_RESIDENT_BYTES = 4 << 30
 
 
 class TorchLoader:
-    """Iterable of G-SSL batches with ``len()`` (batches per epoch for this shard).
+    """Iterable of batches with ``len()`` (batches per epoch for this shard).
 
     Each iteration is one epoch; the epoch counter advances by itself, or is set with
     :meth:`set_epoch` (as with a ``DistributedSampler``). Batches are dicts (SPEC
-    section 6): ``images`` ``[B, 3, H, W]`` (float32 normalized, or uint8), ``labels``,
-    ``indices``, ``quadrant``, ``flip``, ``rotation``, ``perm`` and ``target_<task>``,
-    all ``[B]`` int64 on ``device``.
+    section 6, ``pipelines.views``): each view's images and drawn parameters,
+    ``labels`` and ``indices``, all on ``spec.device``.
     """
 
-    def __init__(
-        self,
-        dataset: ArrayDataset,
-        *,
-        batch_size: int,
-        tasks: Sequence[str],
-        augment: bool,
-        normalize: bool,
-        shuffle: bool,
-        drop_last: bool,
-        seed: int,
-        shard_id: int,
-        num_shards: int,
-        device: torch.device,
-        crop_padding: int = 4,
-        hflip: bool = True,
-        flip_axis: str = "horizontal",
-        mean: Sequence[float] | None = None,
-        std: Sequence[float] | None = None,
-    ):
-        if batch_size < 1:
-            raise ValueError(f"batch_size must be >= 1, got {batch_size}")
-        self.dataset = dataset
-        self.batch_size = batch_size
-        self.tasks = check_tasks(tasks)
-        self.augment, self.shuffle, self.drop_last = augment, shuffle, drop_last
-        self.seed, self.shard_id, self.num_shards = seed, shard_id, num_shards
-        self.device = device
-        self.crop_padding, self.hflip, self.flip_axis = crop_padding, hflip, flip_axis
-        self.normalize_to = (tuple(mean or dataset.mean), tuple(std or dataset.std)) if normalize else None
+    def __init__(self, dataset: ArrayDataset, spec: LoaderSpec):
+        self.dataset, self.spec = dataset, spec
+        self.batch_size = spec.batch_size
+        self.normalize_to = spec.normalize_to(dataset.mean, dataset.std)
         self.epoch = 0
-        self._images = _stage(dataset.images, device)  # [N, 3, H, W] uint8
+        self._images = _stage(dataset.images, spec.device)  # [N, 3, H, W] uint8
         self._labels = torch.from_numpy(dataset.labels).to(self._images.device)
-        len(self)  # validates the shard arguments now rather than at the first epoch
 
     def __len__(self) -> int:
-        return num_batches(
-            len(self.dataset),
-            batch_size=self.batch_size,
-            shard_id=self.shard_id,
-            num_shards=self.num_shards,
-            drop_last=self.drop_last,
-        )
+        s = self.spec
+        return num_batches(len(self.dataset), batch_size=s.batch_size, shard_id=s.shard_id,
+                           num_shards=s.num_shards, drop_last=s.drop_last)
 
     def set_epoch(self, epoch: int) -> None:
         self.epoch = epoch
 
     def __iter__(self) -> Iterator[dict[str, torch.Tensor]]:
-        epoch = self.epoch
+        epoch, s = self.epoch, self.spec
         self.epoch += 1
-        order = epoch_indices(
-            len(self.dataset), seed=self.seed, epoch=epoch, shuffle=self.shuffle,
-            shard_id=self.shard_id, num_shards=self.num_shards,
-            drop_last=self.drop_last, batch_size=self.batch_size,
-        )
+        order = epoch_indices(len(self.dataset), seed=s.seed, epoch=epoch, shuffle=s.shuffle, shard_id=s.shard_id,
+                              num_shards=s.num_shards, drop_last=s.drop_last, batch_size=s.batch_size)
         # One stream per (seed, shard, epoch): a run is reproducible per (seed, rank, step).
-        gen = generator(self.seed, "augment", self.shard_id, epoch)
-        for start in range(0, len(order), self.batch_size):
-            yield self._batch(order[start : start + self.batch_size], gen)
+        gen = generator(s.seed, "augment", s.shard_id, epoch)
+        for start in range(0, len(order), s.batch_size):
+            yield self._batch(order[start : start + s.batch_size], gen)
 
     def _batch(self, idx: torch.Tensor, gen: torch.Generator) -> dict[str, torch.Tensor]:
         src = idx.to(self._images.device)
-        images = self._images[src].to(self.device, non_blocking=True)
-        out = augment_batch(
-            images, tasks=self.tasks, generator=gen, augment=self.augment,
-            normalize_to=self.normalize_to, padding=self.crop_padding, hflip=self.hflip, flip_axis=self.flip_axis,
-        )
-        out["labels"] = self._labels[src].to(self.device, non_blocking=True)
-        out["indices"] = idx.to(self.device)
+        raw = self._images[src].to(self.spec.device, non_blocking=True)
+        out = {"labels": self._labels[src].to(self.spec.device, non_blocking=True), "indices": idx.to(self.spec.device)}
+        for name, view in self.spec.views:
+            out.update(finish_view(name, *apply_ops(raw, view, gen), normalize_to=self.normalize_to))
         return out
 
 
@@ -124,43 +86,11 @@ def _stage(images: np.ndarray, device: torch.device) -> torch.Tensor:
     return x
 
 
-def make_loader(
-    source,
-    *,
-    batch_size: int,
-    image_size: int | None = None,
-    tasks: Sequence[str] = tuple(TASKS),
-    augment: bool = True,
-    normalize: bool = True,
-    shuffle: bool = True,
-    drop_last: bool = False,
-    seed: int = 0,
-    shard_id: int = 0,
-    num_shards: int = 1,
-    device: torch.device | str | None = None,
-    split: str = "train",
-    crop_padding: int = 4,
-    hflip: bool = True,
-    flip_axis: str = "horizontal",
-    mean: Sequence[float] | None = None,
-    std: Sequence[float] | None = None,
-) -> TorchLoader:
-    """The loader contract of SPEC section 6 over in-memory uint8 data.
+def build_loader(source, spec: LoaderSpec) -> TorchLoader:
+    """The torch loader of ``spec`` over an array pair, ``ArrayDataset`` or folder
+    (decoded with PIL; normalization defaults: CIFAR statistics for a plain array
+    pair, the dataset's own otherwise)."""
+    return TorchLoader(as_array_dataset(source, image_size=spec.image_size, split=spec.split), spec)
 
-    source: ``(images [N, H, W, 3] uint8, labels [N] int)``, an ``ArrayDataset``, or a
-    folder (ImageFolder or Tiny-ImageNet; ``split`` picks train or val there).
-    device: where batches are delivered; None = CUDA when available, else CPU.
-    crop_padding, hflip: the augmentation (with ``augment=True``): random crop with this
-    zero padding (0 = none), whole-image horizontal flip.
-    mean, std: normalization in [0, 1] units; None = the source's defaults (CIFAR
-    statistics for a plain array pair).
-    """
-    if device is None:
-        device = "cuda" if torch.cuda.is_available() else "cpu"
-    dataset = as_array_dataset(source, image_size=image_size, split=split)
-    return TorchLoader(
-        dataset, batch_size=batch_size, tasks=tasks, augment=augment, normalize=normalize,
-        shuffle=shuffle, drop_last=drop_last, seed=seed, shard_id=shard_id, num_shards=num_shards,
-        device=torch.device(device), crop_padding=crop_padding, hflip=hflip, flip_axis=flip_axis,
-        mean=mean, std=std,
-    )
+
+make_loader = loader_factory("torch")

@@ -22,11 +22,11 @@ from __future__ import annotations
 from dataclasses import dataclass, replace
 
 from gssl_fast.attacks import ATTACKS, pgd, robust_accuracy
-from gssl_fast.sections import Recipe
 from gssl_fast.config_checks import rule
 from gssl_fast.methods import register_method
 from gssl_fast.methods.base import main_batch
 from gssl_fast.methods.supervised import GSSLMethod
+from gssl_fast.sections import Recipe
 from gssl_fast.task import pretext_batch_targets
 
 

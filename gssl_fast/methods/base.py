@@ -25,7 +25,13 @@ import numpy as np
 import torch
 from torch import nn
 
-from gssl_fast.sections import LossConfig, ModelConfig, PretextConfig, Recipe, TrainConfig
+from gssl_fast.sections import (
+    LossConfig,
+    ModelConfig,
+    PretextConfig,
+    Recipe,
+    TrainConfig,
+)
 
 
 @dataclass(frozen=True)
@@ -35,13 +41,16 @@ class Stream:
     batch_size: images per batch and process. tasks: the pretext tasks whose
     localizable transform the loader applies (their parameters come with the batch).
     augment: the ordinary augmentation (random crop with padding, whole-image flip).
-    Batches hold ``images`` ``[B, 3, H, W]`` uint8 pixels and the loader contract's
-    ``[B]`` int64 entries (SPEC section 6).
+    views: ``{name: view}`` (``pipelines.views``) instead of the one view that
+    ``augment`` and ``tasks`` describe, e.g. a weak and a strong view of each image.
+    Batches hold each view's ``[B, 3, H, W]`` uint8 pixels under its name (``images``
+    by default) and the loader contract's ``[B]`` int64 entries (SPEC section 6).
     """
 
     batch_size: int
     tasks: tuple[str, ...] = ()
     augment: bool = True
+    views: Mapping[str, tuple] | None = None
 
 
 @dataclass(frozen=True)

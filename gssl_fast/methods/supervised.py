@@ -12,10 +12,10 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
-from gssl_fast.sections import Recipe
 from gssl_fast.config_checks import rule
 from gssl_fast.methods import register_method
 from gssl_fast.methods.base import Method, main_batch, pixels
+from gssl_fast.sections import Recipe
 from gssl_fast.task import build_task, gssl_scalars, pretext_batch_targets
 
 

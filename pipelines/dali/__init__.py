@@ -43,9 +43,9 @@ from pipelines.dali.graph import (
     transform_graph,
     unpack_codes,
 )
-from pipelines.dali.loader import DaliLoader, make_loader
+from pipelines.dali.loader import DaliLoader, build_loader, make_loader
 
 __all__ = [
-    "DaliLoader", "GraphOptions", "build_array_pipeline", "build_file_pipeline", "code_fields", "crop_step",
+    "DaliLoader", "GraphOptions", "build_array_pipeline", "build_loader", "build_file_pipeline", "code_fields", "crop_step",
     "localizable_step", "localizable_tables", "make_loader", "output_step", "transform_graph", "unpack_codes",
 ]

@@ -16,6 +16,11 @@ import torch
 
 from pipelines.errors import UserError
 from pipelines.localizable import FLIP_AXES, PARAM_KEYS, PERMUTATIONS
+from pipelines.views import CropFlip, Localizable, Op
+
+# The ops of pipelines.views this graph runs as DALI operators, in the graph's order; a
+# view's later ops run as torch ops after the pipeline (pipelines.views.native_prefix).
+NATIVE = (CropFlip, Localizable)
 
 INSTALL_HELP = (
     "the DALI loader needs NVIDIA DALI: pip install -e '.[dali]' (nvidia-dali-cuda130; "
@@ -111,6 +116,20 @@ class GraphOptions:
         return code_fields(self.tasks, self.augment and self.hflip)
 
 
+def graph_options(ops: Sequence[Op], *, size: tuple[int, int], gpu: bool, normalize) -> GraphOptions:
+    """The graph of ``ops``, a view's leading ops among :data:`NATIVE`."""
+    crop = next((op for op in ops if isinstance(op, CropFlip)), None)
+    loc = next((op for op in ops if isinstance(op, Localizable)), None)
+    return GraphOptions(size=size, tasks=loc.tasks if loc else (), augment=crop is not None,
+                        padding=crop.padding if crop else 0, flip_axis=loc.flip_axis if loc else "horizontal",
+                        normalize=normalize, gpu=gpu, hflip=crop.hflip if crop else False)
+
+
+def output_name(view: str, key: str) -> str:
+    """Name of the pipeline output ``key`` (images, code, crop_start) of ``view``."""
+    return f"{view}:{key}"
+
+
 def crop_step(images, *, padding: int, size: tuple[int, int]):
     """Random crop with zero padding (torchvision ``RandomCrop(size, padding)``).
 
@@ -160,14 +179,14 @@ def output_step(images, *, mirror, normalize):
     return fn.crop_mirror_normalize(images, output_layout="CHW", **kw)
 
 
-def transform_graph(images, indices, opts: GraphOptions) -> dict:
+def transform_graph(images, opts: GraphOptions) -> dict:
     """Crop, localizable transform, flip and normalization of HWC uint8 ``images``.
 
-    Returns the named pipeline outputs: ``images`` ``[3, H, W]``, ``indices``, and where
-    drawn ``code`` (see :func:`code_fields`) and ``crop_start`` ``[2]``.
+    Returns the named outputs: ``images`` ``[3, H, W]`` and where drawn ``code`` (see
+    :func:`code_fields`) and ``crop_start`` ``[2]``.
     """
     fn, _, _ = import_dali()
-    out = {"indices": indices}
+    out = {}
     if opts.augment and opts.padding:
         images, out["crop_start"] = crop_step(images, padding=opts.padding, size=opts.size)
     fields = opts.fields
@@ -186,11 +205,22 @@ def transform_graph(images, indices, opts: GraphOptions) -> dict:
 # ---------------------------------------------------------------- pipelines
 
 
+def view_graphs(images, indices, views: dict[str, GraphOptions]) -> dict:
+    """The outputs of every view's graph over the same decoded ``images`` (each view
+    draws its own parameters), named by :func:`output_name`, plus ``indices``."""
+    out = {"indices": indices}
+    for name, opts in views.items():
+        out.update({output_name(name, k): node for k, node in transform_graph(images, opts).items()})
+    return out
+
+
 def build_file_pipeline(files: Sequence[str], indices: Sequence[int], *, shard_id: int, num_shards: int,
-                        opts: GraphOptions, **pipeline_kwargs):
+                        views: dict[str, GraphOptions], **pipeline_kwargs):
     """Pipeline reading ``files`` (in this order) and labelling each with its entry of
-    ``indices``; returns ``(pipeline, output names)``. ``pipeline_kwargs``: batch_size,
-    num_threads, device_id, seed, ... of ``nvidia.dali.Pipeline``."""
+    ``indices``, with the graph of each of ``views``; returns ``(pipeline, output
+    names)``. ``pipeline_kwargs``: batch_size, num_threads, device_id, seed, ... of
+    ``nvidia.dali.Pipeline``."""
+    gpu = any(opts.gpu for opts in views.values())
     fn, types, pipeline_def = import_dali()
     names = []
 
@@ -201,20 +231,22 @@ def build_file_pipeline(files: Sequence[str], indices: Sequence[int], *, shard_i
         data, index = fn.readers.file(files=list(files), labels=list(indices), shard_id=shard_id,
                                       num_shards=num_shards, stick_to_shard=True, pad_last_batch=True,
                                       name="files")
-        images = fn.decoders.image(data, device="mixed" if opts.gpu else "cpu", output_type=types.RGB)
+        images = fn.decoders.image(data, device="mixed" if gpu else "cpu", output_type=types.RGB)
         # Exact copy for a file of the right size; bilinear with antialiasing otherwise.
-        images = fn.resize(images, size=list(opts.size), antialias=True)
-        out = transform_graph(images, index, opts)
+        size = next(iter(views.values())).size
+        images = fn.resize(images, size=list(size), antialias=True)
+        out = view_graphs(images, index, views)
         names.extend(out)
         return tuple(out.values())
 
     return file_pipeline(), names
 
 
-def build_array_pipeline(batches: Iterator[tuple[np.ndarray, np.ndarray]], *, opts: GraphOptions,
+def build_array_pipeline(batches: Iterator[tuple[np.ndarray, np.ndarray]], *, views: dict[str, GraphOptions],
                          **pipeline_kwargs):
     """Pipeline over ``(images [b, H, W, 3] uint8, indices [b] int64)`` batches from
-    ``batches``; the last one may be smaller. Returns ``(pipeline, output names)``."""
+    ``batches``, with the graph of each of ``views``; the last batch may be smaller.
+    Returns ``(pipeline, output names)``."""
     fn, _, pipeline_def = import_dali()
     names = []
 
@@ -223,9 +255,9 @@ def build_array_pipeline(batches: Iterator[tuple[np.ndarray, np.ndarray]], *, op
         # Slicing in-memory uint8 arrays is a memcpy per batch, so a parallel
         # (multi-process) external source would add more than it saves.
         images, index = fn.external_source(source=batches, num_outputs=2, batch=True, layout=["HWC", ""])
-        if opts.gpu:
+        if any(opts.gpu for opts in views.values()):
             images = images.gpu()
-        out = transform_graph(images, index, opts)
+        out = view_graphs(images, index, views)
         names.extend(out)
         return tuple(out.values())
 

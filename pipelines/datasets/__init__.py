@@ -27,7 +27,13 @@ from pipelines.datasets.arrays import (
     resize_images,
 )
 from pipelines.datasets.cifar import cifar10, cifar100
-from pipelines.datasets.folders import FileList, decode_files, imagefolder, list_folder, tinyimagenet
+from pipelines.datasets.folders import (
+    FileList,
+    decode_files,
+    imagefolder,
+    list_folder,
+    tinyimagenet,
+)
 from pipelines.datasets.longtail import longtail_counts, longtail_indices
 from pipelines.datasets.shapes import make_shapes, shapes
 from pipelines.errors import UserError, unknown_name

@@ -21,7 +21,13 @@ from pathlib import Path
 import numpy as np
 from PIL import Image
 
-from pipelines.datasets.arrays import IMAGENET_MEAN, IMAGENET_STD, ArrayDataset, check_split, resize_image
+from pipelines.datasets.arrays import (
+    IMAGENET_MEAN,
+    IMAGENET_STD,
+    ArrayDataset,
+    check_split,
+    resize_image,
+)
 from pipelines.errors import UserError
 from pipelines.system import usable_cores
 

@@ -21,9 +21,9 @@ import torch
 
 _threads = torch.get_num_threads()
 from pipelines.ffcv.convert import convert, read_info  # noqa: E402
-from pipelines.ffcv.loader import FFCVLoader, make_loader  # noqa: E402
+from pipelines.ffcv.loader import FFCVLoader, build_loader, make_loader  # noqa: E402
 
 # Importing ffcv sets torch's thread count to 1 (ffcv.pipeline.compiler); the process keeps its own.
 torch.set_num_threads(_threads)
 
-__all__ = ["FFCVLoader", "convert", "make_loader", "read_info"]
+__all__ = ["FFCVLoader", "build_loader", "convert", "make_loader", "read_info"]

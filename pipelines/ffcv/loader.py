@@ -2,8 +2,8 @@
 
 Per sample, in FFCV's thread: decode (raw copy or libjpeg-turbo) -> random crop with
 padding and whole-image flip -> the localizable transform -> to a tensor -> to the
-device -> ``[B, 3, H, W]`` -> normalization. A second pipeline, fed by the ``index``
-field, emits the localizable parameters of each sample (``ops.LocalizableParams``).
+device -> ``[B, 3, H, W]`` -> normalization, one such pipeline per view. Pipelines fed
+by the ``index`` field emit the parameters drawn for each sample (``ops.DrawnParams``).
 
 Known FFCV behaviours handled here:
 - ``Loader`` calls ``torch.set_num_threads`` with its worker count; the process's
@@ -22,7 +22,7 @@ import sys
 import tempfile
 import weakref
 from pathlib import Path
-from typing import Iterator, Sequence
+from typing import Iterator
 
 import numpy as np
 import torch
@@ -32,12 +32,25 @@ from ffcv.pipeline import PipelineSpec
 from ffcv.transforms import ToDevice, ToTensor, ToTorchImage
 from ffcv.traversal_order.base import TraversalOrder
 
-from pipelines.errors import UserError, unknown_name
-from pipelines.localizable import FLIP_AXES, PARAM_KEYS, TASKS, check_tasks, pretext_targets
+from pipelines import loader_factory, views
+from pipelines.errors import UserError
 from pipelines.ffcv.convert import check_beton, convert, read_info
-from pipelines.ffcv.ops import ContiguousImage, EpochDraws, Localizable, LocalizableParams, RandomCropFlip
-from pipelines.sampling import epoch_indices, num_batches
+from pipelines.ffcv.ops import (
+    ContiguousImage,
+    DrawnParams,
+    EpochDraws,
+    Localizable,
+    RandomCropFlip,
+)
+from pipelines.localizable import PARAM_KEYS, pretext_targets
+from pipelines.sampling import epoch_indices, generator, num_batches
+from pipelines.spec import LoaderSpec
 from pipelines.system import usable_cores
+from pipelines.views import apply_ops, finish_view, native_prefix
+
+# The ops of pipelines.views this backend runs as FFCV operations, in their order; a
+# view's later ops run as torch ops after FFCV (pipelines.views.native_prefix).
+NATIVE = (views.CropFlip, views.Localizable)
 
 # Batches FFCV prepares ahead of the one being consumed.
 BATCHES_AHEAD = 3
@@ -69,98 +82,85 @@ class ShardOrder(TraversalOrder):
 
 
 class FFCVLoader:
-    """Iterable of G-SSL batches over a ``.beton`` with ``len()`` (batches per epoch for
-    this shard); one epoch per iteration, or the epoch set by :meth:`set_epoch`.
+    """Iterable of batches over a ``.beton`` with ``len()`` (batches per epoch for this
+    shard); one epoch per iteration, or the epoch set by :meth:`set_epoch`.
 
-    Batches (SPEC section 6): ``images`` ``[B, 3, H, W]`` (float32 normalized, or uint8),
-    ``labels``, ``indices``, ``quadrant``, ``flip``, ``rotation``, ``perm`` and
-    ``target_<task>``, all ``[B]`` int64, on ``device``. Parameters are a function of
-    (seed, epoch, dataset index). Tensors are views of reused buffers: copy to keep.
+    Each view is one FFCV pipeline over the ``image`` field: its leading crop / flip /
+    localizable ops (``NATIVE``) run as compiled FFCV operations with parameters that
+    are a function of (seed, epoch, dataset index, view), reported by a second pipeline
+    over ``index``; any later op runs as the batched torch op on the device right after
+    FFCV hands the batch over. Batches: each view's images and parameters
+    (``pipelines.views``), ``labels``, ``indices``; all on ``spec.device``. Tensors may be
+    views of reused buffers: copy to keep.
     """
 
-    def __init__(
-        self,
-        path: str | os.PathLike,
-        *,
-        batch_size: int,
-        tasks: Sequence[str],
-        augment: bool,
-        normalize: bool,
-        shuffle: bool,
-        drop_last: bool,
-        seed: int,
-        shard_id: int,
-        num_shards: int,
-        device: torch.device,
-        image_size: int | None = None,
-        crop_padding: int = 4,
-        hflip: bool = True,
-        flip_axis: str = "horizontal",
-        mean: Sequence[float] | None = None,
-        std: Sequence[float] | None = None,
-        num_workers: int | None = None,
-    ):
-        if batch_size < 1:
-            raise ValueError(f"batch_size must be >= 1, got {batch_size}")
-        if flip_axis not in FLIP_AXES:
-            raise unknown_name("flip_axis", flip_axis, FLIP_AXES)
-        if crop_padding < 0:
-            raise ValueError(f"crop_padding must be >= 0, got {crop_padding}")
+    def __init__(self, path: str | os.PathLike, spec: LoaderSpec, *, num_workers: int | None = None):
         reader = check_beton(path)
         info = read_info(path)
         self.path, self.num_samples = Path(path), int(reader.num_samples)
         self.side = _image_side(reader)
-        if image_size is not None and self.num_samples and image_size != self.side:
-            raise UserError(f"{path} holds {self.side}x{self.side} images, not {image_size}x{image_size} "
+        if spec.image_size is not None and self.num_samples and spec.image_size != self.side:
+            raise UserError(f"{path} holds {self.side}x{self.side} images, not {spec.image_size}x{spec.image_size} "
                             "(data.image_size); convert the dataset again at that size")
         self.classes = info.get("classes")
-        self.batch_size, self.tasks, self.drop_last = batch_size, check_tasks(tasks), drop_last
-        self.shard_id, self.num_shards, self.device = shard_id, num_shards, device
+        self.spec, self.batch_size, self.device = spec, spec.batch_size, spec.device
         self.epoch = 0
         len(self)  # validates the shard arguments now rather than at the first epoch
         self.num_workers = num_workers or _default_workers()
-        self.draws = EpochDraws(seed, self.tasks, crop_padding, hflip)
-        self._order = ShardOrder(self.num_samples, seed=seed, shuffle=shuffle, shard_id=shard_id,
-                                 num_shards=num_shards, drop_last=drop_last, batch_size=batch_size)
-        normalize_to = (tuple(mean or info["mean"]), tuple(std or info["std"])) if normalize else None
-        pipelines = self._pipelines(augment=augment, crop_padding=crop_padding, flip_axis=flip_axis,
-                                    normalize_to=normalize_to)
+        self._order = ShardOrder(self.num_samples, seed=spec.seed, shuffle=spec.shuffle, shard_id=spec.shard_id,
+                                 num_shards=spec.num_shards, drop_last=spec.drop_last, batch_size=spec.batch_size)
+        self.normalize_to = spec.normalize_to(info["mean"], info["std"])
+        self.draws, self.view_tasks = [], {}  # EpochDraws of every view; the tasks of each view
+        self.plans, pipelines = {}, {"label": self._ints(), "index": self._ints()}
+        for i, (name, view) in enumerate(spec.views):
+            k = native_prefix(view, NATIVE)
+            pipelines.update(self._view_pipelines(name, view[:k], normalize=k == len(view), first=i == 0))
+            self.plans[name] = view[k:]
         threads = torch.get_num_threads()
         try:
-            self._loader = Loader(str(path), batch_size=batch_size, num_workers=self.num_workers,
-                                  order=self._order, drop_last=drop_last, pipelines=pipelines, seed=seed,
+            self._loader = Loader(str(path), batch_size=spec.batch_size, num_workers=self.num_workers,
+                                  order=self._order, drop_last=spec.drop_last, pipelines=pipelines, seed=spec.seed,
                                   batches_ahead=BATCHES_AHEAD)
         finally:
             torch.set_num_threads(threads)
         self._outputs = list(self._loader.pipeline_specs)  # the order of FFCV's batch tuple
         self._compiled = False
 
-    def _pipelines(self, *, augment, crop_padding, flip_axis, normalize_to) -> dict:
-        """FFCV pipelines per output: ``image``, ``label``, ``index`` and, with tasks, ``params``."""
+    def _to_device(self) -> list:
+        return [] if self.device.type == "cpu" else [ToDevice(self.device, non_blocking=True)]
 
-        def to_device() -> list:
-            return [] if self.device.type == "cpu" else [ToDevice(self.device, non_blocking=True)]
+    def _ints(self) -> list:
+        return [IntDecoder(), ToTensor(), *self._to_device()]
 
+    def _view_pipelines(self, name: str, ops, *, normalize: bool, first: bool) -> dict:
+        """FFCV pipelines of one view: its images (``ops``, a native prefix) and the
+        parameters of each drawn op. The first view reads the ``image`` field's own
+        pipeline; the others are extra pipelines from that field."""
+        crop = next((op for op in ops if isinstance(op, views.CropFlip)), None)
+        loc = next((op for op in ops if isinstance(op, views.Localizable)), None)
+        draws = EpochDraws(self.spec.seed, loc.tasks if loc else (), crop.padding if crop else 0,
+                           crop.hflip if crop else False, stream="" if first else name)
+        self.draws.append(draws)
         image = [SimpleRGBImageDecoder()]
-        if augment:
-            image.append(RandomCropFlip(self.draws, crop_padding))
-        if self.tasks:
-            image.append(Localizable(self.draws, flip_axis))
+        if crop:
+            image.append(RandomCropFlip(draws, crop.padding))
+        if loc:
+            image.append(Localizable(draws, loc.flip_axis))
         # ToTorchImage(channels_last=True) is a free view; ContiguousImage writes the batch.
-        image += [ToTensor(), *to_device(), ToTorchImage(channels_last=True), ContiguousImage(normalize_to)]
-        pipelines = {
-            "image": image,
-            "label": [IntDecoder(), ToTensor(), *to_device()],
-            "index": [IntDecoder(), ToTensor(), *to_device()],
-        }
-        if self.tasks:
-            pipelines["params"] = PipelineSpec("index", transforms=[
-                IntDecoder(), LocalizableParams(self.draws), ToTensor(), *to_device()])
-        return pipelines
+        image += [ToTensor(), *self._to_device(), ToTorchImage(channels_last=True),
+                  ContiguousImage(self.normalize_to if normalize else None)]
+        out = {"image" if first else f"{name}:image": image if first else PipelineSpec("image", transforms=image)}
+        for op, kind in ((crop, "crop_flip"), (loc, "localizable")):
+            if op is not None:
+                out[f"{name}:{kind}"] = PipelineSpec("index", transforms=[
+                    IntDecoder(), DrawnParams(draws, kind), ToTensor(), *self._to_device()])
+        self.view_tasks[name] = loc.tasks if loc else ()
+        return out
 
     def __len__(self) -> int:
-        return num_batches(self.num_samples, batch_size=self.batch_size, shard_id=self.shard_id,
-                           num_shards=self.num_shards, drop_last=self.drop_last)
+        s = self.spec
+        return num_batches(self.num_samples, batch_size=s.batch_size, shard_id=s.shard_id,
+                           num_shards=s.num_shards, drop_last=s.drop_last)
 
     def set_epoch(self, epoch: int) -> None:
         self.epoch = epoch
@@ -169,8 +169,10 @@ class FFCVLoader:
         epoch = self.epoch
         self.epoch += 1
         self._order.epoch = epoch
-        self.draws.set_epoch(epoch)
-        if not self._compiled and self.shard_id == 0:
+        for draws in self.draws:
+            draws.set_epoch(epoch)
+        gen = generator(self.spec.seed, "augment", self.spec.shard_id, epoch)  # the ops torch runs after FFCV
+        if not self._compiled and self.spec.shard_id == 0:
             print(f"pipelines.ffcv: compiling the FFCV pipeline for {self.path.name} "
                   "(first epoch of this process, a few seconds)", file=sys.stderr, flush=True)
         threads = torch.get_num_threads()
@@ -181,21 +183,26 @@ class FFCVLoader:
         try:
             for values in epoch_iterator:
                 self._compiled = True
-                yield self._batch(values)
+                yield self._batch(values, gen)
         finally:
             # A consumer that leaves early must not leave FFCV's thread running into the
             # next epoch (or into another loader's numba code).
             epoch_iterator.close()
             epoch_iterator.join(timeout=STOP_TIMEOUT_S)
 
-    def _batch(self, values) -> dict[str, torch.Tensor]:
+    def _batch(self, values, gen: torch.Generator) -> dict[str, torch.Tensor]:
         out = dict(zip(self._outputs, values))
-        batch = {"images": out["image"], "labels": out["label"].view(-1), "indices": out["index"].view(-1)}
-        if self.tasks:
-            batch.update({k: out["params"][:, j] for j, k in enumerate(PARAM_KEYS)})
-            batch.update(pretext_targets(batch, self.tasks))
-        else:
-            batch.update({k: torch.zeros_like(batch["labels"]) for k in PARAM_KEYS})
+        batch = {"labels": out["label"].view(-1), "indices": out["index"].view(-1)}
+        for i, (name, rest) in enumerate(self.plans.items()):
+            tasks, params = self.view_tasks[name], {}
+            if f"{name}:crop_flip" in out:
+                drawn = out[f"{name}:crop_flip"]
+                params.update(hflip=drawn[:, 0], crop_y=drawn[:, 1], crop_x=drawn[:, 2])
+            if f"{name}:localizable" in out:
+                params.update({k: out[f"{name}:localizable"][:, j] for j, k in enumerate(PARAM_KEYS)})
+                params.update(pretext_targets(params, tasks))
+            images, later = apply_ops(out["image" if i == 0 else f"{name}:image"], rest, gen)
+            batch.update(finish_view(name, images, {**params, **later}, normalize_to=self.normalize_to if rest else None))
         return batch
 
 
@@ -211,41 +218,15 @@ def _default_workers() -> int:
     return max(usable_cores() // max(int(os.environ.get("LOCAL_WORLD_SIZE", "1")), 1) - 1, 1)
 
 
-def make_loader(
-    source,
-    *,
-    batch_size: int,
-    image_size: int | None = None,
-    tasks: Sequence[str] = tuple(TASKS),
-    augment: bool = True,
-    normalize: bool = True,
-    shuffle: bool = True,
-    drop_last: bool = False,
-    seed: int = 0,
-    shard_id: int = 0,
-    num_shards: int = 1,
-    device: torch.device | str | None = None,
-    split: str = "train",
-    crop_padding: int = 4,
-    hflip: bool = True,
-    flip_axis: str = "horizontal",
-    mean: Sequence[float] | None = None,
-    std: Sequence[float] | None = None,
-    num_workers: int | None = None,
-) -> FFCVLoader:
-    """The loader contract of SPEC section 6 over an FFCV ``.beton``.
+def build_loader(source, spec: LoaderSpec, *, num_workers: int | None = None) -> FFCVLoader:
+    """The FFCV loader of ``spec``.
 
     source: a ``.beton`` path (written by :func:`pipelines.ffcv.convert`), or any source
-    of ``pipelines.sources`` (array pair, ``ArrayDataset``, folder; ``split`` picks the
-    folder's split), converted to a temporary raw ``.beton`` that lives as long as the loader.
-    device: where batches are delivered; None = CUDA when available, else CPU.
-    crop_padding, hflip: the augmentation (with ``augment=True``): random crop with this
-    zero padding, whole-image horizontal flip.
-    mean, std: normalization in [0, 1] units; None = the values recorded by ``convert``.
+    of ``pipelines.sources`` (array pair, ``ArrayDataset``, folder; ``spec.split`` picks
+    the folder's split), converted to a temporary raw ``.beton`` that lives as long as the
+    loader. Normalization defaults: the values recorded by ``convert``.
     num_workers: FFCV threads; None = this process's share of the cores, less one.
     """
-    if device is None:
-        device = "cuda" if torch.cuda.is_available() else "cpu"
     temp = None
     if isinstance(source, (str, os.PathLike)) and Path(source).suffix == ".beton":
         path = Path(source)
@@ -253,13 +234,8 @@ def make_loader(
         temp = tempfile.mkdtemp(prefix="gssl_ffcv_")
     try:
         if temp is not None:
-            path = convert(source, Path(temp) / "data.beton", image_size=image_size, split=split)
-        loader = FFCVLoader(
-            path, batch_size=batch_size, tasks=tasks, augment=augment, normalize=normalize, shuffle=shuffle,
-            drop_last=drop_last, seed=seed, shard_id=shard_id, num_shards=num_shards, device=torch.device(device),
-            image_size=image_size, crop_padding=crop_padding, hflip=hflip, flip_axis=flip_axis, mean=mean, std=std,
-            num_workers=num_workers,
-        )
+            path = convert(source, Path(temp) / "data.beton", image_size=spec.image_size, split=spec.split)
+        loader = FFCVLoader(path, spec, num_workers=num_workers)
     except BaseException:
         if temp is not None:
             shutil.rmtree(temp, ignore_errors=True)
@@ -267,3 +243,6 @@ def make_loader(
     if temp is not None:
         weakref.finalize(loader, shutil.rmtree, temp, ignore_errors=True)
     return loader
+
+
+make_loader = loader_factory("ffcv")

@@ -72,8 +72,9 @@ class EpochDraws:
     (seed, epoch, dataset index). ``set_epoch`` picks the epoch; the ops call the
     draw methods from FFCV's thread."""
 
-    def __init__(self, seed: int, tasks: Sequence[str], crop_padding: int, hflip: bool = True):
-        self.seed = seed
+    def __init__(self, seed: int, tasks: Sequence[str], crop_padding: int, hflip: bool = True, stream: str = ""):
+        # stream: a name that makes this view's draws independent of another view's.
+        self.seed, self.stream = seed, stream
         self.tasks = check_tasks(tasks)
         self.crop_highs = np.array([2, 2 * crop_padding + 1, 2 * crop_padding + 1], dtype=np.int64)
         # Without the whole-image flip its column is zeroed; the crop offsets stay the same.
@@ -87,8 +88,9 @@ class EpochDraws:
 
     def set_epoch(self, epoch: int) -> None:
         self.epoch = epoch
-        self.crop_key = derive_seed(self.seed, "ffcv-crop-flip", epoch)
-        self.loc_key = derive_seed(self.seed, "ffcv-localizable", epoch)
+        salt = (self.stream,) if self.stream else ()
+        self.crop_key = derive_seed(self.seed, "ffcv-crop-flip", *salt, epoch)
+        self.loc_key = derive_seed(self.seed, "ffcv-localizable", *salt, epoch)
 
     def crop_flip(self, indices: np.ndarray, out: np.ndarray | None = None) -> np.ndarray:
         """``[B, 3]`` int64: whole-image flip (0/1), crop row and column offsets in
@@ -235,26 +237,31 @@ class Localizable(Operation):
         return _same_shape(previous_state)
 
 
-class LocalizableParams(Operation):
-    """The parameters :class:`Localizable` applies to each sample, as ``[B, 4]`` int64
-    (quadrant, flip, rotation, perm): the op of the second pipeline, whose input (the
-    decoded index) only gives it the batch."""
+class DrawnParams(Operation):
+    """The parameters an image op applies to each sample, as ``[B, K]`` int64: the op of
+    a second pipeline, whose input (the decoded index) only gives it the batch.
+    ``kind`` is ``"localizable"`` (quadrant, flip, rotation, perm; :class:`Localizable`)
+    or ``"crop_flip"`` (hflip, crop_y, crop_x; :class:`RandomCropFlip`)."""
 
-    def __init__(self, draws: EpochDraws):
+    COLUMNS = {"localizable": 4, "crop_flip": 3}
+
+    def __init__(self, draws: EpochDraws, kind: str):
         super().__init__()
-        self.draws = draws
+        if kind not in self.COLUMNS:
+            raise ValueError(f"kind must be one of {sorted(self.COLUMNS)}, got {kind!r}")
+        self.draws, self.kind = draws, kind
 
     def generate_code(self) -> Callable:
-        draws = self.draws
+        draw = getattr(self.draws, self.kind)
 
         def params(_, dst, indices):
-            return draws.localizable(indices, out=dst)
+            return draw(indices, out=dst)
 
         params.with_indices = True
         return params
 
     def declare_state_and_memory(self, previous_state: State) -> tuple[State, AllocationQuery]:
-        shape, dtype = (4,), np.dtype(np.int64)
+        shape, dtype = (self.COLUMNS[self.kind],), np.dtype(np.int64)
         return replace(previous_state, jit_mode=False, shape=shape, dtype=dtype), AllocationQuery(shape, dtype)
 
 

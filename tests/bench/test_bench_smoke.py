@@ -11,8 +11,8 @@ from pathlib import Path
 import pytest
 
 ROOT = Path(__file__).resolve().parents[2]
-SCRIPTS = ["transform", "loaders", "train_step", "scaling", "dali_loader", "ffcv_loader"]
-WITH_TARGETS = {"transform", "loaders", "train_step"}
+SCRIPTS = ["transform", "loaders", "train_step", "method_step", "scaling", "dali_loader", "ffcv_loader"]
+WITH_TARGETS = {"transform", "loaders", "train_step", "method_step"}
 
 
 @pytest.mark.slow

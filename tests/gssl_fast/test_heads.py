@@ -2,8 +2,8 @@ import pytest
 import torch
 from torch import nn
 
-from pipelines.errors import UserError
 from gssl_fast.heads import GatedMultiHead, NormedLinear
+from pipelines.errors import UserError
 from pipelines.localizable import TASKS
 
 

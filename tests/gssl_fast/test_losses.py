@@ -4,7 +4,6 @@ import pytest
 import torch
 
 from gssl_fast.config import LossConfig
-from pipelines.errors import UserError
 from gssl_fast.losses import (
     COMBINE_MODES,
     GATE_MODES,
@@ -15,6 +14,7 @@ from gssl_fast.losses import (
     cross_entropy,
     drw_weights,
 )
+from pipelines.errors import UserError
 
 COUNTS = [500, 200, 80, 30, 5]
 

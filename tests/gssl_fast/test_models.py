@@ -5,8 +5,13 @@ import timm
 import torch
 
 from gssl_fast.config import ModelConfig
+from gssl_fast.models import (
+    CIFAR_BACKBONES,
+    PadShortcut,
+    build_backbone,
+    last_conv_name,
+)
 from pipelines.errors import UserError
-from gssl_fast.models import CIFAR_BACKBONES, PadShortcut, build_backbone, last_conv_name
 
 NAMES = sorted(CIFAR_BACKBONES)
 # He et al. 2016 Table 6, FixMatch / WRN papers, the CIFAR ResNet-18: parameters with 10 classes

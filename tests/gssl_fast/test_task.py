@@ -8,11 +8,11 @@ import torch.nn.functional as F
 from torch import nn
 
 from gssl_fast.config import LossConfig, ModelConfig, PretextConfig
-from pipelines.errors import UserError
 from gssl_fast.heads import NormedLinear
 from gssl_fast.losses import LDAMLoss, build_class_loss, combine_pretext_losses
-from pipelines.localizable import TASKS, draw_localizable
 from gssl_fast.task import GSSLTask, build_task, gssl_scalars
+from pipelines.errors import UserError
+from pipelines.localizable import TASKS, draw_localizable
 
 ALL = tuple(TASKS)
 

@@ -14,6 +14,23 @@ from pipelines.localizable import PARAM_KEYS, TASKS, apply_localizable
 BATCH_KEYS = {"images", "labels", "indices", *PARAM_KEYS}
 
 
+def arrays(n=300, side=32, classes=10, seed=0):
+    """``(images [n, side, side, 3] uint8, labels [n])`` of random pixels."""
+    rng = np.random.default_rng(seed)
+    return rng.integers(0, 256, (n, side, side, 3), dtype=np.uint8), rng.integers(0, classes, n)
+
+
+def replay(view, source: torch.Tensor, batch: dict, name: str = "images") -> torch.Tensor:
+    """The reference of one view: its torch ops applied to ``source`` ``[B, 3, H, W]``
+    uint8 with the parameters the batch reports for that view."""
+    from pipelines.views import view_key
+
+    images = source.contiguous()
+    for op in view:
+        images = op.apply(images, {k: batch[view_key(name, k)] for k in op.keys})
+    return images
+
+
 def collect(loader) -> list[dict]:
     """One epoch of batches, copied to the CPU (backends may reuse buffers)."""
     return [{k: v.detach().cpu().clone() for k, v in b.items()} for b in loader]

@@ -2,8 +2,20 @@ import pytest
 import torch
 import torchvision.transforms.functional as TF
 
-from pipelines.augment import augment_batch, crop_with_padding, draw_crop_flip, flip_images, normalize
-from gssl_fast.pretext import PARAM_KEYS, reference_localizable
+from pipelines.augment import (
+    augment_batch,
+    crop_flip,
+    crop_with_padding,
+    draw_crop_flip,
+    flip_images,
+    normalize,
+)
+from pipelines.localizable import (
+    PARAM_KEYS,
+    apply_localizable_,
+    draw_localizable,
+    reference_localizable,
+)
 
 
 def batch(b=6, side=8, seed=0):
@@ -20,6 +32,41 @@ def test_crop_matches_torchvision_per_sample(padding):
         padded = TF.pad(x[i], [padding] * 4)
         y, xo = int(p["crop_y"][i]), int(p["crop_x"][i])
         assert torch.equal(out[i], TF.crop(padded, y, xo, 8, 8))
+
+
+def reference_crop_flip(x, crop_y, crop_x, hflip, padding):
+    """torchvision per sample: pad, crop at the offsets, then hflip where drawn."""
+    h, w = x.shape[-2:]
+    out = []
+    for i in range(x.shape[0]):
+        im = TF.crop(TF.pad(x[i], [padding] * 4), int(crop_y[i]), int(crop_x[i]), h, w)
+        out.append(TF.hflip(im) if hflip[i] else im)
+    return torch.stack(out)
+
+
+@pytest.mark.parametrize("dtype", [torch.uint8, torch.float32])
+@pytest.mark.parametrize("padding", [0, 1, 3, 4])
+@pytest.mark.parametrize("shape", [(40, 3, 8, 8), (40, 3, 6, 10), (9, 1, 5, 7)])
+def test_crop_flip_matches_torchvision_per_sample(dtype, padding, shape):
+    g = torch.Generator().manual_seed(padding * 100 + shape[-1])
+    x = torch.randint(0, 256, shape, generator=g).to(dtype) if dtype == torch.uint8 else torch.randn(shape, generator=g)
+    cy, cx = (torch.randint(2 * padding + 1, shape[:1], generator=g) for _ in range(2))
+    flip = torch.randint(2, shape[:1], generator=g)
+    out = crop_flip(x, cy, cx, flip, padding)
+    assert out.dtype == dtype and out.shape == x.shape and out.is_contiguous()
+    assert torch.equal(out, reference_crop_flip(x, cy, cx, flip, padding))
+
+
+def test_crop_flip_channels_last_and_non_contiguous_inputs():
+    x = batch(12, 8, seed=5)
+    p = draw_crop_flip(12, padding=4, generator=torch.Generator().manual_seed(2))
+    args = (p["crop_y"], p["crop_x"], p["hflip"])
+    expect = reference_crop_flip(x, *args, 4)
+    assert torch.equal(crop_flip(x.contiguous(memory_format=torch.channels_last), *args, 4), expect)
+    assert torch.equal(crop_flip(x.transpose(2, 3).contiguous().transpose(2, 3), *args, 4), expect)
+    no_crop = (torch.zeros(12, dtype=torch.int64),) * 2 + (p["hflip"],)
+    assert torch.equal(crop_flip(x.contiguous(memory_format=torch.channels_last), *no_crop, 0),
+                       reference_crop_flip(x, *no_crop, 0))
 
 
 def test_crop_offsets_cover_range():
@@ -51,7 +98,7 @@ def test_augment_batch_equals_per_sample_chain():
                         normalize_to=((0.5,) * 3, (0.25,) * 3), padding=2)
     g = torch.Generator().manual_seed(9)
     aug = draw_crop_flip(7, padding=2, generator=g)
-    from gssl_fast.pretext import draw_localizable
+    from pipelines.localizable import draw_localizable
 
     params = draw_localizable(7, generator=g)
     for i in range(7):
@@ -70,3 +117,31 @@ def test_no_tasks_means_no_transform_and_identity_params():
     assert torch.equal(out["images"], x)
     assert all(out[k].eq(0).all() for k in PARAM_KEYS)
     assert not any(k.startswith("target_") for k in out)
+
+
+@pytest.mark.parametrize("hflip", [True, False])
+def test_augment_batch_equals_crop_then_flip_then_localizable(hflip):
+    """The fused crop+flip and the in-place transform give the pixels of the separate ops."""
+    x = batch(33, 8, seed=4)
+    out = augment_batch(x, tasks=("rotation", "flip", "perm"), generator=torch.Generator().manual_seed(5),
+                        padding=3, hflip=hflip)
+    g = torch.Generator().manual_seed(5)
+    aug = draw_crop_flip(33, padding=3, generator=g)
+    params = draw_localizable(33, generator=g)
+    im = crop_with_padding(x, aug["crop_y"], aug["crop_x"], 3)
+    im = flip_images(im, aug["hflip"]) if hflip else im
+    assert torch.equal(out["images"], reference_localizable(im, **{k: params[k] for k in PARAM_KEYS}))
+
+
+@pytest.mark.parametrize("dtype", [torch.uint8, torch.float32])
+def test_apply_localizable_in_place_matches_reference(dtype):
+    g = torch.Generator().manual_seed(6)
+    x = torch.randint(0, 256, (20, 3, 8, 8), generator=g).to(dtype)
+    params = draw_localizable(20, generator=g)
+    kw = {k: params[k] for k in PARAM_KEYS}
+    expect = reference_localizable(x, **kw)
+    y = x.clone()
+    assert apply_localizable_(y, **kw) is y
+    assert torch.equal(y, expect)
+    with pytest.raises(ValueError, match="contiguous"):
+        apply_localizable_(x.transpose(2, 3), **kw)

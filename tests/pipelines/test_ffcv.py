@@ -15,17 +15,16 @@ import torch
 
 pytest.importorskip("ffcv", reason="the ffcv extra is not installed (pip install -e .[ffcv])")
 
-from pipelines.errors import UserError  # noqa: E402
-from pipelines.localizable import PARAM_KEYS  # noqa: E402
-from pipelines.augment import crop_with_padding, flip_images, normalize  # noqa: E402
-from pipelines.ffcv import convert, make_loader, read_info  # noqa: E402
 from gssl_fast.convert import main  # noqa: E402
+from pipelines.augment import crop_with_padding, flip_images, normalize  # noqa: E402
+from pipelines.errors import UserError  # noqa: E402
+from pipelines.ffcv import convert, make_loader, read_info  # noqa: E402
 from pipelines.ffcv.ops import EpochDraws, _draw_kernel  # noqa: E402
+from pipelines.localizable import PARAM_KEYS  # noqa: E402
 from tests.pipelines.loader_contract import (  # noqa: E402
     check_batch_format,
     check_label_balance,
     check_pixel_parity,
-    check_shards,
     collect,
 )
 
@@ -125,12 +124,6 @@ def test_training_batches_crop_flip_and_normalization(tmp_path):
     assert check_pixel_parity(a, augmented, labels) == 1200
 
 
-def test_shards_disjoint_and_cover(data32):
-    _, _, path = data32
-    check_shards(lambda s, n: make_loader(path, batch_size=32, shard_id=s, num_shards=n, device="cpu",
-                                          num_workers=1), 200)
-
-
 def test_epochs_seed_threads_and_early_stop(data32):
     """Epochs differ, set_epoch reproduces one, an epoch left early does not disturb the
     next, and the process keeps its torch thread count (FFCV sets its own)."""
@@ -148,12 +141,6 @@ def test_epochs_seed_threads_and_early_stop(data32):
     a.set_epoch(0)
     again = collect(a)
     assert all(torch.equal(x[k], y[k]) for x, y in zip(e0, again) for k in x)
-
-
-def test_last_partial_batch_and_drop_last(data32):
-    _, _, path = data32
-    drop = make_loader(path, batch_size=64, drop_last=True, num_shards=2, shard_id=1, device="cpu", num_workers=1)
-    assert len(drop) == 1 and [len(b["labels"]) for b in collect(drop)] == [64]
 
 
 def test_draws_are_splitmix64_digits():
@@ -238,18 +225,3 @@ def test_import_keeps_the_torch_thread_count():
     code = "import torch; torch.set_num_threads(2); import pipelines.ffcv; print(torch.get_num_threads())"
     proc = subprocess.run([sys.executable, "-c", code], cwd=ROOT, capture_output=True, text=True, timeout=300)
     assert proc.stdout.strip() == "2", proc.stderr
-
-
-def test_hflip_off_keeps_the_crop_only(data32):
-    images, labels, path = data32
-    loader = make_loader(path, batch_size=50, normalize=False, hflip=False, seed=4, device="cpu", num_workers=1)
-    draws = EpochDraws(4, ("rotation", "flip", "perm"), crop_padding=4, hflip=False)
-    augmented = images.copy()
-    batches = collect(loader)
-    for batch in batches:
-        idx = batch["indices"]
-        flip, cy, cx = torch.from_numpy(draws.crop_flip(idx.numpy().astype(np.uint64))).T
-        assert flip.eq(0).all()
-        src = torch.from_numpy(images[idx.numpy()]).permute(0, 3, 1, 2)
-        augmented[idx.numpy()] = crop_with_padding(src, cy, cx, 4).permute(0, 2, 3, 1).numpy()
-    assert check_pixel_parity(batches, augmented, labels) == len(images)

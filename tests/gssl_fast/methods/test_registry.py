@@ -15,6 +15,7 @@ from gssl_fast.methods import METHODS, Method, Stream, register_method
 from gssl_fast.methods.supervised import GSSLMethod
 from gssl_fast.train import main
 from pipelines.errors import UserError
+from pipelines.views import CropFlip, Grayscale, Localizable
 
 TINY = """
 [method]
@@ -59,15 +60,24 @@ class Toy(GSSLMethod):
             raise UserError(f"method.weight must be >= 0, got {recipe.method.weight} ({source})")
 
     def streams(self):
-        return {"main": Stream(self.ctx.train.batch_size), "side": Stream(self.cfg.side_batch, tasks=("rotation",))}
+        # The side stream: two views of each image, the second with an op no loader graph has.
+        views = {"weak": (CropFlip(4), Localizable(("rotation",))), "strong": (CropFlip(4), Grayscale(1.0))}
+        return {"main": Stream(self.ctx.train.batch_size), "side": Stream(self.cfg.side_batch, views=views)}
 
     def training_step(self, model, batches, *, accelerator):
         main, side = batches["main"], batches["side"]
-        Toy.seen.append((main["images"].shape[0], side["images"].shape[0], int(side["quadrant"].max())))
+        strong = side["strong"]
+        assert torch.equal(strong[:, 0], strong[:, 1]) and side["strong/grayscale"].eq(1).all()
+        Toy.seen.append((main["images"].shape[0], side["weak"].shape[0], int(side["weak/quadrant"].max())))
         loss_main = F.cross_entropy(model(main["images"])["logits"], main["labels"])
-        loss_side = F.cross_entropy(model(side["images"])["logits"], side["labels"])
+        loss_side = F.cross_entropy(model(torch.cat([side["weak"], strong]))["logits"], side["labels"].repeat(2))
         loss = loss_main + self.cfg.weight * loss_side
         return {"loss": loss, "toy_side": loss_side.detach(), "toy/main": loss_main.detach(), "toy/w": 0.5}
+
+
+@pytest.fixture(params=["torch", "dali", "ffcv"])
+def loader(request):
+    return request.param
 
 
 @pytest.fixture
@@ -84,10 +94,10 @@ def write(tmp_path, name="toy", extra=""):
     return path
 
 
-def test_a_method_from_a_test_file_trains_through_the_loop(tmp_path, toy):
+def test_a_method_from_a_test_file_trains_through_the_loop(tmp_path, toy, loader):
     out = tmp_path / "run"
     assert main([str(write(tmp_path, extra="side_batch = 16")), "--out", str(out),
-                 "--set", "train.steps_per_epoch=20"]) == 0
+                 "--set", "train.steps_per_epoch=20", "--set", f"train.loader={loader}"]) == 0
     # The side stream (256 / 16 = 16 batches) ran out and restarted within the epoch.
     assert len(toy.seen) == 8 and toy.seen[0][:2] == (32, 16)
     assert any(q > 0 for _, _, q in toy.seen)  # its own stream carries the transform's parameters

@@ -11,7 +11,11 @@ from pipelines.datasets.folders import (
     list_image_folder,
     list_tinyimagenet,
 )
-from pipelines.datasets.testing import save_image, write_image_folder, write_tinyimagenet
+from pipelines.datasets.testing import (
+    save_image,
+    write_image_folder,
+    write_tinyimagenet,
+)
 from pipelines.errors import UserError
 
 WNIDS = ("n0300", "n0100", "n0200")  # deliberately not sorted: wnids.txt order rules

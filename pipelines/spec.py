@@ -1,0 +1,93 @@
+"""What every loader is asked for (SPEC section 6), checked once for every backend.
+
+``pipelines.make_loader`` turns its keywords into a :class:`LoaderSpec`; each backend's
+``build_loader(source, spec, **options)`` reads it. Backends differ in how they decode
+and which ops they run natively, not in what they promise.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Mapping, Sequence
+
+import torch
+
+from pipelines.errors import unknown_name
+from pipelines.localizable import FLIP_AXES, TASKS, check_tasks
+from pipelines.sampling import check_shard
+from pipelines.views import DEFAULT_VIEW, View, check_views, standard_view
+
+
+@dataclass(frozen=True)
+class LoaderSpec:
+    """batch_size: images per batch of this shard. views: ``{name: view}`` made of each
+    image (``pipelines.views``). image_size: side of every image (None: the source's).
+    normalize: float32 ``(x / 255 - mean) / std`` (mean, std in [0, 1] units; None =
+    the source's defaults), else uint8 pixels. shuffle, drop_last, seed, shard_id,
+    num_shards: the epoch's order and this process's share (``pipelines.sampling``).
+    device: where batches are delivered. split: the split of a folder source."""
+
+    batch_size: int
+    views: tuple[tuple[str, View], ...]
+    image_size: int | None
+    normalize: bool
+    mean: tuple[float, ...] | None
+    std: tuple[float, ...] | None
+    shuffle: bool
+    drop_last: bool
+    seed: int
+    shard_id: int
+    num_shards: int
+    device: torch.device
+    split: str
+
+    @property
+    def view_map(self) -> dict[str, View]:
+        return dict(self.views)
+
+    def normalize_to(self, default_mean, default_std):
+        """``(mean, std)`` when normalizing, else None."""
+        return (tuple(self.mean or default_mean), tuple(self.std or default_std)) if self.normalize else None
+
+
+def make_spec(
+    *,
+    batch_size: int,
+    image_size: int | None = None,
+    views: Mapping[str, View] | None = None,
+    tasks: Sequence[str] = tuple(TASKS),
+    augment: bool = True,
+    crop_padding: int = 4,
+    hflip: bool = True,
+    flip_axis: str = "horizontal",
+    normalize: bool = True,
+    mean: Sequence[float] | None = None,
+    std: Sequence[float] | None = None,
+    shuffle: bool = True,
+    drop_last: bool = False,
+    seed: int = 0,
+    shard_id: int = 0,
+    num_shards: int = 1,
+    device: torch.device | str | None = None,
+    split: str = "train",
+) -> LoaderSpec:
+    """The keywords of ``make_loader``, checked. Without ``views``, one view called
+    ``images``: crop with ``crop_padding`` and flip (``augment``, ``hflip``), then the
+    localizable transform of ``tasks`` (``pipelines.views.standard_view``)."""
+    if batch_size < 1:
+        raise ValueError(f"batch_size must be >= 1, got {batch_size}")
+    if crop_padding < 0:
+        raise ValueError(f"crop_padding must be >= 0, got {crop_padding}")
+    if flip_axis not in FLIP_AXES:
+        raise unknown_name("flip_axis", flip_axis, FLIP_AXES)
+    check_shard(shard_id, num_shards)
+    if views is None:
+        views = {DEFAULT_VIEW: standard_view(augment=augment, padding=crop_padding, hflip=hflip,
+                                             tasks=check_tasks(tasks), flip_axis=flip_axis)}
+    if device is None:
+        device = "cuda" if torch.cuda.is_available() else "cpu"
+    return LoaderSpec(
+        batch_size=batch_size, views=tuple(check_views(views).items()), image_size=image_size, normalize=normalize,
+        mean=tuple(mean) if mean else None, std=tuple(std) if std else None, shuffle=shuffle, drop_last=drop_last,
+        seed=seed, shard_id=shard_id, num_shards=num_shards, device=torch.device(device), split=split,
+    )
