@@ -9,7 +9,7 @@ STAMP := $(VENV)/.installed
 # ffcv builds against these Debian packages.
 FFCV_APT := libopencv-dev libturbojpeg0-dev pkg-config
 
-.PHONY: install ffcv-deps demo test bench clean
+.PHONY: install ffcv-deps demo test bench gpu-check clean
 
 install: $(STAMP)
 
@@ -42,6 +42,11 @@ bench: install
 	$(BIN)/python bench/scaling.py --json bench/out/scaling.json
 	$(BIN)/python bench/dali_loader.py --json bench/out/dali_loader.json
 	$(BIN)/python bench/ffcv_loader.py --json bench/out/ffcv_loader.json
+
+# CUDA-only tests and a short GPU benchmark, JSON into OUT (exits 3 without CUDA).
+OUT ?= bench/out/gpu
+gpu-check: install
+	$(BIN)/python bench/gpu_check.py --out $(OUT)
 
 clean:
 	rm -rf $(VENV) runs build *.egg-info

@@ -78,11 +78,12 @@ def set_threads(cfg, accelerator) -> int:
     """torch threads for this process: ``cfg.num_threads``, or the cores this process
     may use shared among the processes of its machine. ``accelerate launch`` sets
     OMP_NUM_THREADS=1, which would leave all but one core idle on a CPU run."""
+    from pipelines.system import usable_cores
+
     n = cfg.num_threads
     if n == 0:
-        cores = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count() or 1
         local = int(os.environ.get("LOCAL_WORLD_SIZE", accelerator.num_processes))
-        n = max(cores // max(local, 1), 1)
+        n = max(usable_cores() // max(local, 1), 1)
     torch.set_num_threads(n)
     return n
 
