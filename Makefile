@@ -39,6 +39,7 @@ bench: install
 	$(BIN)/python bench/loaders.py --json bench/out/loaders.json
 	$(BIN)/python bench/train_step.py --json bench/out/train_step.json
 	$(BIN)/python bench/method_step.py --json bench/out/method_step.json
+	$(BIN)/python bench/kornia_ops.py --json bench/out/kornia_ops.json
 	$(BIN)/python bench/scaling.py --json bench/out/scaling.json
 	$(BIN)/python bench/dali_loader.py --json bench/out/dali_loader.json
 	$(BIN)/python bench/ffcv_loader.py --json bench/out/ffcv_loader.json

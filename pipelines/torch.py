@@ -1,8 +1,9 @@
 """The plain-torch loader: uint8 arrays in memory, every view batched on the device.
 
-Per batch: index the uint8 dataset, move the ``[B, 3, H, W]`` uint8 batch to the
-device (a quarter of the bytes of float32), then each view's ops and normalization as
-whole-batch tensor ops (``pipelines.views``). No worker processes, no per-sample Python.
+Per batch and view: one ``index_select`` takes the cropped and flipped uint8 batch
+from the staged dataset (on the device when it fits there), then the view's other ops
+and normalization run as whole-batch tensor ops (``pipelines.views``). No worker
+processes, no per-sample Python.
 
     from pipelines.torch import make_loader
     loader = make_loader((images, labels), batch_size=128, device="cuda")
@@ -18,11 +19,12 @@ import numpy as np
 import torch
 
 from pipelines import loader_factory
+from pipelines.augment import pad_and_mirror, read_windows
 from pipelines.datasets import ArrayDataset
 from pipelines.sampling import epoch_indices, generator, num_batches
 from pipelines.sources import as_array_dataset
 from pipelines.spec import LoaderSpec
-from pipelines.views import apply_ops, finish_view
+from pipelines.views import CropFlip, apply_ops, finish_view
 
 # Datasets up to this size are kept on the GPU whole (CIFAR is 150 MB): indexing there
 # avoids a host-to-device copy per batch.
@@ -36,6 +38,13 @@ class TorchLoader:
     :meth:`set_epoch` (as with a ``DistributedSampler``). Batches are dicts (SPEC
     section 6, ``pipelines.views``): each view's images and drawn parameters,
     ``labels`` and ``indices``, all on ``spec.device``.
+
+    The dataset is staged once, zero-padded by the largest crop padding of the views and
+    mirrored beside itself when a view flips, so that a view's crop and flip cost no
+    more than taking the batch: every row of every cropped, flipped image is one run of
+    ``W`` pixels of the staged data, and one ``index_select`` of ``B x 3 x H`` row starts
+    copies them. The view's other ops then run batched on the device, the first of them
+    in place on that fresh batch.
     """
 
     def __init__(self, dataset: ArrayDataset, spec: LoaderSpec):
@@ -43,7 +52,11 @@ class TorchLoader:
         self.batch_size = spec.batch_size
         self.normalize_to = spec.normalize_to(dataset.mean, dataset.std)
         self.epoch = 0
-        self._images = _stage(dataset.images, spec.device)  # [N, 3, H, W] uint8
+        crops = [view[0] for _, view in spec.views if view and isinstance(view[0], CropFlip)]
+        self.padding = max((op.padding for op in crops), default=0)
+        # [1 or 2, N, 3, H + 2p, W + 2p] uint8: the padded images, then their mirror images.
+        self._images = _stage(dataset.images, spec.device, padding=self.padding,
+                              mirrored=any(op.hflip for op in crops))
         self._labels = torch.from_numpy(dataset.labels).to(self._images.device)
 
     def __len__(self) -> int:
@@ -65,25 +78,45 @@ class TorchLoader:
             yield self._batch(order[start : start + s.batch_size], gen)
 
     def _batch(self, idx: torch.Tensor, gen: torch.Generator) -> dict[str, torch.Tensor]:
+        dev = self.spec.device
         src = idx.to(self._images.device)
-        raw = self._images[src].to(self.spec.device, non_blocking=True)
-        out = {"labels": self._labels[src].to(self.spec.device, non_blocking=True), "indices": idx.to(self.spec.device)}
+        out = {"labels": self._labels.index_select(0, src).to(dev, non_blocking=True), "indices": idx.to(dev)}
         for name, view in self.spec.views:
-            out.update(finish_view(name, *apply_ops(raw, view, gen), normalize_to=self.normalize_to))
+            params, rest = {}, view
+            if view and isinstance(view[0], CropFlip):
+                params, rest = view[0].draw(len(idx), gen), view[1:]
+                shift = self.padding - view[0].padding  # the view's window in the staged padding
+                images = self._windows(src, params["crop_y"] + shift, params["crop_x"] + shift, params["hflip"])
+                params = {k: v.to(dev) for k, v in params.items()}
+            else:
+                images = self._windows(src, None, None, None)
+            images, later = apply_ops(images.to(dev, non_blocking=True), rest, gen, owned=True)
+            out.update(finish_view(name, images, {**params, **later}, normalize_to=self.normalize_to))
         return out
 
+    def _windows(self, src: torch.Tensor, top, left, flip) -> torch.Tensor:
+        """``[B, 3, H, W]`` uint8 windows of the staged images ``src``: at ``(top, left)``
+        of the padded image, mirrored where ``flip`` is 1; the images as they are when
+        ``top`` is None."""
+        size = self.dataset.images.shape[1:3]
+        if top is None:
+            if not self.padding:
+                return self._images[0].index_select(0, src)
+            top = left = torch.full((len(src),), self.padding, dtype=torch.int64)
+            flip = torch.zeros(len(src), dtype=torch.int64)
+        return read_windows(self._images, src, top, left, flip, size)
 
-def _stage(images: np.ndarray, device: torch.device) -> torch.Tensor:
-    """``[N, H, W, 3]`` uint8 numpy -> ``[N, 3, H, W]`` uint8 tensor where batches are cut.
 
-    On CUDA: on the GPU when it fits, else in pinned host memory for async copies.
+def _stage(images: np.ndarray, device: torch.device, *, padding: int, mirrored: bool) -> torch.Tensor:
+    """``[N, H, W, 3]`` uint8 numpy -> ``[1 or 2, N, 3, H + 2p, W + 2p]`` uint8
+    (``pipelines.augment.pad_and_mirror``) where batches are cut: on CUDA, on the GPU when
+    it fits, else in pinned host memory for async copies.
     """
-    x = torch.from_numpy(np.ascontiguousarray(images)).permute(0, 3, 1, 2).contiguous()
+    staged = pad_and_mirror(torch.from_numpy(np.ascontiguousarray(images)).permute(0, 3, 1, 2), padding,
+                            mirrored=mirrored)
     if device.type == "cuda":
-        if x.numel() <= GPU_RESIDENT_BYTES:
-            return x.to(device)
-        return x.pin_memory()
-    return x
+        return staged.to(device) if staged.numel() <= GPU_RESIDENT_BYTES else staged.pin_memory()
+    return staged
 
 
 def build_loader(source, spec: LoaderSpec) -> TorchLoader:

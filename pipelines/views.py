@@ -30,6 +30,7 @@ from pipelines.localizable import (
     PARAM_KEYS,
     TASKS,
     apply_localizable,
+    apply_localizable_,
     check_tasks,
     draw_localizable,
 )
@@ -49,6 +50,11 @@ class Op:
     def apply(self, images: torch.Tensor, params: Mapping[str, torch.Tensor]) -> torch.Tensor:
         """``[B, 3, H, W]`` uint8 -> a new ``[B, 3, H, W]`` uint8 batch."""
         raise NotImplementedError
+
+    def apply_(self, images: torch.Tensor, params: Mapping[str, torch.Tensor]) -> torch.Tensor:
+        """:meth:`apply` on a batch the caller owns, which the op may overwrite (an op
+        that can work in place saves a copy); returns the result."""
+        return self.apply(images, params)
 
 
 @dataclass(frozen=True)
@@ -98,6 +104,11 @@ class Localizable(Op):
 
     def apply(self, images, params):
         return apply_localizable(images, **{k: params[k] for k in PARAM_KEYS}, flip_axis=self.flip_axis)
+
+    def apply_(self, images, params):
+        if not images.is_contiguous():
+            return self.apply(images, params)
+        return apply_localizable_(images, **{k: params[k] for k in PARAM_KEYS}, flip_axis=self.flip_axis)
 
 
 @dataclass(frozen=True)
@@ -163,12 +174,15 @@ def native_prefix(view: View, native: Sequence[type]) -> int:
     return len(view)
 
 
-def apply_ops(images: torch.Tensor, ops: Sequence[Op], generator: torch.Generator) -> tuple[torch.Tensor, dict]:
-    """Draws and applies ``ops`` in order: ``(images, {key: [B] int64 on the images' device})``."""
+def apply_ops(images: torch.Tensor, ops: Sequence[Op], generator: torch.Generator, *,
+              owned: bool = False) -> tuple[torch.Tensor, dict]:
+    """Draws and applies ``ops`` in order: ``(images, {key: [B] int64 on the images' device})``.
+    ``images`` is left as it is unless ``owned`` (a batch the caller made for this); every
+    op after the first may reuse its input, a batch the op before made."""
     params: dict[str, torch.Tensor] = {}
-    for op in ops:
+    for i, op in enumerate(ops):
         drawn = {k: v.to(images.device) for k, v in op.draw(images.shape[0], generator).items()}
-        images = op.apply(images, drawn)
+        images = op.apply_(images, drawn) if i or owned else op.apply(images, drawn)
         params.update(drawn)
     return images, params
 

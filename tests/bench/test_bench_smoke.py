@@ -11,13 +11,16 @@ from pathlib import Path
 import pytest
 
 ROOT = Path(__file__).resolve().parents[2]
-SCRIPTS = ["transform", "loaders", "train_step", "method_step", "scaling", "dali_loader", "ffcv_loader"]
+SCRIPTS = ["transform", "loaders", "train_step", "method_step", "scaling", "dali_loader", "ffcv_loader", "kornia_ops"]
 WITH_TARGETS = {"transform", "loaders", "train_step", "method_step"}
+NEEDS = {"kornia_ops": "kornia"}  # scripts measuring an optional library: skipped without it
 
 
 @pytest.mark.slow
 @pytest.mark.parametrize("script", SCRIPTS)
 def test_quick_run_writes_rows(tmp_path, script):
+    if script in NEEDS:
+        pytest.importorskip(NEEDS[script])
     out = tmp_path / f"{script}.json"
     proc = subprocess.run([sys.executable, f"bench/{script}.py", "--quick", "--json", str(out)], cwd=ROOT,
                           capture_output=True, text=True, timeout=600)

@@ -3,7 +3,6 @@ import torch
 import torchvision.transforms.functional as TF
 
 from pipelines.augment import (
-    augment_batch,
     crop_flip,
     crop_with_padding,
     draw_crop_flip,
@@ -89,48 +88,6 @@ def test_normalize_matches_torchvision():
     ref = torch.stack([TF.normalize(TF.convert_image_dtype(im, torch.float32), mean, std) for im in x])
     assert out.dtype == torch.float32
     torch.testing.assert_close(out, ref, rtol=1e-5, atol=1e-5)
-
-
-def test_augment_batch_equals_per_sample_chain():
-    """crop -> flip -> localizable -> normalize, replayed per sample from the same draws."""
-    x = batch(7, 16, seed=3)
-    out = augment_batch(x, tasks=("rotation", "flip", "perm"), generator=torch.Generator().manual_seed(9),
-                        normalize_to=((0.5,) * 3, (0.25,) * 3), padding=2)
-    g = torch.Generator().manual_seed(9)
-    aug = draw_crop_flip(7, padding=2, generator=g)
-    from pipelines.localizable import draw_localizable
-
-    params = draw_localizable(7, generator=g)
-    for i in range(7):
-        im = TF.crop(TF.pad(x[i], [2] * 4), int(aug["crop_y"][i]), int(aug["crop_x"][i]), 16, 16)
-        im = TF.hflip(im) if aug["hflip"][i] else im
-        im = reference_localizable(im[None], **{k: params[k][i : i + 1] for k in PARAM_KEYS})[0]
-        ref = TF.normalize(im.float() / 255, (0.5,) * 3, (0.25,) * 3)
-        torch.testing.assert_close(out["images"][i], ref, rtol=1e-5, atol=1e-5)
-    for k in PARAM_KEYS:
-        assert torch.equal(out[k], params[k])
-
-
-def test_no_tasks_means_no_transform_and_identity_params():
-    x = batch(4)
-    out = augment_batch(x, tasks=(), generator=torch.Generator(), augment=False)
-    assert torch.equal(out["images"], x)
-    assert all(out[k].eq(0).all() for k in PARAM_KEYS)
-    assert not any(k.startswith("target_") for k in out)
-
-
-@pytest.mark.parametrize("hflip", [True, False])
-def test_augment_batch_equals_crop_then_flip_then_localizable(hflip):
-    """The fused crop+flip and the in-place transform give the pixels of the separate ops."""
-    x = batch(33, 8, seed=4)
-    out = augment_batch(x, tasks=("rotation", "flip", "perm"), generator=torch.Generator().manual_seed(5),
-                        padding=3, hflip=hflip)
-    g = torch.Generator().manual_seed(5)
-    aug = draw_crop_flip(33, padding=3, generator=g)
-    params = draw_localizable(33, generator=g)
-    im = crop_with_padding(x, aug["crop_y"], aug["crop_x"], 3)
-    im = flip_images(im, aug["hflip"]) if hflip else im
-    assert torch.equal(out["images"], reference_localizable(im, **{k: params[k] for k in PARAM_KEYS}))
 
 
 @pytest.mark.parametrize("dtype", [torch.uint8, torch.float32])
