@@ -31,3 +31,4 @@ def tiny_recipe(tmp_path):
         return path
 
     return write
+

@@ -17,28 +17,6 @@ from gssl_fast.train import main
 from pipelines.errors import UserError
 from pipelines.views import CropFlip, Grayscale, Localizable
 
-TINY = """
-[method]
-name = "{name}"
-{extra}
-
-[data]
-name = "shapes"
-image_size = 16
-train_size = 256
-val_size = 64
-
-[model]
-backbone = "resnet8_cifar"
-
-[train]
-epochs = 1
-batch_size = 32
-eval_batch_size = 64
-num_threads = 1
-"""
-
-
 @dataclass(frozen=True)
 class ToyConfig:
     name: str = "toy"
@@ -88,18 +66,23 @@ def toy():
     METHODS.pop("toy")
 
 
-def write(tmp_path, name="toy", extra=""):
-    path = tmp_path / f"{name}.toml"
-    path.write_text(TINY.format(name=name, extra=extra))
-    return path
+@pytest.fixture
+def write(tiny_recipe):
+    """A tiny recipe whose [method] is ``name`` with the ``extra`` keys."""
+
+    def make(tmp_path, name="toy", extra=""):
+        return tiny_recipe(f'[method]\nname = "{name}"\n{extra}\n', name=name)
+
+    return make
 
 
-def test_a_method_from_a_test_file_trains_through_the_loop(tmp_path, toy, loader):
+def test_a_method_from_a_test_file_trains_through_the_loop(tmp_path, toy, loader, write):
     out = tmp_path / "run"
-    assert main([str(write(tmp_path, extra="side_batch = 16")), "--out", str(out),
+    assert main([str(write(tmp_path, extra="side_batch = 48")), "--out", str(out),
                  "--set", "train.steps_per_epoch=20", "--set", f"train.loader={loader}"]) == 0
-    # The side stream (256 / 16 = 16 batches) ran out and restarted within the epoch.
-    assert len(toy.seen) == 8 and toy.seen[0][:2] == (32, 16)
+    # 4 steps (128 / 32 images of the main stream); the side stream (128 / 48 = 2 batches)
+    # ran out and restarted within the epoch.
+    assert len(toy.seen) == 4 and toy.seen[0][:2] == (32, 48)
     assert any(q > 0 for _, _, q in toy.seen)  # its own stream carries the transform's parameters
     row = json.loads((out / "metrics.jsonl").read_text())
     assert {"train_loss", "toy_side", "val_acc1", "best_val_acc1", "best_epoch"} <= set(row)
@@ -108,7 +91,7 @@ def test_a_method_from_a_test_file_trains_through_the_loop(tmp_path, toy, loader
     assert 'name = "toy"' in (out / "config.toml").read_text()
 
 
-def test_the_method_section_is_checked_against_the_method(tmp_path, toy):
+def test_the_method_section_is_checked_against_the_method(tmp_path, toy, write):
     assert load_recipe(write(tmp_path, extra="weight = 2.0")).method == ToyConfig(weight=2.0)
     with pytest.raises(UserError, match=r"unknown key 'method\.wieght'.*valid keys of \[method\]: name, side_batch, "
                                         r"weight; did you mean 'method\.weight'"):
@@ -119,12 +102,12 @@ def test_the_method_section_is_checked_against_the_method(tmp_path, toy):
         load_recipe(write(tmp_path, extra='side_batch = "8"'))
 
 
-def test_unknown_method_lists_the_registered_ones(tmp_path):
+def test_unknown_method_lists_the_registered_ones(tmp_path, write):
     with pytest.raises(UserError, match=r"method\.name must be one of 'supervised', 'adversarial'.*got 'fixmatc'"):
         load_recipe(write(tmp_path, name="fixmatc"))
 
 
-def test_set_switches_the_method_and_its_keys(tmp_path):
+def test_set_switches_the_method_and_its_keys(tmp_path, write):
     path = write(tmp_path, name="supervised")
     recipe = load_recipe(path, ["method.name=adversarial", "method.steps=3"])
     assert recipe.method.name == "adversarial" and recipe.method.steps == 3
@@ -145,7 +128,7 @@ def test_a_method_needs_a_name_and_a_config_dataclass():
     assert "noconfig" not in METHODS
 
 
-def test_loop_counts_optimizer_steps(tmp_path):
+def test_loop_counts_optimizer_steps(tmp_path, write):
     """train.steps overrides train.epochs: 7 steps of 3 per epoch are epochs of 3, 3 and 1."""
     out = tmp_path / "run"
     assert main([str(write(tmp_path, name="supervised")), "--out", str(out), "--set", "train.steps_per_epoch=3",

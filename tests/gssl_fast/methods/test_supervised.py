@@ -18,6 +18,7 @@ from gssl_fast.train import main
 from pipelines.datasets import make_shapes
 from pipelines.errors import UserError
 from pipelines.torch import make_loader
+from tests.gssl_fast.methods.shapes import on_shapes
 
 RECIPES = Path(__file__).resolve().parents[3] / "recipes"
 MIX = '[method]\nname = "supervised"\n{key} = 1.0\n\n[pretext]\ntasks = []\n'
@@ -49,6 +50,18 @@ def test_mixing_rules(tiny_recipe):
         load_recipe(tiny_recipe(MIX.format(key="mixup_alpha")), ["loss.name=ldam"])
     with pytest.raises(UserError, match=r"method\.mix_prob must be in \[0, 1\]"):
         load_recipe(tiny_recipe(MIX.format(key="mixup_alpha")), ["method.mix_prob=2.0"])
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("stem", ["tinyimagenet_mixup", "tinyimagenet_cutmix"])
+@pytest.mark.parametrize("loader", ["torch", "dali", "ffcv"])
+def test_table3_recipes_run_with_each_loader(tmp_path, stem, loader):
+    """The MixUp / CutMix recipes, a few steps on the built-in data with each loader."""
+    out = tmp_path / "run"
+    args = on_shapes(f"train.loader={loader}", "model.backbone=resnet18_cifar", "data.image_size=32")
+    assert main([str(RECIPES / f"{stem}.toml"), "--out", str(out), *args]) == 0
+    row = json.loads((out / "metrics.jsonl").read_text())
+    assert row["train_images"] == 64 and "pretext_acc" not in row and row["train_loss"] > 0
 
 
 def test_mixed_run_logs_loss_and_no_training_accuracy(tiny_recipe, tmp_path):
