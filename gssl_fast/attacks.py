@@ -1,4 +1,4 @@
-"""Projected gradient descent (Madry et al. 2018) on pixels in [0, 1] (SPEC section 3).
+"""Projected gradient descent (Madry et al. 2018) on pixels in [0, 1] (docs/method.md section 3).
 
     x_0 = clip(x + U(-eps, eps));   x_{t+1} = clip_{eps-ball(x) and [0, 1]}(x_t + step * sign(grad))
 

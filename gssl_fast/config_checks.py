@@ -69,12 +69,15 @@ def check_model(cfg: ModelConfig, source: str) -> None:
     rule(cfg.backbone.strip() != "", "model.backbone", "name a timm model, e.g. 'resnet32_cifar'",
           cfg.backbone, source)
     rule(0 <= cfg.drop_rate < 1, "model.drop_rate", "be in [0, 1)", cfg.drop_rate, source)
+    from gssl_fast.models import INITS
+
+    one_of(cfg.init, tuple(INITS), "model.init", source)
 
 
 def check_pretext(cfg: PretextConfig, source: str) -> None:
     # Imported here so that reading a recipe does not import torch; the allowed values
     # are the registries next to the code they select.
-    from gssl_fast.losses import COMBINE_MODES, GATE_MODES
+    from gssl_fast.losses import COMBINE_MODES, GATE_MODES, GATE_POOLS
     from pipelines.localizable import FLIP_AXES, TASKS
 
     rule(all(t in TASKS for t in cfg.tasks), "pretext.tasks",
@@ -83,6 +86,7 @@ def check_pretext(cfg: PretextConfig, source: str) -> None:
     rule(len(set(cfg.tasks)) == len(cfg.tasks), "pretext.tasks", "name each task once", cfg.tasks, source)
     one_of(cfg.gate, tuple(GATE_MODES), "pretext.gate", source)
     one_of(cfg.combine, tuple(COMBINE_MODES), "pretext.combine", source)
+    one_of(cfg.gate_pool, tuple(GATE_POOLS), "pretext.gate_pool", source)
     rule(cfg.lam >= 0, "pretext.lambda", "be >= 0", cfg.lam, source)
     one_of(cfg.flip_axis, tuple(FLIP_AXES), "pretext.flip_axis", source)
 
@@ -93,6 +97,8 @@ def check_loss(cfg: LossConfig, source: str) -> None:
     one_of(cfg.name, tuple(CLASS_LOSSES), "loss.name", source)
     rule(cfg.ldam_max_margin > 0, "loss.ldam_max_margin", "be > 0", cfg.ldam_max_margin, source)
     rule(cfg.ldam_scale > 0, "loss.ldam_scale", "be > 0", cfg.ldam_scale, source)
+    rule(cfg.pretext_scale > 0, "loss.pretext_scale", "be > 0 (1: the authors' raw cosines under LDAM)",
+         cfg.pretext_scale, source)
     rule(cfg.drw_start_epoch >= 0, "loss.drw_start_epoch", "be >= 0", cfg.drw_start_epoch, source)
     rule(0 <= cfg.drw_beta < 1, "loss.drw_beta", "be in [0, 1)", cfg.drw_beta, source)
 
@@ -127,7 +133,7 @@ PRECISIONS = ("no", "fp16", "bf16")  # Accelerate's mixed_precision values
 def check_train(cfg: TrainConfig, source: str) -> None:
     at_least = {
         "epochs": 1, "batch_size": 1, "eval_batch_size": 1, "grad_accum_steps": 1, "keep_checkpoints": 1,
-        "seed": 0, "num_threads": 0, "steps_per_epoch": 0, "steps": 0,
+        "seed": 0, "num_threads": 0, "steps_per_epoch": 0, "steps": 0, "global_batch_size": 0,
     }
     for key, low in at_least.items():
         rule(getattr(cfg, key) >= low, f"train.{key}", f"be >= {low}", getattr(cfg, key), source)

@@ -1,4 +1,4 @@
-"""The gated multi-head on the pooled features (SPEC section 2).
+"""The gated multi-head on the pooled features (docs/method.md section 2).
 
     z [B, D] --classifier--> logits [B, K]
              --pretext[t]--> pretext_logits[t] [B, n_t]   (rotation 16, flip 2, perm 6)

@@ -5,7 +5,7 @@ Label-Distribution-Aware Margin Loss"): LDAM subtracts a per-class margin
 ``m_j ~ n_j^(-1/4)`` from the true-class cosine logit; DRW multiplies the loss by the
 class-balanced weights of Cui et al. 2019 from a late epoch on.
 
-Pretext loss (SPEC section 2, paper eq. 3: ``L_tot = L_C + lambda * sum_n G_n^T L_n``):
+Pretext loss (docs/method.md section 2, paper eq. 3: ``L_tot = L_C + lambda * sum_n G_n^T L_n``):
 per-sample task losses ``l [T, B]`` combined by the gate, or summed / averaged.
 """
 
@@ -166,20 +166,34 @@ def build_class_loss(cfg: LossConfig, class_counts: Sequence[int]) -> ClassLoss:
 # ---------------------------------------------------------------- pretext loss
 
 
-def _batch_gate(gate_logits: torch.Tensor | None, num_tasks: int, like: torch.Tensor) -> torch.Tensor:
-    """``[T]`` float32 detached: batch-mean softmax of the gate, uniform without one."""
+def _pool_probs(gate_logits: torch.Tensor) -> torch.Tensor:
+    # The authors' Tiny-ImageNet and adversarial scripts: the mean of per-sample softmaxes.
+    return gate_logits.softmax(dim=1).mean(dim=0)
+
+
+def _pool_logits(gate_logits: torch.Tensor) -> torch.Tensor:
+    # The authors' long-tailed CIFAR scripts: the softmax of the batch-mean logits.
+    return gate_logits.mean(dim=0).softmax(dim=0)
+
+
+# pretext.gate_pool -> [B, T] gate logits -> [T] batch gate
+GATE_POOLS = {"probs": _pool_probs, "logits": _pool_logits}
+
+
+def _batch_gate(gate_logits: torch.Tensor | None, num_tasks: int, like: torch.Tensor, pool: str) -> torch.Tensor:
+    """``[T]`` float32 detached: the gate pooled over the batch, uniform without one."""
     if gate_logits is None:
         return torch.full((num_tasks,), 1.0 / num_tasks, device=like.device)
-    return gate_logits.detach().float().softmax(dim=1).mean(dim=0)
+    return GATE_POOLS[pool](gate_logits.detach().float())
 
 
-def _gate_reference(per_sample: torch.Tensor, gate_logits: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+def _gate_reference(per_sample: torch.Tensor, gate_logits: torch.Tensor, pool: str) -> tuple[torch.Tensor, torch.Tensor]:
     # The authors' code: one gate vector per batch, a constant for the optimizer.
-    g = _batch_gate(gate_logits, per_sample.shape[0], per_sample)
+    g = _batch_gate(gate_logits, per_sample.shape[0], per_sample, pool)
     return (g * per_sample.mean(dim=1)).sum(), g
 
 
-def _gate_learned(per_sample: torch.Tensor, gate_logits: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+def _gate_learned(per_sample: torch.Tensor, gate_logits: torch.Tensor, pool: str) -> tuple[torch.Tensor, torch.Tensor]:
     # The paper's text: per-sample gates, trained with the tasks they weigh.
     g = gate_logits.float().softmax(dim=1).t()  # [T, B]
     return (g * per_sample).sum(dim=0).mean(), g.detach().mean(dim=1)
@@ -188,29 +202,32 @@ def _gate_learned(per_sample: torch.Tensor, gate_logits: torch.Tensor) -> tuple[
 GATE_MODES = {"reference": _gate_reference, "learned": _gate_learned}
 
 
-def _combine_gated(per_sample, gate_logits, gate):
+def _combine_gated(per_sample, gate_logits, gate, pool):
     if gate_logits is None:
         raise ValueError('combine="gated" needs gate_logits')
-    return GATE_MODES[gate](per_sample, gate_logits)
+    return GATE_MODES[gate](per_sample, gate_logits, pool)
 
 
-def _combine_sum(per_sample, gate_logits, gate):
-    return per_sample.mean(dim=1).sum(), _batch_gate(gate_logits, per_sample.shape[0], per_sample)
+def _combine_sum(per_sample, gate_logits, gate, pool):
+    return per_sample.mean(dim=1).sum(), _batch_gate(gate_logits, per_sample.shape[0], per_sample, pool)
 
 
-def _combine_mean(per_sample, gate_logits, gate):
-    return per_sample.mean(dim=1).mean(), _batch_gate(gate_logits, per_sample.shape[0], per_sample)
+def _combine_mean(per_sample, gate_logits, gate, pool):
+    return per_sample.mean(dim=1).mean(), _batch_gate(gate_logits, per_sample.shape[0], per_sample, pool)
 
 
 COMBINE_MODES = {"gated": _combine_gated, "sum": _combine_sum, "mean": _combine_mean}
 
 
-def check_gate_combine(gate: str, combine: str) -> None:
-    """UserError naming the recipe key for an unknown ``pretext.gate`` or ``pretext.combine``."""
+def check_gate_combine(gate: str, combine: str, pool: str = "probs") -> None:
+    """UserError naming the recipe key for an unknown ``pretext.gate``, ``pretext.combine``
+    or ``pretext.gate_pool``."""
     if gate not in GATE_MODES:
         raise unknown_name("pretext.gate", gate, GATE_MODES)
     if combine not in COMBINE_MODES:
         raise unknown_name("pretext.combine", combine, COMBINE_MODES)
+    if pool not in GATE_POOLS:
+        raise unknown_name("pretext.gate_pool", pool, GATE_POOLS)
 
 
 def combine_pretext_losses(
@@ -219,28 +236,30 @@ def combine_pretext_losses(
     *,
     gate: str,
     combine: str,
+    pool: str = "probs",
 ) -> tuple[torch.Tensor, torch.Tensor]:
-    """Pretext loss ``L_ssl`` from the per-sample task losses (SPEC section 2).
+    """Pretext loss ``L_ssl`` from the per-sample task losses (docs/method.md section 2).
 
     per_sample: ``[T, B]`` float, ``l[t, i] = CE(head_t(z_i), y_t[i])``.
     gate_logits: ``[B, T]`` float or None (only ``combine="gated"`` needs it).
     Returns ``(L_ssl, gate_values)``: a scalar, and ``[T]`` float32 detached for logging.
 
-    - ``gated`` + ``reference``: ``g = mean_i softmax(gate_logits_i)`` detached,
-      ``L = sum_t g[t] * mean_i l[t, i]``; gate_values = g.
+    - ``gated`` + ``reference``: one batch gate ``g``, detached: ``mean_i
+      softmax(gate_logits_i)`` with ``pool="probs"``, ``softmax(mean_i gate_logits_i)``
+      with ``pool="logits"``; ``L = sum_t g[t] * mean_i l[t, i]``; gate_values = g.
     - ``gated`` + ``learned``: ``g[t, i] = softmax(gate_logits_i)[t]`` with gradient,
       ``L = mean_i sum_t g[t, i] * l[t, i]``; gate_values = ``mean_i g[:, i]``.
     - ``sum``: ``L = sum_t mean_i l[t, i]``; ``mean``: that divided by T. The gate does
-      not enter the loss; gate_values is still the batch-mean softmax of the gate (what
-      it would say), or uniform ``1/T`` when gate_logits is None.
+      not enter the loss; gate_values is still the pooled gate (what it would say), or
+      uniform ``1/T`` when gate_logits is None.
 
     With no task (``T = 0``) the loss is 0 and gate_values empty.
     """
-    check_gate_combine(gate, combine)
+    check_gate_combine(gate, combine, pool)
     if per_sample.shape[0] == 0:
         return per_sample.new_zeros((), dtype=torch.float32), per_sample.new_zeros(0, dtype=torch.float32)
     if gate_logits is not None and tuple(gate_logits.shape) != tuple(per_sample.shape[::-1]):
         raise ValueError(
             f"gate_logits must be [B, T] = {list(per_sample.shape[::-1])}, got {list(gate_logits.shape)}"
         )
-    return COMBINE_MODES[combine](per_sample.float(), gate_logits, gate)
+    return COMBINE_MODES[combine](per_sample.float(), gate_logits, gate, pool)

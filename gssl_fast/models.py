@@ -40,7 +40,7 @@ nn = torch.nn
 
 
 class InputNormalize(nn.Module):
-    """The model's first layer: pixels in, normalized floats out (SPEC section 1).
+    """The model's first layer: pixels in, normalized floats out (docs/method.md section 1).
 
     ``[B, 3, H, W]`` uint8 (0..255) or float pixels in [0, 1] -> float32
     ``(x - mean) / std``, in ``channels_last`` memory format when asked. Loaders thus
@@ -352,6 +352,26 @@ def resnet18_cifar(pretrained: bool = False, **kwargs) -> CifarStemResNet:
 
 
 # ---- the recipe's backbone -------------------------------------------------------------------
+
+
+def _kaiming(module: nn.Module) -> None:
+    # The authors' long-tailed CIFAR model (after LDAM-DRW's resnet_cifar): every Linear
+    # and Conv weight, kaiming-normal (fan_in, gain sqrt(2)); biases and cosine heads keep theirs.
+    for m in module.modules():
+        if isinstance(m, (nn.Linear, nn.Conv2d)):
+            nn.init.kaiming_normal_(m.weight)
+
+
+# model.init -> fn(module) re-initializing it in place
+INITS: dict[str, Callable[[nn.Module], None]] = {"default": lambda module: None, "kaiming": _kaiming}
+
+
+def initialize(module: nn.Module, name: str) -> nn.Module:
+    """``module`` with the weight initialization ``name`` of :data:`INITS` applied."""
+    if name not in INITS:
+        raise ValueError(f"unknown initialization {name!r}; valid: {', '.join(INITS)}")
+    INITS[name](module)
+    return module
 
 
 def last_conv_name(model: nn.Module) -> str:

@@ -1,4 +1,4 @@
-"""Optimizer and learning-rate schedule (SPEC section 3), stepped per optimizer step."""
+"""Optimizer and learning-rate schedule (docs/method.md section 3), stepped per optimizer step."""
 
 from __future__ import annotations
 

@@ -34,12 +34,14 @@ class ModelConfig:
     pretrained: bool = False  # timm pretrained weights (must already be in the local cache)
     drop_rate: float = 0.0  # dropout before the heads
     channels_last: bool = False  # memory format of images and weights (faster on recent GPUs)
+    init: str = "default"  # "default" (timm's) | "kaiming": kaiming-normal on every Linear and Conv weight
 
 
 @dataclass(frozen=True)
 class PretextConfig:
     tasks: tuple[str, ...] = ("rotation", "flip", "perm")  # subset of pipelines.localizable.TASKS; () = supervised only
     gate: str = "reference"  # "reference" (authors' code) | "learned" (paper text)
+    gate_pool: str = "probs"  # reference gate over the batch: "probs" mean of softmaxes | "logits" softmax of the mean
     combine: str = "gated"  # "gated" | "sum" | "mean"
     lam: float = 0.1  # TOML key "lambda": weight of the pretext loss, >= 0
     flip_axis: str = "horizontal"  # "horizontal" (left-right) | "vertical" (the LT-CIFAR script)
@@ -53,6 +55,7 @@ class LossConfig:
     drw: bool = False  # deferred re-weighting with class-balanced weights
     drw_start_epoch: int = 160  # first epoch (0-based) with re-weighting
     drw_beta: float = 0.9999  # beta of the class-balanced weights
+    pretext_scale: float = 1.0  # factor on the pretext logits before their CE; 1 = raw cosines under LDAM (authors)
 
 
 @dataclass(frozen=True)
@@ -83,6 +86,7 @@ class TrainConfig:
     keep_checkpoints: int = 2  # newest checkpoints kept in the run folder
     steps: int = 0  # optimizer steps of the whole run; 0 = train.epochs epochs of the main stream
     compile: bool = False  # torch.compile the model for training (as timm's --torchcompile)
+    global_batch_size: int = 0  # > 0: batch of all processes together; each takes its share (overrides batch_size)
 
 
 @dataclass(frozen=True)

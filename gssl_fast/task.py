@@ -3,7 +3,7 @@ one forward, one dict out. Every training method builds its model from it.
 
     pixels [B, 3, H, W] --normalize--> --backbone--> features z [B, D]
         --heads--> logits, pretext logits, gate
-    loss = loss_cls + lambda * loss_ssl                       (paper eq. 3, SPEC section 2)
+    loss = loss_cls + lambda * loss_ssl                       (paper eq. 3, docs/method.md section 2)
 
 One backbone pass serves the class head and every pretext head (LoRot-E): the images
 already carry the localizable transform, drawn by the loader.
@@ -37,13 +37,14 @@ class GSSLTask(nn.Module):
     normalize: the input layer turning pixels (uint8, or float in [0, 1]) into the
     backbone's input (``models.InputNormalize``); None feeds the images as they are.
     tasks: enabled pretext tasks (names of ``pipelines.localizable.TASKS``), any order.
-    gate, combine, lam: ``pretext.gate``, ``pretext.combine``, ``pretext.lambda``.
+    gate, combine, gate_pool, lam: ``pretext.gate``, ``pretext.combine``,
+    ``pretext.gate_pool``, ``pretext.lambda``.
     class_loss: loss of the class head; plain cross-entropy when None.
     normed_heads: cosine (``NormedLinear``) class and pretext heads, for LDAM.
-    pretext_scale: factor on the pretext logits before their cross-entropy. Cosine
-    logits lie in [-1, 1], so a 16-way softmax of them cannot go below a CE of about
-    ``log(1 + 15 / e^2) ~ 1.1``: with normed heads pass the LDAM scale (``s = 30``) so the
-    pretext heads can be learned, as the class head is. Keep 1.0 for ``nn.Linear``.
+    pretext_scale: factor on the pretext logits before their cross-entropy. With cosine
+    heads the authors take the CE of the raw cosines (1.0, the default); cosines lie in
+    [-1, 1], so a 16-way softmax of them cannot go below a CE of about
+    ``log(1 + 15 / e^2) ~ 1.1``, and a scale (the LDAM ``s = 30``) lets the heads fit.
 
     The gate layer trains only with ``gate="learned"`` and ``combine="gated"``; otherwise
     nothing in the loss depends on it, and its parameters are frozen
@@ -59,6 +60,7 @@ class GSSLTask(nn.Module):
         *,
         gate: str = "reference",
         combine: str = "gated",
+        gate_pool: str = "probs",
         lam: float = 0.1,
         class_loss: ClassLoss | None = None,
         normed_heads: bool = False,
@@ -66,7 +68,7 @@ class GSSLTask(nn.Module):
         normalize: nn.Module | None = None,
     ):
         super().__init__()
-        check_gate_combine(gate, combine)
+        check_gate_combine(gate, combine, gate_pool)
         if lam < 0:
             raise UserError(f"pretext.lambda must be >= 0, got {lam}")
         self.normalize = normalize if normalize is not None else nn.Identity()
@@ -76,6 +78,7 @@ class GSSLTask(nn.Module):
         self.class_loss = class_loss if class_loss is not None else ClassLoss(cross_entropy, num_classes)
         self.gate_mode = gate
         self.combine = combine
+        self.gate_pool = gate_pool
         self.lam = float(lam)
         self.pretext_scale = float(pretext_scale)
         if self.heads.gate is not None and not (gate == "learned" and combine == "gated"):
@@ -107,7 +110,7 @@ class GSSLTask(nn.Module):
             for task, losses in zip(self.tasks, per_sample):
                 out[f"loss_{task}"] = losses.detach().mean()
             out["loss_ssl"], out["gate"] = combine_pretext_losses(
-                per_sample, out.get("gate_logits"), gate=self.gate_mode, combine=self.combine
+                per_sample, out.get("gate_logits"), gate=self.gate_mode, combine=self.combine, pool=self.gate_pool
             )
             terms.append(self.lam * out["loss_ssl"])
         if terms:
@@ -163,26 +166,31 @@ def build_task(
     class_counts: ``[K]`` training images per class (LDAM margins, DRW weights).
     mean, std: the input normalization in [0, 1] units (``data.mean`` / ``data.std``
     or the dataset's defaults).
-    LDAM brings cosine heads, with the pretext logits scaled by ``loss.ldam_scale``.
+    LDAM brings cosine heads; the pretext logits are scaled by ``loss.pretext_scale``
+    (1: the raw cosines, as the authors' code). ``model.init = "kaiming"`` re-initializes
+    every ``nn.Linear`` and ``nn.Conv2d`` weight, the gate's included, kaiming-normal.
     """
     from gssl_fast.models import (  # models.py registers the CIFAR nets in timm
         InputNormalize,
         build_backbone,
+        initialize,
     )
 
     if len(class_counts) != num_classes:
         raise ValueError(f"class_counts has {len(class_counts)} entries for {num_classes} classes")
     class_loss = build_class_loss(loss_cfg, class_counts)
     ldam = loss_cfg.name == "ldam"
-    return GSSLTask(
+    task = GSSLTask(
         build_backbone(model_cfg),
         num_classes,
         pretext_cfg.tasks,
         gate=pretext_cfg.gate,
         combine=pretext_cfg.combine,
+        gate_pool=pretext_cfg.gate_pool,
         lam=pretext_cfg.lam,
         class_loss=class_loss,
         normed_heads=ldam,
-        pretext_scale=loss_cfg.ldam_scale if ldam else 1.0,
+        pretext_scale=loss_cfg.pretext_scale,
         normalize=InputNormalize(mean, std, channels_last=model_cfg.channels_last),
     )
+    return initialize(task, model_cfg.init)

@@ -20,6 +20,7 @@ import os
 import shutil
 import sys
 import time
+import dataclasses
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -110,6 +111,20 @@ def prepare_run_dir(recipe: Recipe, out, resume, overwrite: bool, accelerator) -
     return run_dir, start
 
 
+def per_process(cfg, processes: int):
+    """``TrainConfig`` ``cfg`` with ``batch_size`` per process: ``global_batch_size /
+    processes`` when a global batch is asked for (so a run keeps the paper's batch on any
+    number of processes), else as it is (the global batch is then ``batch_size x
+    processes``; the lr is never rescaled)."""
+    g = cfg.global_batch_size
+    if not g:
+        return cfg
+    if g % processes:
+        raise UserError(f"train.global_batch_size = {g} is not a multiple of the {processes} processes; "
+                        f"pick a multiple of {processes}, or set train.batch_size (per process) instead")
+    return dataclasses.replace(cfg, batch_size=g // processes)
+
+
 @dataclass(frozen=True)
 class StepPlan:
     """How many batches each epoch takes: ``batches`` of the main stream per full epoch
@@ -150,6 +165,8 @@ def fit(recipe: Recipe, *, out=None, resume=None, overwrite=False) -> Path:
     accelerator = make_accelerator(train)
     threads = set_threads(train, accelerator)
     run_dir, start_from = prepare_run_dir(recipe, out, resume, overwrite, accelerator)
+    recipe = dataclasses.replace(recipe, train=per_process(train, accelerator.num_processes))
+    train = recipe.train
     set_seed(train.seed)  # the same initial weights on every process
     train_src, train_ds = loader_source(recipe, "train", run_dir, accelerator)
     val_src, val_ds = loader_source(recipe, "val", run_dir, accelerator)
@@ -390,6 +407,9 @@ def describe(recipe, accelerator, threads, train_ds, val_ds, method, plan: StepP
         f"{len(train_ds.classes)} classes, {recipe.data.image_size}px, loader {recipe.train.loader}, streams {streams}\n"
         f"model {recipe.model.backbone} + heads {list(recipe.pretext.tasks)} ({params / 1e6:.2f}M params), "
         f"gate {recipe.pretext.gate}/{recipe.pretext.combine}, lambda {recipe.pretext.lam}\n"
+        f"global batch {recipe.train.batch_size * accelerator.num_processes * recipe.train.grad_accum_steps} "
+        f"({recipe.train.batch_size}/process x {accelerator.num_processes} x {recipe.train.grad_accum_steps} "
+        f"accumulated), lr {recipe.optim.lr}; "
         f"{plan.steps_per_epoch} steps/epoch, {plan.total_steps} steps, epochs {first_epoch + 1}..{plan.epochs}",
         flush=True,
     )

@@ -2,7 +2,7 @@
 method asks for (crop, flip, the localizable transform, ...) with their drawn
 parameters and pseudo-labels out.
 
-Every backend keeps the same contract (SPEC section 6), built by one ``make_loader``;
+Every backend keeps the same contract (docs/method.md section 6), built by one ``make_loader``;
 backends are imported lazily so that ``import pipelines`` needs neither DALI nor FFCV.
 
     from pipelines import make_loader

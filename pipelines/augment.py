@@ -5,7 +5,7 @@ are one op, :func:`crop_flip` (one gather); ``crop_with_padding`` and ``flip_ima
 its two halves, kept as the references other backends are tested against.
 
 The ops of a loader's views and their order (crop and flip, the localizable transform;
-SPEC section 1) are ``pipelines.views``; normalization follows the last op.
+docs/method.md section 1) are ``pipelines.views``; normalization follows the last op.
 """
 
 from __future__ import annotations

@@ -1,4 +1,4 @@
-"""Localizable pretext transforms and their pseudo-labels (SPEC section 1).
+"""Localizable pretext transforms and their pseudo-labels (docs/method.md section 1).
 
 One quadrant of each image is flipped, rotated by ``k * 90`` degrees and has its RGB
 channels permuted; the parameters are the pseudo-labels of the pretext heads:

@@ -1,4 +1,4 @@
-"""Turn a loader ``source`` (SPEC section 6) into in-memory arrays.
+"""Turn a loader ``source`` (docs/method.md section 6) into in-memory arrays.
 
 A source is an ``(images, labels)`` pair (``[N, H, W, 3]`` uint8, ``[N]`` integers), an
 ``ArrayDataset``, or a folder path (ImageFolder or Tiny-ImageNet layout).

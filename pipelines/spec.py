@@ -1,4 +1,4 @@
-"""What every loader is asked for (SPEC section 6), checked once for every backend.
+"""What every loader is asked for (docs/method.md section 6), checked once for every backend.
 
 ``pipelines.make_loader`` turns its keywords into a :class:`LoaderSpec`; each backend's
 ``build_loader(source, spec, **options)`` reads it. Backends differ in how they decode

@@ -35,7 +35,7 @@ class TorchLoader:
     """Iterable of batches with ``len()`` (batches per epoch for this shard).
 
     Each iteration is one epoch; the epoch counter advances by itself, or is set with
-    :meth:`set_epoch` (as with a ``DistributedSampler``). Batches are dicts (SPEC
+    :meth:`set_epoch` (as with a ``DistributedSampler``). Batches are dicts (docs/method.md
     section 6, ``pipelines.views``): each view's images and drawn parameters,
     ``labels`` and ``indices``, all on ``spec.device``.
 

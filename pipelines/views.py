@@ -83,7 +83,7 @@ class CropFlip(Op):
 
 @dataclass(frozen=True)
 class Localizable(Op):
-    """The localizable transform (SPEC section 1) of the enabled ``tasks``; reports the
+    """The localizable transform (docs/method.md section 1) of the enabled ``tasks``; reports the
     quadrant, flip, rotation and perm (identity 0 for a disabled task) and the
     ``target_<task>`` pseudo-labels."""
 
@@ -138,7 +138,7 @@ View = tuple[Op, ...]
 
 def standard_view(*, augment: bool = True, padding: int = 4, hflip: bool = True,
                   tasks: Sequence[str] = (), flip_axis: str = "horizontal") -> View:
-    """The G-SSL training view (SPEC section 1): crop and flip, then the localizable
+    """The G-SSL training view (docs/method.md section 1): crop and flip, then the localizable
     transform of ``tasks``; with ``augment=False`` and no tasks, the image as it is."""
     ops: list[Op] = [CropFlip(padding, hflip)] if augment else []
     if tasks:

@@ -1,4 +1,4 @@
-"""PGD adversarial training with G-SSL (long paper, Table 2; SPEC section 3).
+"""PGD adversarial training with G-SSL (long paper, Table 2; docs/method.md section 3).
 
 Each step attacks the loader's batch (crop, flip and the localizable transform already
 applied) with PGD in pixel space, maximizing the summed class loss plus lambda times

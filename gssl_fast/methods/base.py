@@ -44,7 +44,7 @@ class Stream:
     views: ``{name: view}`` (``pipelines.views``) instead of the one view that
     ``augment`` and ``tasks`` describe, e.g. a weak and a strong view of each image.
     Batches hold each view's ``[B, 3, H, W]`` uint8 pixels under its name (``images``
-    by default) and the loader contract's ``[B]`` int64 entries (SPEC section 6).
+    by default) and the loader contract's ``[B]`` int64 entries (docs/method.md section 6).
     """
 
     batch_size: int

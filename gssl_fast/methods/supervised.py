@@ -1,5 +1,5 @@
 """The supervised method: cross-entropy or LDAM-DRW on the class head, plus G-SSL
-whenever ``pretext.tasks`` is non-empty (SPEC section 2), or MixUp / CutMix batch
+whenever ``pretext.tasks`` is non-empty (docs/method.md section 2), or MixUp / CutMix batch
 mixing with soft targets (Table 3) through timm's ``Mixup``.
 
     [method]
@@ -13,6 +13,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 from gssl_fast.config_checks import rule
+from gssl_fast.errors import UserError
 from gssl_fast.methods import register_method
 from gssl_fast.methods.base import Method, main_batch, pixels
 from gssl_fast.sections import Recipe
@@ -77,6 +78,10 @@ class Supervised(GSSLMethod):
         super().__init__(cfg, ctx)
         self.mixup = None
         if mixing(cfg):
+            if ctx.train.batch_size % 2:
+                raise UserError(f"MixUp and CutMix need an even batch per process, got {ctx.train.batch_size} "
+                                "(train.global_batch_size split over the processes); pick a global batch that "
+                                "is an even multiple of the process count")
             from timm.data import Mixup
             from timm.loss import SoftTargetCrossEntropy
 

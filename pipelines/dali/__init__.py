@@ -23,7 +23,7 @@ The whole-image flip is done last, by ``crop_mirror_normalize``, where it costs 
 mirroring the image after the localizable transform equals mirroring it before when the
 transform's parameters are mirrored too (quadrant ``q -> q ^ 1``, rotation ``k -> -k``;
 flips and permutations commute with it). The tables hold the mirrored parameters, the
-batch reports the SPEC-order ones (crop, flip, transform).
+batch reports the ones in the order of docs/method.md section 1 (crop, flip, transform).
 
     from pipelines.dali import make_loader
     loader = make_loader("tiny-imagenet-200", batch_size=256, image_size=64, device="cuda")

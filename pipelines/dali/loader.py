@@ -1,4 +1,4 @@
-"""The DALI loader: the loader contract (SPEC section 6) over the pipelines of
+"""The DALI loader: the loader contract (docs/method.md section 6) over the pipelines of
 :mod:`pipelines.dali.graph`, one pipeline per epoch."""
 
 from __future__ import annotations
@@ -149,7 +149,7 @@ class DaliLoader:
 
 def native_params(opts: GraphOptions, view: str, take, outputs: dict) -> dict[str, torch.Tensor]:
     """The ``[B]`` int64 parameters the graph drew for ``view``: unpacked from its code
-    and its crop window start (SPEC order: crop, flip, localizable)."""
+    and its crop window start (the order of docs/method.md section 1: crop, flip, localizable)."""
     code = output_name(view, "code")
     drawn = unpack_codes(take(code).reshape(-1), opts.fields) if code in outputs else {}
     params = {k: drawn[k] for k in PARAM_KEYS if k in drawn}

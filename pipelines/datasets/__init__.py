@@ -1,4 +1,4 @@
-"""Datasets as in-memory uint8 arrays (SPEC section 5).
+"""Datasets as in-memory uint8 arrays (docs/method.md section 5).
 
 Every dataset the project reads ends up as an :class:`ArrayDataset` (images
 ``[N, H, W, 3]`` uint8, labels ``[N]`` int64); the loaders (torch, DALI, FFCV) start

@@ -12,7 +12,7 @@ from dataclasses import dataclass
 import numpy as np
 from PIL import Image
 
-# Default normalizations, in [0, 1] units (SPEC section 3: the authors' values).
+# Default normalizations, in [0, 1] units (docs/method.md section 3: the authors' values).
 CIFAR_MEAN = (0.4914, 0.4822, 0.4465)
 CIFAR_STD = (0.2023, 0.1994, 0.2010)
 IMAGENET_MEAN = (0.485, 0.456, 0.406)

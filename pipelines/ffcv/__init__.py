@@ -10,7 +10,7 @@
     convert.py   datasets -> .beton (+ a JSON of classes, mean, std)
     ops.py       FFCV operations: crop and flip, the localizable transform, its parameters,
                  normalization; numba kernels
-    loader.py    make_loader: the loader contract (SPEC section 6)
+    loader.py    make_loader: the loader contract (docs/method.md section 6)
     __main__.py  the command line of convert
 
 Needs the ``ffcv`` extra (``pip install -e .[ffcv]``; it builds against OpenCV and

@@ -1,4 +1,4 @@
-"""The FFCV loader of the loader contract (SPEC section 6).
+"""The FFCV loader of the loader contract (docs/method.md section 6).
 
 Per sample, in FFCV's thread: decode (raw copy or libjpeg-turbo) -> random crop with
 padding and whole-image flip -> the localizable transform -> to a tensor -> to the

@@ -30,7 +30,7 @@ from ffcv.pipeline.state import State
 from pipelines.localizable import PERMUTATIONS, check_tasks
 from pipelines.sampling import derive_seed
 
-# Output channel c of a permuted quadrant reads input channel _PERMS[p, c] (SPEC section 1).
+# Output channel c of a permuted quadrant reads input channel _PERMS[p, c] (docs/method.md section 1).
 _PERMS = np.array(PERMUTATIONS, dtype=np.int64)
 
 # Number of values of each localizable parameter, in the column order of
@@ -145,7 +145,7 @@ def _crop_flip_kernel(images, dst, params, padding):
 
 @_jit_parallel
 def _localizable_kernel(images, dst, params, flip_vertical, perms):
-    """The localizable transform of SPEC section 1 on ``[B, H, W, 3]`` uint8 images.
+    """The localizable transform of docs/method.md section 1 on ``[B, H, W, 3]`` uint8 images.
 
     params: ``[B, 4]`` (quadrant, flip, rotation, perm). Output pixel ``(a, b)`` of the
     quadrant reads pixel ``(u, v)`` of the input quadrant, an affine function of

@@ -194,3 +194,20 @@ def test_class_loss_follows_device_moves():
     loss = ClassLoss(LDAMLoss(COUNTS), 5)
     names = {name for name, _ in loss.named_buffers()}
     assert {"weight", "criterion.margins"} <= names
+
+
+def test_gate_pools_are_the_authors_two_formulas():
+    """probs: mean_i softmax(z_i) (Tiny-ImageNet and adversarial scripts); logits:
+    softmax(mean_i z_i) (long-tailed CIFAR scripts). Fixed logits, hand-computed gates."""
+    logits = torch.tensor([[2.0, 0.0], [0.0, 0.0]])  # [B, T]
+    per_sample = torch.tensor([[1.0, 5.0], [2.0, 2.0]])  # [T, B]: task means 3 and 2
+    e2 = math.exp(2.0)
+    probs = [(e2 / (e2 + 1) + 0.5) / 2, (1 / (e2 + 1) + 0.5) / 2]
+    e1 = math.exp(1.0)
+    pooled = [e1 / (e1 + 1), 1 / (e1 + 1)]
+    for pool, g in (("probs", probs), ("logits", pooled)):
+        loss, gate = combine_pretext_losses(per_sample, logits, gate="reference", combine="gated", pool=pool)
+        assert gate.tolist() == pytest.approx(g)
+        assert loss.item() == pytest.approx(3 * g[0] + 2 * g[1])
+    with pytest.raises(UserError, match="pretext.gate_pool"):
+        combine_pretext_losses(per_sample, logits, gate="reference", combine="gated", pool="median")

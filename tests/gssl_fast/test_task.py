@@ -198,11 +198,12 @@ def test_build_task(monkeypatch):
         seen.append(cfg)
         return TinyBackbone(4)
 
-    fake = types.SimpleNamespace(build_backbone=build_backbone, InputNormalize=lambda *a, **k: nn.Identity())
+    fake = types.SimpleNamespace(build_backbone=build_backbone, InputNormalize=lambda *a, **k: nn.Identity(),
+                                 initialize=lambda module, name: module)
     monkeypatch.setitem(sys.modules, "gssl_fast.models", fake)
     model_cfg = ModelConfig(backbone="tiny")
     pretext_cfg = PretextConfig(tasks=("flip", "rotation"), gate="learned", combine="sum", lam=0.3)
-    task = build_task(model_cfg, pretext_cfg, LossConfig(name="ldam", ldam_scale=16.0, drw=True),
+    task = build_task(model_cfg, pretext_cfg, LossConfig(name="ldam", ldam_scale=16.0, drw=True, pretext_scale=16.0),
                       num_classes=3, class_counts=[9, 4, 1], **NORM)
     assert seen == [model_cfg]
     assert task.tasks == ("rotation", "flip")
@@ -226,3 +227,42 @@ def test_build_task_with_project_backbone():
     assert out["features"].shape == (4, task.backbone.num_features)
     out["loss"].backward()
     assert all(p.grad is not None for n, p in task.named_parameters() if not n.startswith("heads.gate."))
+
+
+def test_ldam_pretext_loss_is_the_ce_of_raw_cosines():
+    """The authors' LT code: the class logits are scaled by s, the pretext heads' cosines
+    enter their cross-entropy unscaled (loss.pretext_scale = 1, the default)."""
+    torch.manual_seed(0)
+    task = build_task(ModelConfig(backbone="resnet8_cifar"), PretextConfig(), LossConfig(name="ldam"),
+                      num_classes=5, class_counts=[40, 20, 10, 5, 2], **NORM)
+    images, labels, targets = _batch(b=6)
+    out = task(images.repeat(1, 1, 4, 4), labels, targets)
+    for t in task.tasks:
+        cosines = out["pretext_logits"][t]
+        assert cosines.abs().max() <= 1 + 1e-5  # NormedLinear: cosines
+        expect = F.cross_entropy(cosines.float(), targets[f"target_{t}"])
+        assert out[f"loss_{t}"].item() == pytest.approx(expect.item(), rel=1e-6)
+    scaled = build_task(ModelConfig(backbone="resnet8_cifar"), PretextConfig(),
+                        LossConfig(name="ldam", pretext_scale=30.0), num_classes=5,
+                        class_counts=[40, 20, 10, 5, 2], **NORM)
+    assert scaled.pretext_scale == 30.0
+
+
+def test_kaiming_init_is_the_authors_weights_init():
+    """model.init = "kaiming": kaiming_normal_ (fan_in, gain sqrt(2)) on every nn.Linear and
+    nn.Conv2d weight, gate included, in module order; cosine heads keep their own."""
+    args = (PretextConfig(), LossConfig(name="ldam"))
+    kw = dict(num_classes=5, class_counts=[40, 20, 10, 5, 2], **NORM)
+    torch.manual_seed(3)
+    task = build_task(ModelConfig(backbone="resnet8_cifar", init="kaiming"), *args, **kw)
+    torch.manual_seed(3)
+    expect = build_task(ModelConfig(backbone="resnet8_cifar"), *args, **kw)
+    touched = 0
+    for m in expect.modules():
+        if isinstance(m, (nn.Linear, nn.Conv2d)):
+            nn.init.kaiming_normal_(m.weight)
+            touched += 1
+    assert touched > 3 and isinstance(task.heads.gate, nn.Linear)
+    for (name, a), b in zip(task.state_dict().items(), expect.state_dict().values()):
+        assert torch.equal(a, b), name
+    assert torch.equal(task.heads.classifier.weight, expect.heads.classifier.weight)  # NormedLinear untouched

@@ -242,3 +242,15 @@ def test_compiled_model_trains_and_checkpoints_plain_weights(tmp_path):
     row = json.loads((out / "metrics.jsonl").read_text())
     assert row["train_images"] == 64 and row["train_loss"] == row["train_loss"]  # finite, logged
     assert gssl_fast.load_model(out)(torch.rand(2, 3, 16, 16)).shape == (2, 10)
+
+
+def test_global_batch_is_split_over_the_processes():
+    from gssl_fast.config import TrainConfig
+    from gssl_fast.errors import UserError
+    from gssl_fast.train import per_process
+
+    assert per_process(TrainConfig(batch_size=100), 4).batch_size == 100  # per process as written
+    assert per_process(TrainConfig(global_batch_size=100), 4).batch_size == 25
+    assert per_process(TrainConfig(global_batch_size=100), 1).batch_size == 100
+    with pytest.raises(UserError, match="train.global_batch_size = 100 is not a multiple of the 3 processes"):
+        per_process(TrainConfig(global_batch_size=100), 3)

@@ -1,4 +1,4 @@
-"""Checks of the loader contract (SPEC section 6), shared by the backend tests.
+"""Checks of the loader contract (docs/method.md section 6), shared by the backend tests.
 
 Each takes a ``make_loader`` factory and a source, so the torch, DALI and FFCV tests
 prove the same properties the same way.

@@ -87,7 +87,7 @@ def test_folder_of_mixed_sizes_is_resized_like_pil(tmp_path):
 
 
 def augmented_reference(batch, src, padding, flip_axis="horizontal"):
-    """The SPEC order on the source images with the loader's own draws: crop, flip, transform."""
+    """The order of docs/method.md section 1 on the source images with the loader's own draws: crop, flip, transform."""
     x = crop_with_padding(src[batch["indices"]], batch["crop_y"], batch["crop_x"], padding)
     x = flip_images(x, batch["hflip"])
     return apply_localizable(x, **{k: batch[k] for k in PARAM_KEYS}, flip_axis=flip_axis)

@@ -1,4 +1,4 @@
-"""The loader contract (SPEC section 6), one test for every backend: torch, DALI, FFCV.
+"""The loader contract (docs/method.md section 6), one test for every backend: torch, DALI, FFCV.
 
 Every test builds its loader through ``pipelines.make_loader(..., backend=...)`` from
 in-memory arrays (FFCV converts them to a temporary .beton) and checks the batches

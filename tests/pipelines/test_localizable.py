@@ -35,7 +35,7 @@ def test_matches_per_sample_reference(dtype, side, batch, flip_axis):
 
 
 def test_every_parameter_combination_against_spec_definition():
-    """All 4*2*4*6 combinations, checked against SPEC section 1 written out literally."""
+    """All 4*2*4*6 combinations, checked against docs/method.md section 1 written out literally."""
     combos = list(itertools.product(range(4), range(2), range(4), range(6)))
     b, side, r = len(combos), 6, 3
     x = random_batch(b, side, torch.uint8, seed=7)
