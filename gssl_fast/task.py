@@ -89,8 +89,12 @@ class GSSLTask(nn.Module):
         images: torch.Tensor,
         labels: torch.Tensor | None = None,
         targets: Mapping[str, torch.Tensor] | None = None,
+        *,
+        detach_gate: bool = False,
     ) -> dict:
         """images ``[B, 3, H, W]`` pixels (uint8, or float in [0, 1]); labels ``[B]`` int64; targets ``{"target_<task>": [B] int64}``.
+        detach_gate: the gate weighs the pretext losses as a constant, also in ``learned``
+        mode (the adversarial attack's objective; docs/method.md section 3).
 
         Always: ``features`` ``[B, D]``, ``logits`` ``[B, K]``, ``pretext_logits``
         ``{task: [B, n_t]}`` (and ``gate_logits`` ``[B, T]`` with a task).
@@ -109,8 +113,11 @@ class GSSLTask(nn.Module):
             per_sample = self._pretext_losses(out["pretext_logits"], targets)  # [T, B]
             for task, losses in zip(self.tasks, per_sample):
                 out[f"loss_{task}"] = losses.detach().mean()
+            gate_logits = out.get("gate_logits")
+            if detach_gate and gate_logits is not None:
+                gate_logits = gate_logits.detach()
             out["loss_ssl"], out["gate"] = combine_pretext_losses(
-                per_sample, out.get("gate_logits"), gate=self.gate_mode, combine=self.combine, pool=self.gate_pool
+                per_sample, gate_logits, gate=self.gate_mode, combine=self.combine, pool=self.gate_pool
             )
             terms.append(self.lam * out["loss_ssl"])
         if terms:

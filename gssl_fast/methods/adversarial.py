@@ -67,7 +67,7 @@ class Adversarial(GSSLMethod):
         plain = accelerator.unwrap_model(model)  # the attack needs no gradient sync
 
         def attack_loss(x):
-            out = plain(x, labels, targets)
+            out = plain(x, labels, targets, detach_gate=True)
             # Batch means times B: the sums of the authors' code, so each image's
             # gradient does not shrink with the batch size.
             return out["loss"].float() * labels.numel()

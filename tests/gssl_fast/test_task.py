@@ -266,3 +266,16 @@ def test_kaiming_init_is_the_authors_weights_init():
     for (name, a), b in zip(task.state_dict().items(), expect.state_dict().values()):
         assert torch.equal(a, b), name
     assert torch.equal(task.heads.classifier.weight, expect.heads.classifier.weight)  # NormedLinear untouched
+
+
+def test_detached_gate_gives_the_same_loss_and_no_gate_gradient():
+    torch.manual_seed(0)
+    task = GSSLTask(TinyBackbone(), 5, ALL, gate="learned")
+    images, labels, targets = _batch(b=6)
+    free = task(images, labels, targets)
+    fixed = task(images, labels, targets, detach_gate=True)
+    assert torch.allclose(free["loss"], fixed["loss"])
+    fixed["loss"].backward()
+    assert task.heads.gate.weight.grad is None or not task.heads.gate.weight.grad.any()
+    free["loss"].backward()
+    assert task.heads.gate.weight.grad.abs().sum() > 0

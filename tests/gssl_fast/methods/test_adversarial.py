@@ -37,16 +37,17 @@ def test_step_trains_on_pgd_images_within_eps(tiny_recipe, monkeypatch):
     seen = []
     forward = method.model.forward
 
-    def spy(images, labels=None, targets=None):
-        seen.append(images.detach().clone())
-        return forward(images, labels, targets)
+    def spy(images, labels=None, targets=None, **kw):
+        seen.append((images.detach().clone(), kw.get("detach_gate", False)))
+        return forward(images, labels, targets, **kw)
 
     monkeypatch.setattr(method.model, "forward", spy)
     torch.manual_seed(0)
     out = method.training_step(method.model, {"train": batch}, accelerator=Accelerator(cpu=True))
     clean = batch["images"].float() / 255
     assert len(seen) == recipe.method.steps + 1  # the attack's forward passes, then the training one
-    trained_on = seen[-1]
+    assert [detached for _, detached in seen] == [True] * recipe.method.steps + [False]  # the attack's gate is fixed
+    trained_on = seen[-1][0]
     assert (trained_on - clean).abs().max() <= 8 / 255 + 1e-6 and (trained_on - clean).abs().max() > 1 / 255
     assert trained_on.min() >= 0 and trained_on.max() <= 1
     assert out["loss"].requires_grad and {"loss_cls", "loss_ssl", "gate/rotation", "pretext_acc/perm"} <= set(out)
