@@ -128,6 +128,7 @@ def check_optim(cfg: OptimConfig, source: str) -> None:
 
 
 PRECISIONS = ("no", "fp16", "bf16")  # Accelerate's mixed_precision values
+TRACKERS = ("none", "tensorboard")  # Accelerate trackers that need no account or network
 
 
 def check_train(cfg: TrainConfig, source: str) -> None:
@@ -138,6 +139,7 @@ def check_train(cfg: TrainConfig, source: str) -> None:
     for key, low in at_least.items():
         rule(getattr(cfg, key) >= low, f"train.{key}", f"be >= {low}", getattr(cfg, key), source)
     one_of(cfg.mixed_precision, PRECISIONS, "train.mixed_precision", source)
+    one_of(cfg.log_with, TRACKERS, "train.log_with", source)
     from pipelines import LOADERS
 
     one_of(cfg.loader, tuple(LOADERS), "train.loader", source)

@@ -60,8 +60,9 @@ def main(argv=None) -> int:
     return 0
 
 
-def make_accelerator(cfg):
-    """An ``Accelerator`` for ``TrainConfig`` ``cfg``.
+def make_accelerator(cfg, run_dir: Path | None = None):
+    """An ``Accelerator`` for ``TrainConfig`` ``cfg``; a tracker (``train.log_with``)
+    writes under ``run_dir``.
 
     Without CUDA it must be told ``cpu=True``: only then do several launched processes
     join one gloo process group instead of each training alone.
@@ -69,10 +70,13 @@ def make_accelerator(cfg):
     from accelerate import Accelerator
 
     cpu = cfg.cpu or not torch.cuda.is_available()
+    tracker = None if cfg.log_with == "none" else cfg.log_with
     try:
-        return Accelerator(cpu=cpu, mixed_precision=cfg.mixed_precision, gradient_accumulation_steps=cfg.grad_accum_steps)
-    except ValueError as e:
-        raise UserError(f"train.mixed_precision = {cfg.mixed_precision!r} is not possible here: {e}") from None
+        return Accelerator(cpu=cpu, mixed_precision=cfg.mixed_precision, gradient_accumulation_steps=cfg.grad_accum_steps,
+                           log_with=tracker, project_dir=str(run_dir) if tracker and run_dir else None)
+    except (ValueError, ImportError) as e:
+        raise UserError(f"Accelerate cannot run train.mixed_precision = {cfg.mixed_precision!r}, train.log_with = "
+                        f"{cfg.log_with!r} here: {str(e).splitlines()[0]}") from None
 
 
 def set_threads(cfg, accelerator) -> int:
@@ -89,9 +93,14 @@ def set_threads(cfg, accelerator) -> int:
     return n
 
 
+def run_dir_of(recipe: Recipe, out) -> Path:
+    """The run folder: ``out``, or ``runs/<recipe name>``."""
+    return Path(out) if out else Path("runs") / recipe.name
+
+
 def prepare_run_dir(recipe: Recipe, out, resume, overwrite: bool, accelerator) -> tuple[Path, Path | None]:
     """The run folder and the checkpoint to resume from (None: fresh start)."""
-    run_dir = Path(out) if out else Path("runs") / recipe.name
+    run_dir = run_dir_of(recipe, out)
     found = checkpoint.list_checkpoints(run_dir)
     if found and not resume and not overwrite:
         raise UserError(
@@ -162,7 +171,7 @@ def fit(recipe: Recipe, *, out=None, resume=None, overwrite=False) -> Path:
     from gssl_fast.optim import build_optimizer, build_scheduler
 
     train = recipe.train
-    accelerator = make_accelerator(train)
+    accelerator = make_accelerator(train, run_dir_of(recipe, out))
     threads = set_threads(train, accelerator)
     run_dir, start_from = prepare_run_dir(recipe, out, resume, overwrite, accelerator)
     recipe = dataclasses.replace(recipe, train=per_process(train, accelerator.num_processes))
@@ -280,6 +289,9 @@ def run_epochs(recipe, method, model, optimizer, scheduler, loaders, val_loader,
     log = MetricsLog(run_dir / "metrics.jsonl")
     if accelerator.is_main_process:
         log.truncate_after(first_epoch - 1)
+    if train.log_with != "none":
+        # Events go to <run>/<tracker>/: every scalar of metrics.jsonl, by the same name.
+        accelerator.init_trackers(train.log_with, config=tracker_config(recipe))
     best = best_so_far(log.read()[:first_epoch])
     for epoch in range(first_epoch, plan.epochs):
         start = time.perf_counter()
@@ -312,7 +324,28 @@ def run_epochs(recipe, method, model, optimizer, scheduler, loaders, val_loader,
         if accelerator.is_main_process:
             log.append(row)
             print(summary_line(row, plan.epochs), flush=True)
+        if train.log_with != "none":
+            accelerator.log(scalars_of(row), step=epoch)
         save_checkpoint(run_dir, epoch + 1, recipe, method, optimizer, scheduler, accelerator, train.keep_checkpoints)
+
+
+def scalars_of(row: dict) -> dict[str, float]:
+    """The numbers of a metrics.jsonl row for a tracker: nested groups as ``group/key``."""
+    out = {}
+    for key, value in row.items():
+        if isinstance(value, dict):
+            out.update({f"{key}/{k}": v for k, v in value.items() if isinstance(v, (int, float))})
+        elif isinstance(value, (int, float)) and not isinstance(value, bool):
+            out[key] = value
+    return out
+
+
+def tracker_config(recipe) -> dict:
+    """The resolved recipe as flat ``section.key`` hyperparameters (lists as text)."""
+    from gssl_fast.config import recipe_to_dict
+
+    return {f"{section}.{key}": value if isinstance(value, (int, float, str, bool)) else str(value)
+            for section, table in recipe_to_dict(recipe).items() for key, value in table.items()}
 
 
 def best_so_far(rows: list[dict]) -> tuple[float, int]:

@@ -254,3 +254,21 @@ def test_global_batch_is_split_over_the_processes():
     assert per_process(TrainConfig(global_batch_size=100), 1).batch_size == 100
     with pytest.raises(UserError, match="train.global_batch_size = 100 is not a multiple of the 3 processes"):
         per_process(TrainConfig(global_batch_size=100), 3)
+
+
+def test_tensorboard_gets_every_logged_scalar(tmp_path):
+    """train.log_with = "tensorboard": Accelerate's tracker writes under the run folder
+    every number of metrics.jsonl, gate values and pretext accuracies included."""
+    from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
+
+    out = tmp_path / "run"
+    assert main([str(write_recipe(tmp_path)), "--out", str(out), "--set", "train.steps_per_epoch=2",
+                 "--set", "train.log_with=tensorboard"]) == 0
+    events = EventAccumulator(str(out / "tensorboard"))
+    events.Reload()
+    tags = set(events.Tags()["scalars"])
+    assert {"train_loss", "val_acc1", "best_val_acc1", "gate/rotation", "gate/flip", "pretext_acc/perm", "lr"} <= tags
+    rows = [json.loads(line) for line in (out / "metrics.jsonl").read_text().splitlines()]
+    logged = [e.value for e in events.Scalars("gate/rotation")]
+    assert [e.step for e in events.Scalars("val_acc1")] == [0, 1]
+    assert logged == pytest.approx([r["gate"]["rotation"] for r in rows])
