@@ -9,7 +9,7 @@ STAMP := $(VENV)/.installed
 # ffcv builds against these Debian packages.
 FFCV_APT := libopencv-dev libturbojpeg0-dev pkg-config
 
-.PHONY: install ffcv-deps demo test bench gpu-check clean
+.PHONY: install ffcv-deps browser demo test bench gpu-check clean
 
 install: $(STAMP)
 
@@ -27,11 +27,20 @@ ffcv-deps:
 	  else echo "ffcv needs OpenCV and libjpeg-turbo; as root run: apt-get install -y $(FFCV_APT)"; exit 1; fi; \
 	fi
 
+# The report's page test renders it in Debian's headless chromium.
+browser:
+	@if ! command -v chromium >/dev/null; then \
+	  if [ "$$(id -u)" = 0 ] && command -v apt-get >/dev/null; then \
+	    apt-get update -q && DEBIAN_FRONTEND=noninteractive apt-get install -y -q chromium; \
+	  else echo "the report's page test needs chromium; as root run: apt-get install -y chromium"; exit 1; fi; \
+	fi
+
 demo: install
 	$(BIN)/accelerate launch --num_processes 1 --num_machines 1 --mixed_precision no --dynamo_backend no \
 		-m gssl_fast.train recipes/demo.toml --overwrite
+	@echo "report of this run: $(BIN)/python -m gssl_fast.report runs/demo   (writes runs/demo/report/index.html)"
 
-test: install
+test: install browser
 	$(BIN)/python -m pytest -q
 
 bench: install
