@@ -11,31 +11,14 @@ import gssl_fast
 from gssl_fast.evaluate import main as evaluate_main
 from gssl_fast.train import main
 from pipelines.datasets import make_shapes
-
-RECIPE = """
-[data]
-name = "shapes"
-image_size = 16
-train_size = 128
-val_size = 64
-mean = [0.4, 0.5, 0.6]
-std = [0.2, 0.25, 0.3]
-
-[model]
-backbone = "resnet8_cifar"
-
-[train]
-epochs = 2
-batch_size = 32
-num_threads = 1
-"""
-
+from tests.gssl_fast.tiny import write_tiny
 
 @pytest.fixture(scope="module")
 def run(tmp_path_factory):
     tmp = tmp_path_factory.mktemp("inference")
-    (tmp / "tiny.toml").write_text(RECIPE)
-    assert main([str(tmp / "tiny.toml"), "--out", str(tmp / "run")]) == 0
+    recipe = write_tiny(tmp)
+    assert main([str(recipe), "--out", str(tmp / "run"), "--set", "train.epochs=2",
+                 "--set", "data.mean=[0.4, 0.5, 0.6]", "--set", "data.std=[0.2, 0.25, 0.3]"]) == 0
     return tmp / "run"
 
 

@@ -13,30 +13,14 @@ from PIL import Image
 
 from gssl_fast.report import main as report_main
 from gssl_fast.train import main as train_main
-
-RECIPE = """
-[data]
-name = "shapes"
-image_size = 16
-train_size = 128
-val_size = 64
-
-[model]
-backbone = "resnet8_cifar"
-
-[train]
-epochs = 2
-batch_size = 32
-num_threads = 1
-"""
-
+from tests.gssl_fast.tiny import write_tiny
 
 @pytest.fixture(scope="module")
 def runs(tmp_path_factory):
     tmp = tmp_path_factory.mktemp("report")
-    (tmp / "gssl.toml").write_text(RECIPE)
-    assert train_main([str(tmp / "gssl.toml"), "--out", str(tmp / "gssl")]) == 0
-    assert train_main([str(tmp / "gssl.toml"), "--out", str(tmp / "plain"), "--set", "pretext.tasks=[]"]) == 0
+    recipe, two = write_tiny(tmp), ["--set", "train.epochs=2"]
+    assert train_main([str(recipe), "--out", str(tmp / "gssl"), *two]) == 0
+    assert train_main([str(recipe), "--out", str(tmp / "plain"), "--set", "pretext.tasks=[]", *two]) == 0
     return tmp / "gssl", tmp / "plain"
 
 
