@@ -204,9 +204,10 @@ def fit(recipe: Recipe, *, out=None, resume=None, overwrite=False) -> Path:
 class Cycle:
     """Endless batches of one stream's loader: a fresh pass whenever one runs out.
 
-    Pass ``p`` of epoch ``e`` is the loader's epoch ``first`` for ``p = 0`` (the main
-    stream: exactly epoch ``e``) and ``(e << 16) + p`` after it, so every batch is a
-    function of (seed, epoch, step) and a resumed run draws what an unbroken one would.
+    In epoch ``e`` the first pass is the loader's epoch ``e`` (for the main stream, the
+    only one) and pass ``p > 0`` its epoch ``(e << 16) + p``, so every batch is a function
+    of (seed, epoch, step) and a resumed run draws what an unbroken one would. Every
+    stream starts a fresh pass at each epoch.
     """
 
     def __init__(self, loader, epoch: int):
