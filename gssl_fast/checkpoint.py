@@ -1,4 +1,5 @@
-"""Checkpoints written atomically, and the choice of where a run resumes.
+"""Checkpoints written atomically, the choice of where a run resumes, and the training
+state a checkpoint holds (``save_checkpoint`` / ``restore``).
 
 A checkpoint is one ``torch.save`` dict of tensors and plain values (loadable with
 ``weights_only=True``): model, optimizer, schedule, grad scaler, RNG states, and
@@ -89,3 +90,49 @@ def set_rng_state(state: dict) -> None:
     torch.set_rng_state(state["torch"])
     if "cuda" in state and torch.cuda.is_available():
         torch.cuda.set_rng_state_all(state["cuda"])
+
+
+def save_checkpoint(run_dir, epochs_done, recipe, method, optimizer, scheduler, accelerator, keep) -> None:
+    """Main process writes atomically; the others wait so nobody races ahead of it.
+
+    Beside the training state: the resolved recipe and what the method was built from
+    (``context``), so that ``gssl_fast.load_model`` rebuilds the model from the file alone.
+    """
+    from gssl_fast.config import recipe_to_toml
+
+    accelerator.wait_for_everyone()
+    if accelerator.is_main_process:
+        ctx = method.ctx
+        state = {
+            "epoch": epochs_done,
+            "model": method.model.state_dict(),
+            "method": method.state_dict(),
+            "optimizer": optimizer.state_dict(),
+            "scheduler": scheduler.state_dict(),
+            "scaler": accelerator.scaler.state_dict() if accelerator.scaler is not None else None,
+            "rng": rng_state(),
+            "recipe": recipe_to_toml(recipe),
+            "context": {"class_counts": list(ctx.class_counts), "mean": list(ctx.mean), "std": list(ctx.std)},
+        }
+        save_atomic(state, checkpoint_path(run_dir, epochs_done))
+        prune(run_dir, keep)
+    accelerator.wait_for_everyone()
+
+
+def restore(path: Path, method, optimizer, scheduler, accelerator) -> int:
+    """Loads a checkpoint into the method's model and state and the optimizer; returns
+    the finished epochs."""
+    state = load(path)
+    try:
+        method.model.load_state_dict(state["model"])
+        method.load_state_dict(state.get("method", {}))
+        optimizer.load_state_dict(state["optimizer"])
+    except (RuntimeError, ValueError, KeyError) as e:
+        raise UserError(f"checkpoint {path} does not fit this recipe's model: {str(e).splitlines()[0]}") from None
+    scheduler.load_state_dict(state["scheduler"])
+    if accelerator.scaler is not None and state.get("scaler"):
+        accelerator.scaler.load_state_dict(state["scaler"])
+    set_rng_state(state["rng"])
+    if accelerator.is_main_process:
+        print(f"resumed from {path} after epoch {state['epoch']}", flush=True)
+    return int(state["epoch"])

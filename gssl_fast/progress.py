@@ -51,3 +51,41 @@ class Progress:
     def close(self) -> None:
         if self.bar is not None:
             self.bar.close()
+
+
+def describe(recipe, accelerator, threads, train_ds, val_ds, method, plan, first_epoch) -> None:
+    """The first lines of a run: where it runs, on what data, which model and batch."""
+    params = sum(p.numel() for p in method.model.parameters())
+    streams = ", ".join(f"{name} x{s.batch_size}" for name, s in method.streams().items())
+    print(
+        f"gssl_fast: {recipe.name} | method {recipe.method.name} | device {accelerator.device} "
+        f"x{accelerator.num_processes} ({accelerator.distributed_type}), {threads} threads/process, "
+        f"precision {accelerator.mixed_precision}\n"
+        f"data {recipe.data.name}: {len(train_ds.labels)} train / {len(val_ds.labels)} val images, "
+        f"{len(train_ds.classes)} classes, {recipe.data.image_size}px, loader {recipe.train.loader}, streams {streams}\n"
+        f"model {recipe.model.backbone} + heads {list(recipe.pretext.tasks)} ({params / 1e6:.2f}M params), "
+        f"gate {recipe.pretext.gate}/{recipe.pretext.combine}, lambda {recipe.pretext.lam}\n"
+        f"global batch {recipe.train.batch_size * accelerator.num_processes * recipe.train.grad_accum_steps} "
+        f"({recipe.train.batch_size}/process x {accelerator.num_processes} x {recipe.train.grad_accum_steps} "
+        f"accumulated), lr {recipe.optim.lr}; "
+        f"{plan.steps_per_epoch} steps/epoch, {plan.total_steps} steps, epochs {first_epoch + 1}..{plan.epochs}",
+        flush=True,
+    )
+
+
+def summary_line(row: dict, epochs: int) -> str:
+    """One line per epoch: loss, validation accuracy (clean and robust), then each
+    group of per-task values the method logged (pretext accuracy, gate, ...)."""
+    parts = [f"epoch {row['epoch'] + 1}/{epochs}: loss {row['train_loss']:.4f}"]
+    if "val_acc1" in row:
+        parts[0] += f" val top-1 {row['val_acc1']:.2f}% top-5 {row['val_acc5']:.2f}%"
+    robust = [f"{k[4:-5]} {v:.2f}%" for k, v in row.items() if k.startswith("val_pgd") and k.endswith("_acc1")]
+    if robust:
+        parts.append("robust " + " ".join(robust))
+    for group, values in row.items():
+        if isinstance(values, dict) and values:
+            unit = "%" if group.endswith("acc") else ""
+            label = "pretext" if group == "pretext_acc" else group
+            parts.append(label + " " + " ".join(f"{k} {v:.{1 if unit else 3}f}{unit}" for k, v in values.items()))
+    parts.append(f"{row['images_per_s']:.0f} img/s, {row['seconds']:.1f}s")
+    return " | ".join(parts)

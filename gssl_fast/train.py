@@ -192,8 +192,10 @@ def fit(recipe: Recipe, *, out=None, resume=None, overwrite=False) -> Path:
     # Compiled for training only: evaluation, checkpoints and load_model use method.model.
     model = torch.compile(method.model) if train.compile else method.model
     model, optimizer = accelerator.prepare(model, optimizer)
-    first_epoch = restore(start_from, method, optimizer, scheduler, accelerator) if start_from else 0
+    first_epoch = checkpoint.restore(start_from, method, optimizer, scheduler, accelerator) if start_from else 0
     if accelerator.is_main_process:
+        from gssl_fast.progress import describe
+
         describe(recipe, accelerator, threads, train_ds, val_ds, method, plan, first_epoch)
     run_epochs(recipe, method, model, optimizer, scheduler, loaders, val_loader, accelerator,
                run_dir=run_dir, first_epoch=first_epoch, plan=plan, threads=threads)
@@ -283,7 +285,7 @@ def run_epochs(recipe, method, model, optimizer, scheduler, loaders, val_loader,
                run_dir: Path, first_epoch: int, plan: StepPlan, threads: int) -> None:
     """Train, evaluate, log and checkpoint each epoch from ``first_epoch`` on."""
     from gssl_fast.metrics import MetricsLog
-    from gssl_fast.progress import Progress
+    from gssl_fast.progress import Progress, summary_line
 
     train, rank = recipe.train, accelerator.process_index
     plain = method.model  # the module itself: not wrapped by DDP, not compiled
@@ -327,7 +329,7 @@ def run_epochs(recipe, method, model, optimizer, scheduler, loaders, val_loader,
             print(summary_line(row, plan.epochs), flush=True)
         if train.log_with != "none":
             accelerator.log(scalars_of(row), step=epoch)
-        save_checkpoint(run_dir, epoch + 1, recipe, method, optimizer, scheduler, accelerator, train.keep_checkpoints)
+        checkpoint.save_checkpoint(run_dir, epoch + 1, recipe, method, optimizer, scheduler, accelerator, train.keep_checkpoints)
 
 
 def scalars_of(row: dict) -> dict[str, float]:
@@ -382,89 +384,6 @@ def checkpoint_seed(seed: int, rank: int, epoch: int) -> int:
     from pipelines.sampling import derive_seed
 
     return derive_seed(seed, "torch", rank, epoch)
-
-
-def save_checkpoint(run_dir, epochs_done, recipe, method, optimizer, scheduler, accelerator, keep) -> None:
-    """Main process writes atomically; the others wait so nobody races ahead of it.
-
-    Beside the training state: the resolved recipe and what the method was built from
-    (``context``), so that ``gssl_fast.load_model`` rebuilds the model from the file alone.
-    """
-    from gssl_fast.config import recipe_to_toml
-
-    accelerator.wait_for_everyone()
-    if accelerator.is_main_process:
-        ctx = method.ctx
-        state = {
-            "epoch": epochs_done,
-            "model": method.model.state_dict(),
-            "method": method.state_dict(),
-            "optimizer": optimizer.state_dict(),
-            "scheduler": scheduler.state_dict(),
-            "scaler": accelerator.scaler.state_dict() if accelerator.scaler is not None else None,
-            "rng": checkpoint.rng_state(),
-            "recipe": recipe_to_toml(recipe),
-            "context": {"class_counts": list(ctx.class_counts), "mean": list(ctx.mean), "std": list(ctx.std)},
-        }
-        checkpoint.save_atomic(state, checkpoint.checkpoint_path(run_dir, epochs_done))
-        checkpoint.prune(run_dir, keep)
-    accelerator.wait_for_everyone()
-
-
-def restore(path: Path, method, optimizer, scheduler, accelerator) -> int:
-    """Loads a checkpoint into the method's model and state and the optimizer; returns
-    the finished epochs."""
-    state = checkpoint.load(path)
-    try:
-        method.model.load_state_dict(state["model"])
-        method.load_state_dict(state.get("method", {}))
-        optimizer.load_state_dict(state["optimizer"])
-    except (RuntimeError, ValueError, KeyError) as e:
-        raise UserError(f"checkpoint {path} does not fit this recipe's model: {str(e).splitlines()[0]}") from None
-    scheduler.load_state_dict(state["scheduler"])
-    if accelerator.scaler is not None and state.get("scaler"):
-        accelerator.scaler.load_state_dict(state["scaler"])
-    checkpoint.set_rng_state(state["rng"])
-    if accelerator.is_main_process:
-        print(f"resumed from {path} after epoch {state['epoch']}", flush=True)
-    return int(state["epoch"])
-
-
-def describe(recipe, accelerator, threads, train_ds, val_ds, method, plan: StepPlan, first_epoch) -> None:
-    params = sum(p.numel() for p in method.model.parameters())
-    streams = ", ".join(f"{name} x{s.batch_size}" for name, s in method.streams().items())
-    print(
-        f"gssl_fast: {recipe.name} | method {recipe.method.name} | device {accelerator.device} "
-        f"x{accelerator.num_processes} ({accelerator.distributed_type}), {threads} threads/process, "
-        f"precision {accelerator.mixed_precision}\n"
-        f"data {recipe.data.name}: {len(train_ds.labels)} train / {len(val_ds.labels)} val images, "
-        f"{len(train_ds.classes)} classes, {recipe.data.image_size}px, loader {recipe.train.loader}, streams {streams}\n"
-        f"model {recipe.model.backbone} + heads {list(recipe.pretext.tasks)} ({params / 1e6:.2f}M params), "
-        f"gate {recipe.pretext.gate}/{recipe.pretext.combine}, lambda {recipe.pretext.lam}\n"
-        f"global batch {recipe.train.batch_size * accelerator.num_processes * recipe.train.grad_accum_steps} "
-        f"({recipe.train.batch_size}/process x {accelerator.num_processes} x {recipe.train.grad_accum_steps} "
-        f"accumulated), lr {recipe.optim.lr}; "
-        f"{plan.steps_per_epoch} steps/epoch, {plan.total_steps} steps, epochs {first_epoch + 1}..{plan.epochs}",
-        flush=True,
-    )
-
-
-def summary_line(row: dict, epochs: int) -> str:
-    """One line per epoch: loss, validation accuracy (clean and robust), then each
-    group of per-task values the method logged (pretext accuracy, gate, ...)."""
-    parts = [f"epoch {row['epoch'] + 1}/{epochs}: loss {row['train_loss']:.4f}"]
-    if "val_acc1" in row:
-        parts[0] += f" val top-1 {row['val_acc1']:.2f}% top-5 {row['val_acc5']:.2f}%"
-    robust = [f"{k[4:-5]} {v:.2f}%" for k, v in row.items() if k.startswith("val_pgd") and k.endswith("_acc1")]
-    if robust:
-        parts.append("robust " + " ".join(robust))
-    for group, values in row.items():
-        if isinstance(values, dict) and values:
-            unit = "%" if group.endswith("acc") else ""
-            label = "pretext" if group == "pretext_acc" else group
-            parts.append(label + " " + " ".join(f"{k} {v:.{1 if unit else 3}f}{unit}" for k, v in values.items()))
-    parts.append(f"{row['images_per_s']:.0f} img/s, {row['seconds']:.1f}s")
-    return " | ".join(parts)
 
 
 if __name__ == "__main__":
