@@ -55,14 +55,12 @@ def evaluate_run(run, *, attacks=(), limit: int = 0, batch_size: int = 0, seed: 
     from accelerate import Accelerator
 
     from gssl_fast.attacks import get_attack, robust_accuracy
-    from gssl_fast.inference import load_run
-    from pipelines.datasets import load_dataset
+    from gssl_fast.inference import load_for_evaluation
     from pipelines.torch import make_loader
 
-    recipe, method, _ = load_run(run)
+    recipe, method, model, dataset = load_for_evaluation(run)
     accelerator = Accelerator(cpu=not torch.cuda.is_available())
-    model = method.eval_model().to(accelerator.device)
-    dataset = load_dataset(recipe.data, "val")
+    model = model.to(accelerator.device)
     loader = make_loader(dataset, batch_size=batch_size or recipe.train.eval_batch_size, tasks=(), augment=False,
                          normalize=False, shuffle=False, device=accelerator.device)
     report = evaluate(model, loader, accelerator=accelerator, num_classes=method.ctx.num_classes)

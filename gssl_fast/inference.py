@@ -61,6 +61,15 @@ def load_run(path: str | os.PathLike):
     return recipe, method, state
 
 
+def load_for_evaluation(path: str | os.PathLike):
+    """``(recipe, method, model, val)``: a run's evaluated weights (``method.eval_model()``,
+    eval mode) and its recipe's validation split as an ``ArrayDataset``."""
+    from pipelines.datasets import load_dataset
+
+    recipe, method, _ = load_run(path)
+    return recipe, method, method.eval_model().eval(), load_dataset(recipe.data, "val")
+
+
 def load_model(path: str | os.PathLike, *, device: str | torch.device = "cpu") -> nn.Module:
     """The trained model of a run folder (its newest checkpoint) or of a checkpoint file,
     in eval mode on ``device``: ``[B, 3, H, W]`` float pixels in [0, 1] -> ``[B, K]`` logits."""

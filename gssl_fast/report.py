@@ -93,12 +93,10 @@ def per_class_figure(logs: dict[str, list[dict]], out: Path, plt) -> list[str]:
 
 
 def _load(run: Path):
-    from gssl_fast.inference import load_run
-    from pipelines.datasets import load_dataset
+    from gssl_fast.inference import load_for_evaluation
 
-    recipe, method, _ = load_run(run)
-    model = method.eval_model().eval()
-    return recipe, model, load_dataset(recipe.data, "val")
+    recipe, _, model, val = load_for_evaluation(run)
+    return recipe, model, val
 
 
 def gradcam_figure(runs: list[Path], out: Path, count: int) -> str:

@@ -41,10 +41,6 @@ class LoaderSpec:
     device: torch.device
     split: str
 
-    @property
-    def view_map(self) -> dict[str, View]:
-        return dict(self.views)
-
     def normalize_to(self, default_mean, default_std):
         """``(mean, std)`` when normalizing, else None."""
         return (tuple(self.mean or default_mean), tuple(self.std or default_std)) if self.normalize else None
