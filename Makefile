@@ -52,6 +52,7 @@ bench: install
 	$(BIN)/python bench/scaling.py --json bench/out/scaling.json
 	$(BIN)/python bench/dali_loader.py --json bench/out/dali_loader.json
 	$(BIN)/python bench/ffcv_loader.py --json bench/out/ffcv_loader.json
+	$(BIN)/python bench/fixmatch_loader.py --json bench/out/fixmatch_loader.json
 
 # CUDA-only tests and a short GPU benchmark, JSON into OUT (exits 3 without CUDA).
 OUT ?= bench/out/gpu

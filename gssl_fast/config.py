@@ -123,7 +123,16 @@ def _scalar(value: Any, kind: type) -> tuple[bool, Any]:
 
 
 def _coerce(value: Any, hint: Any, key: str, source: str) -> Any:
-    """Checks ``value`` against the field type ``hint``; lists become tuples."""
+    """Checks ``value`` against the field type ``hint``; lists become tuples; a table
+    (``dict[str, Any]``) holds scalars or lists of them, passed on as they are."""
+    if typing.get_origin(hint) is dict:
+        plain = (bool, int, float, str)
+        ok = isinstance(value, dict) and all(
+            isinstance(v, plain) or (isinstance(v, list) and all(isinstance(x, plain) for x in v))
+            for v in value.values())
+        if not ok:
+            raise UserError(f"{key} must be a table of values, e.g. {{ leaky_slope = 0.1 }}, got {show(value)} ({source})")
+        return {k: tuple(v) if isinstance(v, list) else v for k, v in value.items()}
     if typing.get_origin(hint) is tuple:
         kind = typing.get_args(hint)[0]
         pairs = [_scalar(v, kind) for v in value] if isinstance(value, (list, tuple)) else [(False, None)]

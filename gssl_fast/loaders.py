@@ -92,7 +92,8 @@ def build_train_loaders(recipe: Recipe, streams: dict, source, accelerator) -> d
         # drop_last keeps every process at the same number of steps (DDP needs it).
         loaders[name] = make_loader(source, batch_size=stream.batch_size,
                                     views=stream_views(recipe.data, recipe.pretext.flip_axis, stream),
-                                    shuffle=True, drop_last=True, seed=seed, **_common(recipe, accelerator))
+                                    shuffle=True, drop_last=True, seed=seed, subset=stream.indices,
+                                    **_common(recipe, accelerator))
     return loaders
 
 
@@ -115,11 +116,12 @@ def input_normalization(data, dataset) -> tuple[tuple[float, ...], tuple[float, 
 
 
 def steps_in_epoch(loader, cfg) -> int:
-    """Batches of the main stream's ``loader`` used per epoch: capped by
-    ``steps_per_epoch`` optimizer steps and a whole number of accumulation rounds."""
-    n = len(loader)
-    if cfg.steps_per_epoch:
-        n = min(n, cfg.steps_per_epoch * cfg.grad_accum_steps)
+    """Batches of the main stream per epoch: one pass of its ``loader``, or
+    ``steps_per_epoch`` optimizer steps (the streams start new passes as they run out),
+    a whole number of accumulation rounds."""
+    n = cfg.steps_per_epoch * cfg.grad_accum_steps if cfg.steps_per_epoch else len(loader)
+    if len(loader) == 0:
+        n = 0
     n -= n % cfg.grad_accum_steps
     if n == 0:
         raise UserError(

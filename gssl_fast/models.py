@@ -411,7 +411,10 @@ def build_backbone(cfg: ModelConfig) -> nn.Module:
         )
     try:
         # drop_rate=None is dropped by create_model, so models without that argument still build
-        model = timm.create_model(name, pretrained=cfg.pretrained, num_classes=0, drop_rate=cfg.drop_rate or None)
+        model = timm.create_model(name, pretrained=cfg.pretrained, num_classes=0, drop_rate=cfg.drop_rate or None,
+                                  **cfg.kwargs)
+    except TypeError as err:
+        raise UserError(f"model.kwargs = {dict(cfg.kwargs)} do not fit model.backbone = {name!r}: {err}") from None
     except (OSError, RuntimeError) as err:
         if not cfg.pretrained:
             raise

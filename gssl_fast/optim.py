@@ -12,10 +12,22 @@ from pipelines.errors import unknown_name
 
 
 def build_optimizer(params, cfg: OptimConfig) -> torch.optim.Optimizer:
-    """SGD with momentum, optional Nesterov, and weight decay on every parameter
-    (as the papers' code does)."""
+    """SGD with momentum, optional Nesterov and weight decay.
+
+    params: a module, or parameters / groups. A module's trainable parameters all decay
+    (as the papers' code does), or with ``decay_bias_and_norm = false`` all but biases
+    and normalization weights (every 1-D parameter: timm's ``param_groups_weight_decay``,
+    as the FixMatch ports do).
+    """
     if cfg.name not in OPTIMIZERS:
         raise unknown_name("optim.name", cfg.name, OPTIMIZERS)
+    if isinstance(params, torch.nn.Module):
+        if cfg.decay_bias_and_norm:
+            params = [p for p in params.parameters() if p.requires_grad]
+        else:
+            from timm.optim import param_groups_weight_decay
+
+            params = param_groups_weight_decay(params, cfg.weight_decay)
     return OPTIMIZERS[cfg.name](params, cfg)
 
 
@@ -46,7 +58,14 @@ def _constant(cfg: OptimConfig, epoch: float, epochs: int) -> float:
     return 1.0
 
 
-SCHEDULES = {"cosine": _cosine, "step": _step, "constant": _constant}
+def _fixmatch_cosine(cfg: OptimConfig, epoch: float, epochs: int) -> float:
+    # FixMatch: cos(7 pi k / 16 K) over the K steps: from 1 down to cos(7 pi / 16) ~ 0.2.
+    span = max(epochs - cfg.warmup_epochs, 1e-8)
+    progress = min(max((epoch - cfg.warmup_epochs) / span, 0.0), 1.0)
+    return math.cos(7.0 * math.pi * progress / 16.0)
+
+
+SCHEDULES = {"cosine": _cosine, "step": _step, "constant": _constant, "fixmatch_cosine": _fixmatch_cosine}
 
 
 def lr_factor(cfg: OptimConfig, epoch: float, epochs: int) -> float:

@@ -35,6 +35,7 @@ class ModelConfig:
     drop_rate: float = 0.0  # dropout before the heads
     channels_last: bool = False  # memory format of images and weights (faster on recent GPUs)
     init: str = "default"  # "default" (timm's) | "kaiming": kaiming-normal on every Linear and Conv weight
+    kwargs: dict[str, Any] = field(default_factory=dict)  # extra keyword arguments of the backbone, e.g. { leaky_slope = 0.1 }
 
 
 @dataclass(frozen=True)
@@ -65,7 +66,8 @@ class OptimConfig:
     momentum: float = 0.9
     nesterov: bool = False
     weight_decay: float = 5e-4
-    schedule: str = "cosine"  # "cosine" | "step" | "constant", updated every optimizer step
+    decay_bias_and_norm: bool = True  # false: no weight decay on biases and normalization weights (FixMatch)
+    schedule: str = "cosine"  # "cosine" | "step" | "constant" | "fixmatch_cosine", updated every optimizer step
     warmup_epochs: float = 0.0  # linear warm-up from ~0 to lr
     milestones: tuple[int, ...] = (160, 180)  # "step": epochs at which the factor changes
     milestone_factors: tuple[float, ...] = (0.01, 0.0001)  # "step": lr multiplier from each milestone on
@@ -82,7 +84,7 @@ class TrainConfig:
     loader: str = "torch"  # "torch" | "dali" | "ffcv"
     cpu: bool = False  # train on the CPU even where CUDA is present
     num_threads: int = 0  # torch threads per process; 0 = the cores this process may use
-    steps_per_epoch: int = 0  # cap on optimizer steps per epoch; 0 = the whole epoch of the main stream
+    steps_per_epoch: int = 0  # optimizer steps per epoch; 0 = one pass of the main stream (more: the streams cycle)
     keep_checkpoints: int = 2  # newest checkpoints kept in the run folder
     steps: int = 0  # optimizer steps of the whole run; 0 = train.epochs epochs of the main stream
     compile: bool = False  # torch.compile the model for training (as timm's --torchcompile)

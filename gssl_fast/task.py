@@ -110,18 +110,29 @@ class GSSLTask(nn.Module):
             out["loss_cls"] = self.class_loss(out["logits"], labels)
             terms.append(out["loss_cls"])
         if targets is not None and self.tasks:
-            per_sample = self._pretext_losses(out["pretext_logits"], targets)  # [T, B]
-            for task, losses in zip(self.tasks, per_sample):
-                out[f"loss_{task}"] = losses.detach().mean()
-            gate_logits = out.get("gate_logits")
-            if detach_gate and gate_logits is not None:
-                gate_logits = gate_logits.detach()
-            out["loss_ssl"], out["gate"] = combine_pretext_losses(
-                per_sample, gate_logits, gate=self.gate_mode, combine=self.combine, pool=self.gate_pool
-            )
+            out.update(self.pretext_terms(out["pretext_logits"], out.get("gate_logits"), targets,
+                                          detach_gate=detach_gate))
             terms.append(self.lam * out["loss_ssl"])
         if terms:
             out["loss"] = terms[0] if len(terms) == 1 else terms[0] + terms[1]
+        return out
+
+    def pretext_terms(self, pretext_logits: Mapping[str, torch.Tensor], gate_logits: torch.Tensor | None,
+                      targets: Mapping[str, torch.Tensor], *, detach_gate: bool = False) -> dict:
+        """The gated pretext loss of the images whose heads' outputs are given (a method
+        picks the rows that carry the localizable transform): ``loss_<task>`` (batch means,
+        detached), ``loss_ssl`` (with gradient) and ``gate`` ``[T]`` (detached).
+
+        pretext_logits ``{task: [N, n_t]}``, gate_logits ``[N, T]`` or None, targets
+        ``{"target_<task>": [N] int64}``.
+        """
+        per_sample = self._pretext_losses(pretext_logits, targets)  # [T, N]
+        out = {f"loss_{task}": losses.detach().mean() for task, losses in zip(self.tasks, per_sample)}
+        if detach_gate and gate_logits is not None:
+            gate_logits = gate_logits.detach()
+        out["loss_ssl"], out["gate"] = combine_pretext_losses(
+            per_sample, gate_logits, gate=self.gate_mode, combine=self.combine, pool=self.gate_pool
+        )
         return out
 
     def _pretext_losses(self, pretext_logits: dict, targets: Mapping[str, torch.Tensor]) -> torch.Tensor:

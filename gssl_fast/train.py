@@ -181,7 +181,8 @@ def fit(recipe: Recipe, *, out=None, resume=None, overwrite=False) -> Path:
     val_src, val_ds = loader_source(recipe, "val", run_dir, accelerator)
     counts = np.bincount(train_ds.labels, minlength=len(train_ds.classes))
     mean, std = input_normalization(recipe.data, train_ds)
-    method = build_method(recipe.method, MethodContext.of(recipe, counts, mean, std))
+    method = build_method(recipe.method, MethodContext.of(recipe, counts, mean, std, train_labels=train_ds.labels,
+                                                          run_dir=run_dir, main_process=accelerator.is_main_process))
     loaders = build_train_loaders(recipe, method.streams(), train_src, accelerator)
     val_loader = build_val_loader(recipe, val_src, accelerator)
     batches = steps_in_epoch(next(iter(loaders.values())), train)
@@ -252,6 +253,7 @@ def train_one_epoch(method, model, optimizer, scheduler, loaders: dict, *, epoch
                 optimizer.step()
                 if accelerator.sync_gradients:
                     scheduler.step()
+                    method.on_optimizer_step(method.model)
                 optimizer.zero_grad(set_to_none=True)
             names = names or list(out)
             row = torch.stack([torch.as_tensor(out[k], device=accelerator.device).detach().float().reshape(())

@@ -36,7 +36,7 @@ def make_loader(source, *, backend: str = "torch", **kwargs):
     ``.beton`` file; DALI decodes the files of a folder itself.
     kwargs: those of :func:`pipelines.spec.make_spec` (batch_size, image_size, views or
     tasks / augment / crop_padding / hflip / flip_axis, normalize, mean, std, shuffle,
-    drop_last, seed, shard_id, num_shards, device, split), plus the backend's options
+    drop_last, seed, shard_id, num_shards, device, split, subset), plus the backend's options
     (``num_threads`` for DALI, ``num_workers`` for FFCV).
 
     Batches: each view's images ``[B, 3, H, W]`` (float32 normalized, or uint8) under

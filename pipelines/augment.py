@@ -26,13 +26,25 @@ def draw_crop_flip(batch_size: int, *, padding: int, generator: torch.Generator)
     }
 
 
-def pad_and_mirror(images: torch.Tensor, padding: int, *, mirrored: bool) -> torch.Tensor:
+# How a crop fills the border: torchvision RandomCrop's padding_mode names.
+PADDING_MODES = ("zeros", "reflect")
+
+
+def pad_and_mirror(images: torch.Tensor, padding: int, *, mirrored: bool, mode: str = "zeros") -> torch.Tensor:
     """``[N, C, H, W]`` -> ``[1 or 2, N, C, H + 2p, W + 2p]`` of the same dtype: the images
-    zero-padded by ``padding``, then, when ``mirrored``, their mirror images; the layout
-    :func:`read_windows` reads crops and flips from."""
+    padded by ``padding`` (``mode``: zeros, or ``reflect`` as torchvision's
+    ``padding_mode="reflect"``, needing ``padding < min(H, W)``), then, when ``mirrored``,
+    their mirror images; the layout :func:`read_windows` reads crops and flips from."""
     n, c, h, w = images.shape
+    if mode not in PADDING_MODES:
+        raise ValueError(f"unknown padding mode {mode!r}; valid: {', '.join(PADDING_MODES)}")
     staged = images.new_zeros((1 + mirrored, n, c, h + 2 * padding, w + 2 * padding))
-    staged[0, :, :, padding : padding + h, padding : padding + w] = images
+    if mode == "reflect" and padding:
+        if padding >= min(h, w):
+            raise ValueError(f"reflect padding of {padding} px needs images larger than {padding} px, got {h}x{w}")
+        staged[0] = torch.nn.functional.pad(images, (padding,) * 4, mode="reflect")
+    else:
+        staged[0, :, :, padding : padding + h, padding : padding + w] = images
     if mirrored:
         staged[1] = staged[0].flip(-1)
     return staged
@@ -66,9 +78,10 @@ def read_windows(staged: torch.Tensor, src: torch.Tensor, top: torch.Tensor, lef
 
 
 def crop_flip(
-    images: torch.Tensor, crop_y: torch.Tensor, crop_x: torch.Tensor, hflip: torch.Tensor, padding: int
+    images: torch.Tensor, crop_y: torch.Tensor, crop_x: torch.Tensor, hflip: torch.Tensor, padding: int,
+    mode: str = "zeros",
 ) -> torch.Tensor:
-    """Random crop with zero padding, then the whole-image flip, as whole-row copies.
+    """Random crop with zero (or ``mode="reflect"``) padding, then the whole-image flip, as whole-row copies.
 
     images: ``[B, C, H, W]`` any dtype; crop_y, crop_x: ``[B]`` int in ``[0, 2 * padding]``;
     hflip: ``[B]`` int in {0, 1}. Returns a new ``[B, C, H, W]`` tensor of the same dtype:
@@ -77,7 +90,7 @@ def crop_flip(
     The batch is padded and mirrored into one buffer, then :func:`read_windows`.
     """
     b, _, h, w = images.shape
-    staged = pad_and_mirror(images, padding, mirrored=True)
+    staged = pad_and_mirror(images, padding, mirrored=True, mode=mode)
     return read_windows(staged, torch.arange(b), crop_y, crop_x, hflip, (h, w))
 
 

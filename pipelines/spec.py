@@ -14,7 +14,7 @@ import torch
 
 from pipelines.errors import unknown_name
 from pipelines.localizable import FLIP_AXES, TASKS, check_tasks
-from pipelines.sampling import check_shard
+from pipelines.sampling import check_shard, epoch_indices, num_batches
 from pipelines.views import DEFAULT_VIEW, View, check_views, standard_view
 
 
@@ -25,7 +25,9 @@ class LoaderSpec:
     normalize: float32 ``(x / 255 - mean) / std`` (mean, std in [0, 1] units; None =
     the source's defaults), else uint8 pixels. shuffle, drop_last, seed, shard_id,
     num_shards: the epoch's order and this process's share (``pipelines.sampling``).
-    device: where batches are delivered. split: the split of a folder source."""
+    device: where batches are delivered. split: the split of a folder source.
+    subset: ``[M]`` int64 dataset positions the loader draws from (a labeled subset,
+    say), or None for every image; epochs shuffle, shard and batch the subset."""
 
     batch_size: int
     views: tuple[tuple[str, View], ...]
@@ -40,6 +42,32 @@ class LoaderSpec:
     num_shards: int
     device: torch.device
     split: str
+    subset: torch.Tensor | None = None
+
+    def num_samples(self, n: int) -> int:
+        """Images an epoch draws from, for a source of ``n`` images."""
+        if self.subset is None:
+            return n
+        if len(self.subset) and not 0 <= int(self.subset.min()) <= int(self.subset.max()) < n:
+            raise ValueError(f"subset holds positions outside the {n} images of the source "
+                             f"({int(self.subset.min())}..{int(self.subset.max())})")
+        return len(self.subset)
+
+    def epoch_order(self, n: int, epoch: int, *, shard_id: int | None = None, num_shards: int | None = None,
+                    drop_last: bool | None = None) -> torch.Tensor:
+        """``[M]`` int64 dataset positions of this shard in ``epoch``, in order
+        (``pipelines.sampling.epoch_indices`` over the subset); the spec's sharding unless
+        given."""
+        order = epoch_indices(self.num_samples(n), seed=self.seed, epoch=epoch, shuffle=self.shuffle,
+                              shard_id=self.shard_id if shard_id is None else shard_id,
+                              num_shards=self.num_shards if num_shards is None else num_shards,
+                              drop_last=self.drop_last if drop_last is None else drop_last, batch_size=self.batch_size)
+        return order if self.subset is None else self.subset.index_select(0, order)
+
+    def num_batches(self, n: int) -> int:
+        """Batches per epoch of this shard for a source of ``n`` images."""
+        return num_batches(self.num_samples(n), batch_size=self.batch_size, shard_id=self.shard_id,
+                           num_shards=self.num_shards, drop_last=self.drop_last)
 
     def normalize_to(self, default_mean, default_std):
         """``(mean, std)`` when normalizing, else None."""
@@ -66,6 +94,7 @@ def make_spec(
     num_shards: int = 1,
     device: torch.device | str | None = None,
     split: str = "train",
+    subset=None,
 ) -> LoaderSpec:
     """The keywords of ``make_loader``, checked. Without ``views``, one view called
     ``images``: crop with ``crop_padding`` and flip (``augment``, ``hflip``), then the
@@ -82,8 +111,21 @@ def make_spec(
                                              tasks=check_tasks(tasks), flip_axis=flip_axis)}
     if device is None:
         device = "cuda" if torch.cuda.is_available() else "cpu"
+    if subset is not None:
+        subset = torch.as_tensor(np_int64(subset))
+        if subset.dim() != 1 or not len(subset):
+            raise ValueError(f"subset must be a non-empty 1-D list of dataset positions, got shape {tuple(subset.shape)}")
+        if len(torch.unique(subset)) != len(subset):
+            raise ValueError("subset repeats a dataset position")
     return LoaderSpec(
         batch_size=batch_size, views=tuple(check_views(views).items()), image_size=image_size, normalize=normalize,
         mean=tuple(mean) if mean else None, std=tuple(std) if std else None, shuffle=shuffle, drop_last=drop_last,
-        seed=seed, shard_id=shard_id, num_shards=num_shards, device=torch.device(device), split=split,
+        seed=seed, shard_id=shard_id, num_shards=num_shards, device=torch.device(device), split=split, subset=subset,
     )
+
+
+def np_int64(values):
+    """Any sequence of integers (list, numpy, tensor) as an int64 numpy array."""
+    import numpy as np
+
+    return np.asarray(values.cpu() if isinstance(values, torch.Tensor) else values).astype(np.int64, casting="safe")

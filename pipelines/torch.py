@@ -21,7 +21,7 @@ import torch
 from pipelines import loader_factory
 from pipelines.augment import pad_and_mirror, read_windows
 from pipelines.datasets import ArrayDataset
-from pipelines.sampling import epoch_indices, generator, num_batches
+from pipelines.sampling import generator
 from pipelines.sources import as_array_dataset
 from pipelines.spec import LoaderSpec
 from pipelines.views import CropFlip, apply_ops, finish_view
@@ -53,16 +53,18 @@ class TorchLoader:
         self.normalize_to = spec.normalize_to(dataset.mean, dataset.std)
         self.epoch = 0
         crops = [view[0] for _, view in spec.views if view and isinstance(view[0], CropFlip)]
+        # One staging serves the crops of one padding mode (the first view's); a view
+        # cropping with another mode runs its crop as the batched op instead.
+        self.mode = crops[0].mode if crops else "zeros"
+        crops = [op for op in crops if op.mode == self.mode]
         self.padding = max((op.padding for op in crops), default=0)
         # [1 or 2, N, 3, H + 2p, W + 2p] uint8: the padded images, then their mirror images.
         self._images = _stage(dataset.images, spec.device, padding=self.padding,
-                              mirrored=any(op.hflip for op in crops))
+                              mirrored=any(op.hflip for op in crops), mode=self.mode)
         self._labels = torch.from_numpy(dataset.labels).to(self._images.device)
 
     def __len__(self) -> int:
-        s = self.spec
-        return num_batches(len(self.dataset), batch_size=s.batch_size, shard_id=s.shard_id,
-                           num_shards=s.num_shards, drop_last=s.drop_last)
+        return self.spec.num_batches(len(self.dataset))
 
     def set_epoch(self, epoch: int) -> None:
         self.epoch = epoch
@@ -70,8 +72,7 @@ class TorchLoader:
     def __iter__(self) -> Iterator[dict[str, torch.Tensor]]:
         epoch, s = self.epoch, self.spec
         self.epoch += 1
-        order = epoch_indices(len(self.dataset), seed=s.seed, epoch=epoch, shuffle=s.shuffle, shard_id=s.shard_id,
-                              num_shards=s.num_shards, drop_last=s.drop_last, batch_size=s.batch_size)
+        order = s.epoch_order(len(self.dataset), epoch)
         # One stream per (seed, shard, epoch): a run is reproducible per (seed, rank, step).
         gen = generator(s.seed, "augment", s.shard_id, epoch)
         for start in range(0, len(order), s.batch_size):
@@ -83,7 +84,7 @@ class TorchLoader:
         out = {"labels": self._labels.index_select(0, src).to(dev, non_blocking=True), "indices": idx.to(dev)}
         for name, view in self.spec.views:
             params, rest = {}, view
-            if view and isinstance(view[0], CropFlip):
+            if view and isinstance(view[0], CropFlip) and view[0].mode == self.mode:
                 params, rest = view[0].draw(len(idx), gen), view[1:]
                 shift = self.padding - view[0].padding  # the view's window in the staged padding
                 images = self._windows(src, params["crop_y"] + shift, params["crop_x"] + shift, params["hflip"])
@@ -107,13 +108,13 @@ class TorchLoader:
         return read_windows(self._images, src, top, left, flip, size)
 
 
-def _stage(images: np.ndarray, device: torch.device, *, padding: int, mirrored: bool) -> torch.Tensor:
+def _stage(images: np.ndarray, device: torch.device, *, padding: int, mirrored: bool, mode: str) -> torch.Tensor:
     """``[N, H, W, 3]`` uint8 numpy -> ``[1 or 2, N, 3, H + 2p, W + 2p]`` uint8
     (``pipelines.augment.pad_and_mirror``) where batches are cut: on CUDA, on the GPU when
     it fits, else in pinned host memory for async copies.
     """
     staged = pad_and_mirror(torch.from_numpy(np.ascontiguousarray(images)).permute(0, 3, 1, 2), padding,
-                            mirrored=mirrored)
+                            mirrored=mirrored, mode=mode)
     if device.type == "cuda":
         return staged.to(device) if staged.numel() <= GPU_RESIDENT_BYTES else staged.pin_memory()
     return staged

@@ -8,7 +8,7 @@ torch ops are the reference semantics: a backend may run a leading part of a vie
 its own operators (DALI graph, FFCV kernels; ``native_prefix``) and runs the rest with
 :func:`apply_ops` right after it hands the batch over, never per-sample Python.
 
-    CropFlip(padding, hflip)    random crop with zero padding, whole-image left-right flip
+    CropFlip(padding, hflip)    random crop with zero (or reflect) padding, whole-image left-right flip
     Localizable(tasks, ...)     the localizable pretext transform and its pseudo-labels
     Grayscale(p)                random grayscale (torchvision's luma, kept as 3 channels)
 
@@ -25,7 +25,8 @@ from typing import Mapping, Sequence
 
 import torch
 
-from pipelines.augment import crop_flip, draw_crop_flip, normalize
+from pipelines.augment import PADDING_MODES, crop_flip, draw_crop_flip, normalize
+from pipelines.errors import unknown_name
 from pipelines.localizable import (
     PARAM_KEYS,
     TASKS,
@@ -59,17 +60,21 @@ class Op:
 
 @dataclass(frozen=True)
 class CropFlip(Op):
-    """Random crop with ``padding`` pixels of zero padding (torchvision ``RandomCrop(H,
-    padding)``), then a random whole-image left-right flip (off with ``hflip=False``:
-    the flip is still drawn, so the crops stay the same)."""
+    """Random crop with ``padding`` pixels of padding (torchvision ``RandomCrop(H,
+    padding, padding_mode=mode)``, ``mode`` "zeros" or "reflect"), then a random
+    whole-image left-right flip (off with ``hflip=False``: the flip is still drawn, so
+    the crops stay the same)."""
 
     padding: int = 4
     hflip: bool = True
+    mode: str = "zeros"
     keys = ("crop_y", "crop_x", "hflip")
 
     def __post_init__(self):
         if self.padding < 0:
             raise ValueError(f"crop padding must be >= 0, got {self.padding}")
+        if self.mode not in PADDING_MODES:
+            raise unknown_name("crop padding mode", self.mode, PADDING_MODES)
 
     def draw(self, batch_size, generator):
         drawn = draw_crop_flip(batch_size, padding=self.padding, generator=generator)
@@ -78,7 +83,7 @@ class CropFlip(Op):
         return drawn
 
     def apply(self, images, params):
-        return crop_flip(images, params["crop_y"], params["crop_x"], params["hflip"], self.padding)
+        return crop_flip(images, params["crop_y"], params["crop_x"], params["hflip"], self.padding, self.mode)
 
 
 @dataclass(frozen=True)
@@ -162,12 +167,22 @@ def check_views(views: Mapping[str, Sequence[Op]]) -> dict[str, View]:
     return out
 
 
-def native_prefix(view: View, native: Sequence[type]) -> int:
-    """How many leading ops of ``view`` a backend runs itself: ``native`` lists the op
-    types of its graph in the order its graph applies them; each may appear once."""
+def zero_padded_crop(op: Op) -> bool:
+    """A ``CropFlip`` with zero padding: the crop the DALI graph and the FFCV kernels run."""
+    return type(op) is CropFlip and op.mode == "zeros"
+
+
+def native_prefix(view: View, native: Sequence) -> int:
+    """How many leading ops of ``view`` a backend runs itself: ``native`` lists what its
+    graph runs, in the order its graph applies them, each an op type or a predicate
+    ``fn(op) -> bool`` (a type with only some settings); each may appear once."""
+
+    def matches(kind, op) -> bool:
+        return type(op) is kind if isinstance(kind, type) else kind(op)
+
     at = 0
     for count, op in enumerate(view):
-        kinds = [i for i, kind in enumerate(native) if type(op) is kind and i >= at]
+        kinds = [i for i, kind in enumerate(native) if matches(kind, op) and i >= at]
         if not kinds:
             return count
         at = kinds[0] + 1

@@ -19,6 +19,7 @@ A new method is a module that subclasses :class:`Method` and registers it:
 from __future__ import annotations
 
 from dataclasses import dataclass
+from pathlib import Path
 from typing import Any, Mapping, Sequence
 
 import numpy as np
@@ -26,6 +27,7 @@ import torch
 from torch import nn
 
 from gssl_fast.sections import (
+    DataConfig,
     LossConfig,
     ModelConfig,
     PretextConfig,
@@ -45,21 +47,28 @@ class Stream:
     ``augment`` and ``tasks`` describe, e.g. a weak and a strong view of each image.
     Batches hold each view's ``[B, 3, H, W]`` uint8 pixels under its name (``images``
     by default) and the loader contract's ``[B]`` int64 entries (docs/method.md section 6).
+    indices: the training images the stream draws from (``[M]`` int64 positions, a
+    labeled subset say); None for all.
     """
 
     batch_size: int
     tasks: tuple[str, ...] = ()
     augment: bool = True
     views: Mapping[str, tuple] | None = None
+    indices: Any = None
 
 
 @dataclass(frozen=True)
 class MethodContext:
-    """What a method is built from: the recipe sections it may read and the data's facts.
+    """What a method is built from: the recipe sections it may read (``data`` for the
+    crop and flip of a method's own views) and the data's facts.
 
     class_counts: ``[K]`` training images per class; mean, std: the input normalization
     in [0, 1] units (``data.mean`` / ``data.std`` or the dataset's defaults);
     longtail: the train split is long-tailed (evaluation adds shot-group accuracy).
+    train_labels: ``[N]`` int64 numpy labels of the training images (a method choosing
+    a labeled subset reads them). run_dir: the run folder, where a method may write
+    what a run must keep (the labeled subset); main_process: this process writes files.
     """
 
     model: ModelConfig
@@ -70,16 +79,22 @@ class MethodContext:
     mean: tuple[float, ...]
     std: tuple[float, ...]
     longtail: bool = False
+    data: DataConfig = DataConfig()
+    train_labels: Any = None
+    run_dir: Path | None = None
+    main_process: bool = True
 
     @property
     def num_classes(self) -> int:
         return len(self.class_counts)
 
     @classmethod
-    def of(cls, recipe: Recipe, class_counts: Sequence[int], mean: Sequence[float], std: Sequence[float]):
+    def of(cls, recipe: Recipe, class_counts: Sequence[int], mean: Sequence[float], std: Sequence[float],
+           **facts):
+        """The context of ``recipe``; ``facts``: ``train_labels``, ``run_dir``, ``main_process``."""
         return cls(model=recipe.model, pretext=recipe.pretext, loss=recipe.loss, train=recipe.train,
                    class_counts=tuple(int(c) for c in np.asarray(class_counts)), mean=tuple(mean), std=tuple(std),
-                   longtail=recipe.data.longtail != "none")
+                   longtail=recipe.data.longtail != "none", data=recipe.data, **facts)
 
 
 class Method:
@@ -114,8 +129,9 @@ class Method:
         raise NotImplementedError
 
     def parameters_for_optimizer(self, model: nn.Module):
-        """Parameters (or groups) handed to the optimizer; all trainable ones by default."""
-        return [p for p in model.parameters() if p.requires_grad]
+        """The module (its trainable parameters, grouped by ``optim.decay_bias_and_norm``)
+        or the parameter groups handed to the optimizer; ``model`` by default."""
+        return model
 
     # ---- training
     def on_epoch_start(self, epoch: int) -> None:
@@ -127,6 +143,9 @@ class Method:
         model: the prepared model (possibly DDP-wrapped); batches: one batch per stream.
         """
         raise NotImplementedError
+
+    def on_optimizer_step(self, model: nn.Module) -> None:
+        """Hook after each optimizer step (EMA weights); ``model`` is the unwrapped module."""
 
     # ---- evaluation
     def evaluate(self, model: nn.Module, loader, *, accelerator, epoch: int, last: bool) -> dict:

@@ -16,11 +16,11 @@ import torch
 
 from pipelines.errors import UserError
 from pipelines.localizable import FLIP_AXES, PARAM_KEYS, PERMUTATIONS
-from pipelines.views import CropFlip, Localizable, Op
+from pipelines.views import CropFlip, Localizable, Op, zero_padded_crop
 
 # The ops of pipelines.views this graph runs as DALI operators, in the graph's order; a
 # view's later ops run as torch ops after the pipeline (pipelines.views.native_prefix).
-NATIVE = (CropFlip, Localizable)
+NATIVE = (zero_padded_crop, Localizable)
 
 INSTALL_HELP = (
     "the DALI loader needs NVIDIA DALI: pip install -e '.[dali]' (nvidia-dali-cuda130; "

@@ -25,7 +25,7 @@ from pipelines.dali.graph import (
 from pipelines.datasets import ArrayDataset, FileList
 from pipelines.datasets.arrays import IMAGENET_MEAN, IMAGENET_STD
 from pipelines.localizable import PARAM_KEYS, pretext_targets
-from pipelines.sampling import derive_seed, epoch_indices, generator, num_batches
+from pipelines.sampling import derive_seed, generator
 from pipelines.sources import as_array_dataset, image_side
 from pipelines.spec import LoaderSpec
 from pipelines.system import usable_cores
@@ -86,9 +86,10 @@ class DaliLoader:
             self.plans[name] = (opts, view[k:])
 
     def __len__(self) -> int:
-        n, b, s = len(self.dataset), self.batch_size, self.spec
+        b, s = self.batch_size, self.spec
+        n = s.num_samples(len(self.dataset))
         if not self._files:
-            return num_batches(n, batch_size=b, shard_id=s.shard_id, num_shards=s.num_shards, drop_last=s.drop_last)
+            return s.num_batches(len(self.dataset))
         if s.drop_last:  # the same count on every shard, from the smallest share
             return (n // s.num_shards) // b
         return -(-dali_shard_size(n, s.shard_id, s.num_shards) // b)
@@ -101,7 +102,7 @@ class DaliLoader:
         self.epoch += 1
         pipe, names = self._build(epoch)
         pipe.build()
-        share = dali_shard_size(len(self.dataset), s.shard_id, s.num_shards) if self._files else None
+        share = dali_shard_size(s.num_samples(len(self.dataset)), s.shard_id, s.num_shards) if self._files else None
         gen = generator(s.seed, "augment", s.shard_id, epoch)  # the ops torch runs after the graph
         try:
             for i in range(len(self)):
@@ -122,12 +123,10 @@ class DaliLoader:
         n = len(self.dataset)
         if self._files:
             # One permutation per epoch, the same on every shard; DALI deals contiguous slices.
-            order = epoch_indices(n, seed=s.seed, epoch=epoch, shuffle=s.shuffle, shard_id=0,
-                                  num_shards=1, drop_last=False, batch_size=self.batch_size).tolist()
+            order = s.epoch_order(n, epoch, shard_id=0, num_shards=1, drop_last=False).tolist()
             files = [self.dataset.paths[i] for i in order]
             return build_file_pipeline(files, order, shard_id=s.shard_id, num_shards=s.num_shards, **kwargs)
-        order = epoch_indices(n, seed=s.seed, epoch=epoch, shuffle=s.shuffle, shard_id=s.shard_id,
-                              num_shards=s.num_shards, drop_last=s.drop_last, batch_size=self.batch_size)
+        order = s.epoch_order(n, epoch)
         return build_array_pipeline(_array_batches(self.dataset.images, order, self.batch_size), **kwargs)
 
     def _batch(self, outputs: dict, keep: int | None, gen: torch.Generator) -> dict[str, torch.Tensor]:

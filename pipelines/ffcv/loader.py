@@ -43,14 +43,14 @@ from pipelines.ffcv.ops import (
     RandomCropFlip,
 )
 from pipelines.localizable import PARAM_KEYS, pretext_targets
-from pipelines.sampling import epoch_indices, generator, num_batches
+from pipelines.sampling import generator
 from pipelines.spec import LoaderSpec
 from pipelines.system import usable_cores
 from pipelines.views import apply_ops, finish_view, native_prefix
 
 # The ops of pipelines.views this backend runs as FFCV operations, in their order; a
 # view's later ops run as torch ops after FFCV (pipelines.views.native_prefix).
-NATIVE = (views.CropFlip, views.Localizable)
+NATIVE = (views.zero_padded_crop, views.Localizable)
 
 # Batches FFCV prepares ahead of the one being consumed.
 BATCHES_AHEAD = 3
@@ -59,7 +59,7 @@ STOP_TIMEOUT_S = 30.0
 
 
 class ShardOrder(TraversalOrder):
-    """This shard's samples of an epoch, in order: ``pipelines.sampling.epoch_indices``.
+    """This shard's samples of an epoch, in order: ``LoaderSpec.epoch_order``.
 
     Every backend thus gives a process the same share of an epoch, and sharding needs
     no ``torch.distributed`` process group (FFCV's ``distributed=True`` reads the rank
@@ -67,18 +67,15 @@ class ShardOrder(TraversalOrder):
     own count.
     """
 
-    def __init__(self, n: int, *, seed: int, shuffle: bool, shard_id: int, num_shards: int,
-                 drop_last: bool, batch_size: int):
+    def __init__(self, n: int, spec: LoaderSpec):
         # No super().__init__: it reads these settings from a Loader, given here directly.
-        self.n, self.epoch = n, 0
-        self.plan = dict(seed=seed, shuffle=shuffle, shard_id=shard_id, num_shards=num_shards,
-                         drop_last=drop_last, batch_size=batch_size)
+        self.n, self.spec, self.epoch = n, spec, 0
 
     def __call__(self, loader) -> ShardOrder:
         return self  # FFCV instantiates an order object as ``order(loader)``
 
     def sample_order(self, epoch: int) -> np.ndarray:
-        return epoch_indices(self.n, epoch=self.epoch, **self.plan).numpy().astype(np.uint64)
+        return self.spec.epoch_order(self.n, self.epoch).numpy().astype(np.uint64)
 
 
 class FFCVLoader:
@@ -107,8 +104,7 @@ class FFCVLoader:
         self.epoch = 0
         len(self)  # validates the shard arguments now rather than at the first epoch
         self.num_workers = num_workers or _default_workers()
-        self._order = ShardOrder(self.num_samples, seed=spec.seed, shuffle=spec.shuffle, shard_id=spec.shard_id,
-                                 num_shards=spec.num_shards, drop_last=spec.drop_last, batch_size=spec.batch_size)
+        self._order = ShardOrder(self.num_samples, spec)
         self.normalize_to = spec.normalize_to(info["mean"], info["std"])
         self.draws, self.view_tasks = [], {}  # EpochDraws of every view; the tasks of each view
         self.plans, pipelines = {}, {"label": self._ints(), "index": self._ints()}
@@ -158,9 +154,7 @@ class FFCVLoader:
         return out
 
     def __len__(self) -> int:
-        s = self.spec
-        return num_batches(self.num_samples, batch_size=s.batch_size, shard_id=s.shard_id,
-                           num_shards=s.num_shards, drop_last=s.drop_last)
+        return self.spec.num_batches(self.num_samples)
 
     def set_epoch(self, epoch: int) -> None:
         self.epoch = epoch

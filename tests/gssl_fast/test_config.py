@@ -51,12 +51,13 @@ def every_section_recipe():
         data=DataConfig(name="cifar100", root='dir with "quotes" \\ and é\t', image_size=48, crop_padding=0, hflip=False,
                         mean=(0.1 + 0.2, 0.5, 1.0), std=(1e-05, 0.2, 0.3), longtail="step",
                         imbalance_ratio=0.02, train_size=7, val_size=3, seed=5, beton="x.beton"),
-        model=ModelConfig(backbone="resnet18", pretrained=True, drop_rate=0.25, channels_last=True, init="kaiming"),
+        model=ModelConfig(backbone="resnet18", pretrained=True, drop_rate=0.25, channels_last=True, init="kaiming",
+                          kwargs={"leaky_slope": 0.1, "name": "x", "flag": True, "sizes": (1, 2)}),
         pretext=PretextConfig(tasks=("perm", "rotation"), gate="learned", gate_pool="logits", combine="mean", lam=0.3,
                               flip_axis="vertical"),
         loss=LossConfig(name="ldam", ldam_max_margin=0.4, ldam_scale=16.0, drw=True, drw_start_epoch=3,
                         drw_beta=0.999, pretext_scale=30.0),
-        optim=OptimConfig(lr=1 / 3, momentum=0.5, nesterov=True, weight_decay=0.0, schedule="step",
+        optim=OptimConfig(lr=1 / 3, momentum=0.5, nesterov=True, weight_decay=0.0, decay_bias_and_norm=False, schedule="step",
                           warmup_epochs=0.5, milestones=(2, 4, 9), milestone_factors=(0.1, 2e-4, 1e-300)),
         train=TrainConfig(epochs=11, batch_size=3, eval_batch_size=5, seed=7, mixed_precision="bf16",
                           grad_accum_steps=2, loader="ffcv", cpu=True, num_threads=1, steps_per_epoch=4,
@@ -68,7 +69,8 @@ def test_every_key_of_every_section_differs_from_default():
     recipe = every_section_recipe()
     classes = {**SECTIONS, "method": AdversarialConfig}
     same = {(section, f.name) for section, cls in classes.items() for f in dataclasses.fields(cls)
-            if getattr(getattr(recipe, section), f.name) == f.default}
+            if getattr(getattr(recipe, section), f.name) == (
+                f.default if f.default_factory is dataclasses.MISSING else f.default_factory())}
     assert same == {("optim", "name"), ("method", "name")}  # sgd is the only optimizer
 
 

@@ -33,12 +33,13 @@ def test_crop_matches_torchvision_per_sample(padding):
         assert torch.equal(out[i], TF.crop(padded, y, xo, 8, 8))
 
 
-def reference_crop_flip(x, crop_y, crop_x, hflip, padding):
-    """torchvision per sample: pad, crop at the offsets, then hflip where drawn."""
+def reference_crop_flip(x, crop_y, crop_x, hflip, padding, mode="constant"):
+    """torchvision per sample: pad (``RandomCrop``'s padding_mode), crop at the offsets,
+    then hflip where drawn."""
     h, w = x.shape[-2:]
     out = []
     for i in range(x.shape[0]):
-        im = TF.crop(TF.pad(x[i], [padding] * 4), int(crop_y[i]), int(crop_x[i]), h, w)
+        im = TF.crop(TF.pad(x[i], [padding] * 4, padding_mode=mode), int(crop_y[i]), int(crop_x[i]), h, w)
         out.append(TF.hflip(im) if hflip[i] else im)
     return torch.stack(out)
 
@@ -54,6 +55,18 @@ def test_crop_flip_matches_torchvision_per_sample(dtype, padding, shape):
     out = crop_flip(x, cy, cx, flip, padding)
     assert out.dtype == dtype and out.shape == x.shape and out.is_contiguous()
     assert torch.equal(out, reference_crop_flip(x, cy, cx, flip, padding))
+
+
+@pytest.mark.parametrize("padding, shape", [(4, (40, 3, 32, 32)), (1, (9, 3, 5, 7)), (3, (12, 3, 8, 6))])
+def test_reflect_padded_crop_flip_matches_torchvision_per_sample(padding, shape):
+    g = torch.Generator().manual_seed(padding)
+    x = torch.randint(0, 256, shape, generator=g, dtype=torch.uint8)
+    cy, cx = (torch.randint(2 * padding + 1, shape[:1], generator=g) for _ in range(2))
+    flip = torch.randint(2, shape[:1], generator=g)
+    out = crop_flip(x, cy, cx, flip, padding, "reflect")
+    assert torch.equal(out, reference_crop_flip(x, cy, cx, flip, padding, "reflect"))
+    with pytest.raises(ValueError, match="reflect padding"):
+        crop_flip(x[:, :, :2, :2], cy, cx, flip, 2, "reflect")
 
 
 def test_crop_flip_channels_last_and_non_contiguous_inputs():

@@ -153,6 +153,37 @@ def test_several_views_each_replay_from_their_own_draws(backend, device):
     assert 0 < gray.sum() < len(gray)
 
 
+def test_reflect_padded_crops_replay_from_their_parameters(backend, device):
+    """FixMatch's weak view: DALI and FFCV hand reflect-padded crops to the torch op."""
+    images, labels = arrays(64, 16)
+    views = {"images": (CropFlip(4, True, mode="reflect"), Localizable(ALL)), "zeros": (CropFlip(4, True),)}
+    batches = collect(loader(backend, (images, labels), batch_size=32, views=views, normalize=False, seed=5,
+                             device=device))
+    src = torch.from_numpy(images).permute(0, 3, 1, 2)
+    for b in batches:
+        for name, view in views.items():
+            assert torch.equal(b[name], replay(view, src[b["indices"]], b, name)), name
+    assert not torch.equal(batches[0]["images"], batches[0]["zeros"])
+
+
+def test_a_subset_is_drawn_once_per_epoch_and_sharded(backend, device):
+    images, labels = arrays(100, 16)
+    subset = torch.tensor([3, 5, 8, 13, 21, 34, 55, 89, 1, 2, 60, 61])
+    whole = loader(backend, (images, labels), batch_size=4, subset=subset, device=device, seed=2)
+    assert len(whole) == 3
+    seen = torch.cat([b["indices"].cpu() for b in collect(whole)])
+    assert sorted(seen.tolist()) == sorted(subset.tolist())
+    assert torch.equal(torch.cat([b["labels"].cpu() for b in collect(whole)]).sort().values,
+                       torch.from_numpy(labels)[subset].sort().values)
+    shards = [torch.cat([b["indices"].cpu() for b in collect(loader(
+        backend, (images, labels), batch_size=2, subset=subset, shard_id=s, num_shards=2, drop_last=True,
+        device=device))]) for s in range(2)]
+    assert not set(shards[0].tolist()) & set(shards[1].tolist())
+    assert set(shards[0].tolist()) | set(shards[1].tolist()) <= set(subset.tolist())
+    with pytest.raises(ValueError, match="outside"):
+        len(loader(backend, (images, labels), batch_size=4, subset=[1, 200], device=device))
+
+
 def test_ops_run_after_the_backend_are_normalized_too(backend, device):
     images, labels = arrays(64, 16)
     kw = dict(batch_size=32, views=VIEWS, seed=3, device=device, mean=(0.5, 0.4, 0.3), std=(0.2, 0.25, 0.3))
@@ -173,6 +204,7 @@ def test_ops_run_after_the_backend_are_normalized_too(backend, device):
     (dict(batch_size=4, shard_id=2, num_shards=2), "shard_id"),
     (dict(batch_size=4, views={}), "at least one view"),
     (dict(batch_size=4, views={"a/b": ()}), "without '/'"),
+    (dict(batch_size=4, subset=[1, 1]), "repeats"),
 ])
 def test_bad_arguments(backend, kwargs, match):
     images, labels = arrays(8, 16)

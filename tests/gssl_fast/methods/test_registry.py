@@ -79,10 +79,10 @@ def write(tiny_recipe):
 def test_a_method_from_a_test_file_trains_through_the_loop(tmp_path, toy, loader, write):
     out = tmp_path / "run"
     assert main([str(write(tmp_path, extra="side_batch = 48")), "--out", str(out),
-                 "--set", "train.steps_per_epoch=20", "--set", f"train.loader={loader}"]) == 0
-    # 4 steps (128 / 32 images of the main stream); the side stream (128 / 48 = 2 batches)
-    # ran out and restarted within the epoch.
-    assert len(toy.seen) == 4 and toy.seen[0][:2] == (32, 48)
+                 "--set", "train.steps_per_epoch=6", "--set", f"train.loader={loader}"]) == 0
+    # 6 steps: the main stream (128 / 32 = 4 batches) and the side stream (128 / 48 = 2
+    # batches) ran out and started new passes within the epoch.
+    assert len(toy.seen) == 6 and toy.seen[0][:2] == (32, 48)
     assert any(q > 0 for _, _, q in toy.seen)  # its own stream carries the transform's parameters
     row = json.loads((out / "metrics.jsonl").read_text())
     assert {"train_loss", "toy_side", "val_acc1", "best_val_acc1", "best_epoch"} <= set(row)

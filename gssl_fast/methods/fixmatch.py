@@ -1,0 +1,263 @@
+"""FixMatch with G-SSL (long paper, Table 4; docs/method.md section 3 "FixMatch + G-SSL").
+
+Two streams: ``labeled`` (batch B, a class-balanced subset of ``num_labels`` training
+images) and ``unlabeled`` (batch mu * B, every training image), each with its views
+batched on the device by the loader:
+
+    labeled     images   weak (flip + crop with reflect padding), then the localizable transform
+    unlabeled   weak     weak, untransformed: the pseudo-labeller
+                strong   weak, RandAugment (2 ops of FixMatch's pool), Cutout, then the localizable transform
+
+One forward over all three batches (BatchNorm sees them together, as the reference
+ports' interleaving does), then
+
+    L = L_s + lambda_u * L_u + lambda * L_ssl
+
+``L_s``: cross-entropy of the labeled images; ``L_u``: cross-entropy of the strong view
+against the weak view's argmax, counted where the weak view's top probability is at
+least ``tau`` (mean over all unlabeled images); ``L_ssl``: the gated pretext loss over
+every transformed image of the step (labeled and strong), weighted by
+``pretext.lambda`` (0.3 in the paper's row). EMA weights (timm's ``ModelEmaV3``,
+parameters averaged, buffers copied) are evaluated each epoch (``val_acc1``; the raw
+weights give ``val_raw_acc1``), saved with checkpoints and exported by ``load_model``.
+
+    [method]
+    name = "fixmatch"
+    num_labels = 4000       # labeled images, the same number per class
+    labels_file = ""        # a text file of labeled dataset positions instead (one per line)
+    mu = 7                  # unlabeled batch = mu x train.batch_size
+    tau = 0.95              # confidence threshold of the pseudo-labels
+    lambda_u = 1.0          # weight of L_u
+    ema_decay = 0.999       # 0: no EMA (the raw weights are evaluated)
+"""
+
+from __future__ import annotations
+
+import os
+import tempfile
+import warnings
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+
+from gssl_fast.config_checks import rule
+from gssl_fast.errors import UserError
+from gssl_fast.methods import register_method
+from gssl_fast.methods.base import Stream
+from gssl_fast.methods.supervised import GSSLMethod
+from gssl_fast.sections import Recipe
+from gssl_fast.task import gssl_scalars
+
+# Where a run keeps the positions of its labeled images.
+LABELED_FILE = "labeled_indices.txt"
+
+
+@dataclass(frozen=True)
+class FixMatchConfig:
+    name: str = "fixmatch"
+    num_labels: int = 4000  # labeled training images, num_labels / classes per class
+    labels_file: str = ""  # text file of labeled dataset positions (one integer per line); "" = draw them
+    label_seed: int = 0  # seed of the drawn labeled subset
+    mu: int = 7  # unlabeled images per labeled image in a step
+    tau: float = 0.95  # confidence threshold of the pseudo-labels
+    lambda_u: float = 1.0  # weight of the unlabeled loss
+    ema_decay: float = 0.999  # EMA of the weights, evaluated and exported; 0 = none
+    padding_mode: str = "reflect"  # padding of the weak view's crop: "reflect" (FixMatch) | "zeros"
+    strong_ops: int = 2  # RandAugment ops per image
+    strong_magnitude: int = 10  # RandAugment m: levels drawn from 1..m-1
+    cutout: float = 0.5  # side of the Cutout square, as a fraction of the image side
+
+
+def balanced_subset(labels: np.ndarray, num_labels: int, num_classes: int, seed: int) -> np.ndarray:
+    """``[num_labels]`` int64 sorted positions: ``num_labels / num_classes`` images of
+    each class drawn without replacement with ``seed`` (as the reference ports draw them)."""
+    labels = np.asarray(labels)
+    per_class = num_labels // num_classes
+    if per_class * num_classes != num_labels or per_class < 1:
+        raise ValueError(f"{num_labels} labels do not split evenly over {num_classes} classes")
+    rng = np.random.default_rng(seed)
+    picks = []
+    for c in range(num_classes):
+        members = np.flatnonzero(labels == c)
+        if len(members) < per_class:
+            raise ValueError(f"class {c} has {len(members)} training images, fewer than {per_class} labels per class")
+        picks.append(rng.choice(members, per_class, replace=False))
+    return np.sort(np.concatenate(picks)).astype(np.int64)
+
+
+def read_positions(path: str, n: int) -> np.ndarray:
+    """Dataset positions from a text file (one integer per line), checked against ``n``
+    training images; errors name the file."""
+    try:
+        with warnings.catch_warnings():  # an empty file is reported below, not warned about
+            warnings.simplefilter("ignore", UserWarning)
+            values = np.loadtxt(path, dtype=np.int64, ndmin=1, comments="#")
+    except OSError as e:
+        raise UserError(f"method.labels_file = {path!r}: cannot read it ({e.strerror or e})") from None
+    except ValueError as e:
+        raise UserError(f"method.labels_file = {path!r}: expected one integer per line ({e})") from None
+    if not len(values):
+        raise UserError(f"method.labels_file = {path!r} lists no positions")
+    if values.min() < 0 or values.max() >= n:
+        raise UserError(f"method.labels_file = {path!r} lists positions outside 0..{n - 1} "
+                        f"(found {values.min()}..{values.max()}) for the {n} training images")
+    if len(np.unique(values)) != len(values):
+        raise UserError(f"method.labels_file = {path!r} lists a position twice")
+    return values
+
+
+def write_positions(path: Path, positions: np.ndarray) -> None:
+    """Writes ``positions`` one per line, atomically (a temp file, then a rename)."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", dir=path.parent)
+    with os.fdopen(fd, "w") as f:
+        f.write("".join(f"{int(i)}\n" for i in positions))
+    os.replace(tmp, path)
+
+
+def unlabeled_loss(logits_weak: torch.Tensor, logits_strong: torch.Tensor, tau: float) -> dict:
+    """FixMatch's consistency term for ``[U, K]`` logits of the weak and strong views.
+
+    Returns ``loss_u`` (mean over all U images of the strong view's cross-entropy against
+    the weak view's argmax, zero where the weak view's top probability is below ``tau``),
+    ``mask`` ``[U]`` float (1 where kept) and ``pseudo`` ``[U]`` int64 (the argmax).
+    The pseudo-labels carry no gradient.
+    """
+    probs = torch.softmax(logits_weak.detach().float(), dim=-1)
+    confidence, pseudo = probs.max(dim=-1)
+    mask = (confidence >= tau).float()
+    loss = (F.cross_entropy(logits_strong.float(), pseudo, reduction="none") * mask).mean()
+    return {"loss_u": loss, "mask": mask, "pseudo": pseudo}
+
+
+def fixmatch_views(*, padding: int = 4, hflip: bool = True, mode: str = "reflect", tasks=(), flip_axis="horizontal",
+                   ops: int = 2, magnitude: int = 10, cutout: float = 0.5) -> tuple[dict, dict]:
+    """``(labeled views, unlabeled views)`` of ``pipelines.views`` ops: ``{"images": weak
+    (+ localizable)}`` and ``{"weak": weak, "strong": weak + RandAugment + Cutout (+ localizable)}``."""
+    from pipelines.randaugment import Cutout, RandAugment
+    from pipelines.views import CropFlip, Localizable
+
+    weak = (CropFlip(padding, hflip, mode=mode),) if padding or hflip else ()
+    loc = (Localizable(tuple(tasks), flip_axis),) if tasks else ()
+    strong = (*weak, RandAugment(num_ops=ops, magnitude_max=magnitude), Cutout(cutout), *loc)
+    return {"images": (*weak, *loc)}, {"weak": weak, "strong": strong}
+
+
+@register_method
+class FixMatch(GSSLMethod):
+    name = "fixmatch"
+    Config = FixMatchConfig
+
+    @classmethod
+    def check(cls, recipe: Recipe, source: str) -> None:
+        cfg = recipe.method
+        rule(cfg.num_labels >= 1 or cfg.labels_file != "", "method.num_labels", "be >= 1 (or set method.labels_file)",
+             cfg.num_labels, source)
+        rule(cfg.mu >= 1, "method.mu", "be >= 1", cfg.mu, source)
+        rule(0 < cfg.tau <= 1, "method.tau", "be in (0, 1]", cfg.tau, source)
+        rule(cfg.lambda_u >= 0, "method.lambda_u", "be >= 0", cfg.lambda_u, source)
+        rule(0 <= cfg.ema_decay < 1, "method.ema_decay", "be in [0, 1) (0: no EMA)", cfg.ema_decay, source)
+        rule(cfg.padding_mode in ("reflect", "zeros"), "method.padding_mode", "be 'reflect' or 'zeros'",
+             cfg.padding_mode, source)
+        rule(cfg.strong_ops >= 1, "method.strong_ops", "be >= 1", cfg.strong_ops, source)
+        rule(2 <= cfg.strong_magnitude <= 10, "method.strong_magnitude", "be in 2..10 (levels 1..m-1 of 10)",
+             cfg.strong_magnitude, source)
+        rule(0 <= cfg.cutout <= 1, "method.cutout", "be in [0, 1]", cfg.cutout, source)
+        rule(recipe.loss.name == "ce", "loss.name", "be 'ce' with FixMatch", recipe.loss.name, source)
+        rule(recipe.data.longtail == "none", "data.longtail", "be 'none' with FixMatch", recipe.data.longtail, source)
+
+    def __init__(self, cfg, ctx):
+        super().__init__(cfg, ctx)
+        self.ema = None
+
+    # ---- data
+    def labeled_positions(self) -> np.ndarray:
+        """The labeled subset: ``method.labels_file``, or drawn; written to the run folder."""
+        labels = self.ctx.train_labels
+        if labels is None:
+            raise ValueError("FixMatch needs the training labels (MethodContext.train_labels) to pick its subset")
+        if self.cfg.labels_file:
+            positions = read_positions(self.cfg.labels_file, len(labels))
+        else:
+            try:
+                positions = balanced_subset(labels, self.cfg.num_labels, self.ctx.num_classes, self.cfg.label_seed)
+            except ValueError as e:
+                raise UserError(f"method.num_labels = {self.cfg.num_labels}: {e}; pick a multiple of "
+                                f"{self.ctx.num_classes} that every class can give") from None
+        if self.ctx.run_dir is not None and self.ctx.main_process:
+            write_positions(Path(self.ctx.run_dir) / LABELED_FILE, positions)
+        return positions
+
+    def streams(self) -> dict[str, Stream]:
+        d, p, b = self.ctx.data, self.ctx.pretext, self.ctx.train.batch_size
+        labeled, unlabeled = fixmatch_views(
+            padding=d.crop_padding, hflip=d.hflip, mode=self.cfg.padding_mode, tasks=p.tasks, flip_axis=p.flip_axis,
+            ops=self.cfg.strong_ops, magnitude=self.cfg.strong_magnitude, cutout=self.cfg.cutout)
+        return {"labeled": Stream(b, views=labeled, indices=self.labeled_positions()),
+                "unlabeled": Stream(self.cfg.mu * b, views=unlabeled)}
+
+    # ---- training
+    def on_epoch_start(self, epoch: int) -> None:
+        self._ensure_ema()
+
+    def _ensure_ema(self):
+        # Made from the weights before the first step, on the device the loop moved them to.
+        if self.ema is None and self.cfg.ema_decay > 0:
+            from timm.utils import ModelEmaV3
+
+            self.ema = ModelEmaV3(self.model, decay=self.cfg.ema_decay, exclude_buffers=True)
+        return self.ema
+
+    def on_optimizer_step(self, model) -> None:
+        if self.ema is not None:
+            self.ema.update(model)
+
+    def training_step(self, model, batches, *, accelerator) -> dict:
+        lab, unl = batches["labeled"], batches["unlabeled"]
+        b, u = lab["images"].shape[0], unl["weak"].shape[0]
+        out = model(torch.cat([lab["images"], unl["weak"], unl["strong"]]))
+        logits = out["logits"].float()
+        loss_x = F.cross_entropy(logits[:b], lab["labels"])
+        cons = unlabeled_loss(logits[b : b + u], logits[b + u :], self.cfg.tau)
+        kept = cons["mask"].sum()
+        hits = ((cons["pseudo"] == unl["labels"]).float() * cons["mask"]).sum()
+        row = {"loss_x": loss_x.detach(), "loss_u": cons["loss_u"].detach(), "mask_rate": cons["mask"].mean(),
+               # Monitoring only: the true labels of the unlabeled images never reach the loss.
+               "pseudo_acc": 100.0 * hits / kept.clamp(min=1.0)}
+        loss = loss_x + self.cfg.lambda_u * cons["loss_u"]
+        if self.tasks:
+            # The transformed images: the labeled batch and the strong view.
+            rows = torch.cat([torch.arange(b), torch.arange(b + u, b + 2 * u)]).to(logits.device)
+            targets = {f"target_{t}": torch.cat([lab[f"target_{t}"], unl[f"strong/target_{t}"]]) for t in self.tasks}
+            pre = {t: v.index_select(0, rows) for t, v in out["pretext_logits"].items()}
+            gate = out.get("gate_logits")
+            terms = self.model.pretext_terms(pre, None if gate is None else gate.index_select(0, rows), targets)
+            loss = loss + self.model.lam * terms["loss_ssl"]
+            row.update(gssl_scalars({**terms, "logits": logits, "pretext_logits": pre}, targets, self.tasks))
+            row.pop("loss_cls")
+        return {"loss": loss, **row}
+
+    # ---- evaluation
+    def evaluate(self, model, loader, *, accelerator, epoch: int, last: bool) -> dict:
+        raw = super().evaluate(model, loader, accelerator=accelerator, epoch=epoch, last=last)
+        if self._ensure_ema() is None:
+            return raw
+        with torch.no_grad():  # the buffers the loop made equal on every process
+            for mine, theirs in zip(self.ema.module.buffers(), model.buffers()):
+                mine.copy_(theirs)
+        report = super().evaluate(self.ema.module, loader, accelerator=accelerator, epoch=epoch, last=last)
+        report.update({f"val_raw_{k[4:]}": v for k, v in raw.items() if k.startswith("val_")})
+        return report
+
+    def eval_model(self):
+        return self.ema.module if self._ensure_ema() is not None else self.model
+
+    def state_dict(self) -> dict:
+        return {"ema": self.ema.module.state_dict()} if self.ema is not None else {}
+
+    def load_state_dict(self, state: dict) -> None:
+        if "ema" in state and self._ensure_ema() is not None:
+            self.ema.module.load_state_dict(state["ema"])
