@@ -53,6 +53,8 @@ bench: install
 	$(BIN)/python bench/dali_loader.py --json bench/out/dali_loader.json
 	$(BIN)/python bench/ffcv_loader.py --json bench/out/ffcv_loader.json
 	$(BIN)/python bench/fixmatch_loader.py --json bench/out/fixmatch_loader.json
+	$(BIN)/python bench/simclr_loader.py --json bench/out/simclr_loader.json
+	$(BIN)/python bench/guided_plan.py --json bench/out/guided_plan.json
 
 # CUDA-only tests and a short GPU benchmark, JSON into OUT (exits 3 without CUDA).
 OUT ?= bench/out/gpu

@@ -99,7 +99,7 @@ def command(table: Table, row: Row, run_dir: Path, overrides, launch: str | None
     cmd = [*head, "-m", "gssl_fast.train", str(recipe_path(table, row)), "--out", str(run_dir)]
     for item in (*row.set, *overrides):
         cmd += ["--set", item]
-    if list_checkpoints(run_dir):
+    if list_checkpoints(run_dir) or (run_dir / "stages").is_dir():  # a staged method keeps them per stage
         cmd += ["--resume", "auto"]
     return cmd
 

@@ -92,17 +92,18 @@ def build_train_loaders(recipe: Recipe, streams: dict, source, accelerator) -> d
         # drop_last keeps every process at the same number of steps (DDP needs it).
         loaders[name] = make_loader(source, batch_size=stream.batch_size,
                                     views=stream_views(recipe.data, recipe.pretext.flip_axis, stream),
-                                    shuffle=True, drop_last=True, seed=seed, subset=stream.indices,
+                                    shuffle=True, drop_last=True, seed=seed, subset=stream.indices, plan=stream.plan,
                                     **_common(recipe, accelerator))
     return loaders
 
 
-def build_val_loader(recipe: Recipe, source, accelerator):
-    """The validation loader: untransformed pixels, every image once over all processes."""
+def build_val_loader(recipe: Recipe, source, accelerator, subset=None):
+    """The validation loader (or, over the training source, the training images as they
+    are): untransformed pixels, every image (of ``subset``) once over all processes."""
     from pipelines import make_loader
 
     return make_loader(source, batch_size=recipe.train.eval_batch_size, tasks=(), augment=False, shuffle=False,
-                       drop_last=False, seed=recipe.train.seed, **_common(recipe, accelerator))
+                       drop_last=False, seed=recipe.train.seed, subset=subset, **_common(recipe, accelerator))
 
 
 def input_normalization(data, dataset) -> tuple[tuple[float, ...], tuple[float, ...]]:

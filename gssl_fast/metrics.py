@@ -72,18 +72,23 @@ def evaluate(model, loader, *, accelerator, num_classes: int, train_counts=None)
 
 class MetricsLog:
     """Appends one JSON object per epoch to ``metrics.jsonl``, flushed at once so a
-    killed run keeps every finished epoch."""
+    killed run keeps every finished epoch. ``stage``: the rows of one stage of a staged
+    method (their ``stage`` field); truncation leaves other stages' rows alone."""
 
-    def __init__(self, path: Path):
-        self.path = Path(path)
+    def __init__(self, path: Path, stage: str = ""):
+        self.path, self.stage = Path(path), stage
+
+    def _mine(self, row: dict) -> bool:
+        return row.get("stage", "") == self.stage
 
     def truncate_after(self, epoch: int) -> None:
-        """Drops lines of epochs > ``epoch`` (left by a run killed after logging but
-        before its checkpoint landed), so a resumed run logs each epoch once."""
+        """Drops this stage's lines of epochs > ``epoch`` (left by a run killed after
+        logging but before its checkpoint landed), so a resumed run logs each epoch once."""
         if not self.path.exists():
             return
-        keep = [line for line in self.path.read_text().splitlines() if line.strip() and json.loads(line)["epoch"] <= epoch]
-        self.path.write_text("".join(line + "\n" for line in keep))
+        rows = [json.loads(line) for line in self.path.read_text().splitlines() if line.strip()]
+        keep = [r for r in rows if not self._mine(r) or r["epoch"] <= epoch]
+        self.path.write_text("".join(json.dumps(r) + "\n" for r in keep))
 
     def append(self, row: dict) -> None:
         with self.path.open("a") as f:
@@ -94,3 +99,7 @@ class MetricsLog:
         if not self.path.exists():
             return []
         return [json.loads(line) for line in self.path.read_text().splitlines() if line.strip()]
+
+    def read_stage(self) -> list[dict]:
+        """The rows of this log's stage."""
+        return [r for r in self.read() if self._mine(r)]

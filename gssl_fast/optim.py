@@ -12,7 +12,7 @@ from pipelines.errors import unknown_name
 
 
 def build_optimizer(params, cfg: OptimConfig) -> torch.optim.Optimizer:
-    """SGD with momentum, optional Nesterov and weight decay.
+    """SGD with momentum, optional Nesterov and weight decay; or Adam (``optim.name = "adam"``).
 
     params: a module, or parameters / groups. A module's trainable parameters all decay
     (as the papers' code does), or with ``decay_bias_and_norm = false`` all but biases
@@ -37,7 +37,12 @@ def _sgd(params, cfg: OptimConfig) -> torch.optim.Optimizer:
     )
 
 
-OPTIMIZERS = {"sgd": _sgd}
+def _adam(params, cfg: OptimConfig) -> torch.optim.Optimizer:
+    # momentum / nesterov do not apply; weight decay is Adam's L2 term
+    return torch.optim.Adam(params, lr=cfg.lr, weight_decay=cfg.weight_decay)
+
+
+OPTIMIZERS = {"sgd": _sgd, "adam": _adam}
 
 
 def _cosine(cfg: OptimConfig, epoch: float, epochs: int) -> float:

@@ -53,12 +53,13 @@ class Progress:
             self.bar.close()
 
 
-def describe(recipe, accelerator, threads, train_ds, val_ds, method, plan, first_epoch) -> None:
-    """The first lines of a run: where it runs, on what data, which model and batch."""
+def describe(recipe, accelerator, threads, train_ds, val_ds, method, plan, first_epoch, stage: str = "") -> None:
+    """The first lines of a run (or of one stage): where it runs, on what data, which model and batch."""
     params = sum(p.numel() for p in method.model.parameters())
     streams = ", ".join(f"{name} x{s.batch_size}" for name, s in method.streams().items())
     print(
-        f"gssl_fast: {recipe.name} | method {recipe.method.name} | device {accelerator.device} "
+        f"gssl_fast: {recipe.name} | method {recipe.method.name}{f' stage {stage}' if stage else ''} | "
+        f"device {accelerator.device} "
         f"x{accelerator.num_processes} ({accelerator.distributed_type}), {threads} threads/process, "
         f"precision {accelerator.mixed_precision}\n"
         f"data {recipe.data.name}: {len(train_ds.labels)} train / {len(val_ds.labels)} val images, "
@@ -78,10 +79,19 @@ def summary_line(row: dict, epochs: int) -> str:
     group of per-task values the method logged (pretext accuracy, gate, ...)."""
     parts = [f"epoch {row['epoch'] + 1}/{epochs}: loss {row['train_loss']:.4f}"]
     if "val_acc1" in row:
-        parts[0] += f" val top-1 {row['val_acc1']:.2f}% top-5 {row['val_acc5']:.2f}%"
+        parts[0] += f" val top-1 {row['val_acc1']:.2f}%"
+    if "val_acc5" in row:
+        parts[0] += f" top-5 {row['val_acc5']:.2f}%"
     robust = [f"{k[4:-5]} {v:.2f}%" for k, v in row.items() if k.startswith("val_pgd") and k.endswith("_acc1")]
     if robust:
         parts.append("robust " + " ".join(robust))
+    # Any other evaluation number a method reports (kNN accuracy, held-out accuracy, ...).
+    shown = {"val_acc1", "val_acc5"}
+    other = [f"{k} {v:.{2 if k.endswith('acc1') else 4}f}" for k, v in row.items()
+             if k.startswith(("val_", "holdout_", "selected_")) and k not in shown and not k.startswith("val_pgd")
+             and isinstance(v, float)]
+    if other:
+        parts.append(" ".join(other))
     for group, values in row.items():
         if isinstance(values, dict) and values:
             unit = "%" if group.endswith("acc") else ""

@@ -61,7 +61,7 @@ class LossConfig:
 
 @dataclass(frozen=True)
 class OptimConfig:
-    name: str = "sgd"
+    name: str = "sgd"  # "sgd" | "adam"
     lr: float = 0.1  # peak learning rate (for the whole batch, no scaling rule)
     momentum: float = 0.9
     nesterov: bool = False

@@ -44,6 +44,8 @@ def parse_args(argv=None) -> argparse.Namespace:
                    help="continue from the newest checkpoint of the run folder (auto) or from PATH")
     p.add_argument("--overwrite", action="store_true",
                    help="start over in a run folder that holds an earlier run")
+    p.add_argument("--stage", default=None, metavar="NAME",
+                   help="run this stage of a staged method alone (its earlier stages must be done)")
     return p.parse_args(argv)
 
 
@@ -51,7 +53,7 @@ def main(argv=None) -> int:
     args = parse_args(argv)
     try:
         recipe = load_recipe(args.recipe, args.set)
-        fit(recipe, out=args.out, resume=args.resume, overwrite=args.overwrite)
+        fit(recipe, out=args.out, resume=args.resume, overwrite=args.overwrite, stage=args.stage)
     except UserError as e:
         # Every process hits the same error; one message is enough.
         if os.environ.get("RANK", "0") == "0":
@@ -100,11 +102,15 @@ def run_dir_of(recipe: Recipe, out) -> Path:
 
 def prepare_run_dir(recipe: Recipe, out, resume, overwrite: bool, accelerator) -> tuple[Path, Path | None]:
     """The run folder and the checkpoint to resume from (None: fresh start)."""
+    from gssl_fast.stages import STAGES_DIR
+
     run_dir = run_dir_of(recipe, out)
     found = checkpoint.list_checkpoints(run_dir)
-    if found and not resume and not overwrite:
+    staged = (run_dir / STAGES_DIR).is_dir()
+    if (found or staged) and not resume and not overwrite:
+        what = f"newest checkpoint {found[-1].name}" if found else f"stages in {run_dir / STAGES_DIR}"
         raise UserError(
-            f"{run_dir} holds an earlier run (newest checkpoint {found[-1].name}); continue it with "
+            f"{run_dir} holds an earlier run ({what}); continue it with "
             "--resume auto, start over with --overwrite, or pick another folder with --out"
         )
     start = checkpoint.resolve_resume(resume, run_dir)
@@ -115,6 +121,7 @@ def prepare_run_dir(recipe: Recipe, out, resume, overwrite: bool, accelerator) -
                 old.unlink()
             (run_dir / "metrics.jsonl").unlink(missing_ok=True)
             shutil.rmtree(run_dir / "data", ignore_errors=True)  # .beton files of the old recipe
+            shutil.rmtree(run_dir / STAGES_DIR, ignore_errors=True)
         save_recipe(recipe, run_dir / "config.toml")
     accelerator.wait_for_everyone()
     return run_dir, start
@@ -156,35 +163,51 @@ class StepPlan:
         return min(self.batches, (self.total_steps - epoch * self.steps_per_epoch) * self.accum)
 
 
-def fit(recipe: Recipe, *, out=None, resume=None, overwrite=False) -> Path:
-    """Trains ``recipe`` to its last step; returns the run folder."""
+def fit(recipe: Recipe, *, out=None, resume=None, overwrite=False, stage: str | None = None) -> Path:
+    """Trains ``recipe`` to its last step (every stage of a staged method, or ``stage``
+    alone); returns the run folder."""
     from accelerate.utils import set_seed
 
-    from gssl_fast.loaders import (
-        build_train_loaders,
-        build_val_loader,
-        input_normalization,
-        loader_source,
-        steps_in_epoch,
-    )
+    from gssl_fast.loaders import input_normalization, loader_source
     from gssl_fast.methods import MethodContext, build_method
-    from gssl_fast.optim import build_optimizer, build_scheduler
+    from gssl_fast.stages import run_stages
 
     train = recipe.train
+    resume = resume or ("auto" if stage is not None else None)  # one stage continues its run
     accelerator = make_accelerator(train, run_dir_of(recipe, out))
     threads = set_threads(train, accelerator)
     run_dir, start_from = prepare_run_dir(recipe, out, resume, overwrite, accelerator)
     recipe = dataclasses.replace(recipe, train=per_process(train, accelerator.num_processes))
-    train = recipe.train
-    set_seed(train.seed)  # the same initial weights on every process
-    train_src, train_ds = loader_source(recipe, "train", run_dir, accelerator)
-    val_src, val_ds = loader_source(recipe, "val", run_dir, accelerator)
+    set_seed(recipe.train.seed)  # the same initial weights on every process
+    data = {split: loader_source(recipe, split, run_dir, accelerator) for split in ("train", "val")}
+    train_ds = data["train"][1]
     counts = np.bincount(train_ds.labels, minlength=len(train_ds.classes))
     mean, std = input_normalization(recipe.data, train_ds)
     method = build_method(recipe.method, MethodContext.of(recipe, counts, mean, std, train_labels=train_ds.labels,
                                                           run_dir=run_dir, main_process=accelerator.is_main_process))
+    run = dict(accelerator=accelerator, threads=threads, data=data)
+    if method.stages():
+        run_stages(recipe, method, run_dir, run, resume=resume, only=stage)
+    else:
+        if stage is not None:
+            raise UserError(f"--stage {stage}: method.name = {recipe.method.name!r} has no stages")
+        train_method(recipe, method, run_dir, start_from, **run)
+    accelerator.end_training()
+    return run_dir
+
+
+def train_method(recipe: Recipe, method, run_dir: Path, start_from: Path | None, *, accelerator, threads, data,
+                 stage: str = "") -> None:
+    """One training run of ``method`` (a whole run, or one stage of a staged method) in
+    ``run_dir``: loaders, optimizer and schedule, prepare, resume from ``start_from``, epochs."""
+    from gssl_fast.loaders import build_train_loaders, build_val_loader, steps_in_epoch
+    from gssl_fast.optim import build_optimizer, build_scheduler
+
+    train = recipe.train
+    (train_src, train_ds), (val_src, val_ds) = data["train"], data["val"]
     loaders = build_train_loaders(recipe, method.streams(), train_src, accelerator)
     val_loader = build_val_loader(recipe, val_src, accelerator)
+    method.attach_loaders(train_eval=lambda subset=None: build_val_loader(recipe, train_src, accelerator, subset))
     batches = steps_in_epoch(next(iter(loaders.values())), train)
     per_epoch = batches // train.grad_accum_steps
     plan = StepPlan(batches, train.grad_accum_steps, train.steps or train.epochs * per_epoch)
@@ -197,11 +220,9 @@ def fit(recipe: Recipe, *, out=None, resume=None, overwrite=False) -> Path:
     if accelerator.is_main_process:
         from gssl_fast.progress import describe
 
-        describe(recipe, accelerator, threads, train_ds, val_ds, method, plan, first_epoch)
+        describe(recipe, accelerator, threads, train_ds, val_ds, method, plan, first_epoch, stage=stage)
     run_epochs(recipe, method, model, optimizer, scheduler, loaders, val_loader, accelerator,
-               run_dir=run_dir, first_epoch=first_epoch, plan=plan, threads=threads)
-    accelerator.end_training()
-    return run_dir
+               run_dir=run_dir, first_epoch=first_epoch, plan=plan, threads=threads, stage=stage)
 
 
 class Cycle:
@@ -259,8 +280,8 @@ def train_one_epoch(method, model, optimizer, scheduler, loaders: dict, *, epoch
             row = torch.stack([torch.as_tensor(out[k], device=accelerator.device).detach().float().reshape(())
                                for k in names])
             sums = row if sums is None else sums + row
-            images += batches[main]["images"].shape[0]
-            progress.update(batches[main]["images"].shape[0] * accelerator.num_processes,
+            images += batches[main]["labels"].shape[0]
+            progress.update(batches[main]["labels"].shape[0] * accelerator.num_processes,
                             lambda: {"loss": out["loss"].item()})
     finally:
         for stream in streams.values():
@@ -284,20 +305,23 @@ def epoch_row(names: list[str], sums: torch.Tensor, steps: int) -> dict:
 
 
 def run_epochs(recipe, method, model, optimizer, scheduler, loaders, val_loader, accelerator, *,
-               run_dir: Path, first_epoch: int, plan: StepPlan, threads: int) -> None:
-    """Train, evaluate, log and checkpoint each epoch from ``first_epoch`` on."""
+               run_dir: Path, first_epoch: int, plan: StepPlan, threads: int, stage: str = "") -> None:
+    """Train, evaluate, log and checkpoint each epoch from ``first_epoch`` on. A stage
+    of a staged method logs into the run's metrics.jsonl (the folder above ``stages/``)
+    with a ``stage`` field."""
     from gssl_fast.metrics import MetricsLog
     from gssl_fast.progress import Progress, summary_line
+    from gssl_fast.stages import run_folder_of
 
     train, rank = recipe.train, accelerator.process_index
     plain = method.model  # the module itself: not wrapped by DDP, not compiled
-    log = MetricsLog(run_dir / "metrics.jsonl")
+    log = MetricsLog(run_folder_of(run_dir, stage) / "metrics.jsonl", stage=stage)
     if accelerator.is_main_process:
         log.truncate_after(first_epoch - 1)
     if train.log_with != "none":
         # Events go to <run>/<tracker>/: every scalar of metrics.jsonl, by the same name.
         accelerator.init_trackers(train.log_with, config=tracker_config(recipe))
-    best = best_so_far(log.read()[:first_epoch])
+    best = best_so_far(log.read_stage()[:first_epoch])
     for epoch in range(first_epoch, plan.epochs):
         start = time.perf_counter()
         # Reseeded per (seed, rank, epoch): a resumed run draws what an uninterrupted one
@@ -316,7 +340,8 @@ def run_epochs(recipe, method, model, optimizer, scheduler, loaders, val_loader,
         broadcast_buffers(plain, accelerator)
         report = method.evaluate(plain, val_loader, accelerator=accelerator, epoch=epoch,
                                  last=epoch == plan.epochs - 1)
-        row = {"epoch": epoch, "lr": optimizer.param_groups[0]["lr"], **epoch_row(names, sums, steps), **report}
+        row = {**({"stage": stage} if stage else {}), "epoch": epoch, "lr": optimizer.param_groups[0]["lr"],
+               **epoch_row(names, sums, steps), **report}
         if "val_acc1" in row and row["val_acc1"] > best[0]:
             best = (row["val_acc1"], epoch)
         row.update(best_val_acc1=best[0], best_epoch=best[1], train_images=images,
@@ -330,7 +355,7 @@ def run_epochs(recipe, method, model, optimizer, scheduler, loaders, val_loader,
             log.append(row)
             print(summary_line(row, plan.epochs), flush=True)
         if train.log_with != "none":
-            accelerator.log(scalars_of(row), step=epoch)
+            accelerator.log({f"{stage}/{k}" if stage else k: v for k, v in scalars_of(row).items()}, step=epoch)
         checkpoint.save_checkpoint(run_dir, epoch + 1, recipe, method, optimizer, scheduler, accelerator, train.keep_checkpoints)
 
 

@@ -8,7 +8,7 @@ and which ops they run natively, not in what they promise.
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import Mapping, Sequence
+from typing import Any, Mapping, Sequence
 
 import torch
 
@@ -27,7 +27,10 @@ class LoaderSpec:
     num_shards: the epoch's order and this process's share (``pipelines.sampling``).
     device: where batches are delivered. split: the split of a folder source.
     subset: ``[M]`` int64 dataset positions the loader draws from (a labeled subset,
-    say), or None for every image; epochs shuffle, shard and batch the subset."""
+    say), or None for every image; epochs shuffle, shard and batch the subset.
+    plan: ``fn(epoch) -> [num_batches, batch_size * num_shards]`` int64 global batches of
+    dataset positions (G-SimCLR's guided batches, ``pipelines.sampling.guided_batches``),
+    each shard taking its slice of every one; None: shuffled or in order as above."""
 
     batch_size: int
     views: tuple[tuple[str, View], ...]
@@ -43,9 +46,21 @@ class LoaderSpec:
     device: torch.device
     split: str
     subset: torch.Tensor | None = None
+    plan: Any = None
+
+    def planned(self, epoch: int, shard_id: int) -> torch.Tensor:
+        """``[num_batches * batch_size]`` this shard's slice of every planned global batch."""
+        batches = torch.as_tensor(np_int64(self.plan(epoch)))
+        b = self.batch_size
+        if batches.dim() != 2 or batches.shape[1] != b * self.num_shards:
+            raise ValueError(f"a batch plan must be [num_batches, {b * self.num_shards}] (batch_size x num_shards), "
+                             f"got {tuple(batches.shape)}")
+        return batches[:, shard_id * b : (shard_id + 1) * b].reshape(-1)
 
     def num_samples(self, n: int) -> int:
         """Images an epoch draws from, for a source of ``n`` images."""
+        if self.plan is not None:
+            return len(self.plan(0)) * self.batch_size * self.num_shards
         if self.subset is None:
             return n
         if len(self.subset) and not 0 <= int(self.subset.min()) <= int(self.subset.max()) < n:
@@ -57,7 +72,11 @@ class LoaderSpec:
                     drop_last: bool | None = None) -> torch.Tensor:
         """``[M]`` int64 dataset positions of this shard in ``epoch``, in order
         (``pipelines.sampling.epoch_indices`` over the subset); the spec's sharding unless
-        given."""
+        given. A plan fixes the order of each shard (the spec's shard count)."""
+        if self.plan is not None:
+            if num_shards not in (None, self.num_shards):  # every shard's slice, one after another
+                return torch.cat([self.planned(epoch, s) for s in range(self.num_shards)])
+            return self.planned(epoch, self.shard_id if shard_id is None else shard_id)
         order = epoch_indices(self.num_samples(n), seed=self.seed, epoch=epoch, shuffle=self.shuffle,
                               shard_id=self.shard_id if shard_id is None else shard_id,
                               num_shards=self.num_shards if num_shards is None else num_shards,
@@ -66,6 +85,8 @@ class LoaderSpec:
 
     def num_batches(self, n: int) -> int:
         """Batches per epoch of this shard for a source of ``n`` images."""
+        if self.plan is not None:
+            return len(self.plan(0))
         return num_batches(self.num_samples(n), batch_size=self.batch_size, shard_id=self.shard_id,
                            num_shards=self.num_shards, drop_last=self.drop_last)
 
@@ -95,6 +116,7 @@ def make_spec(
     device: torch.device | str | None = None,
     split: str = "train",
     subset=None,
+    plan=None,
 ) -> LoaderSpec:
     """The keywords of ``make_loader``, checked. Without ``views``, one view called
     ``images``: crop with ``crop_padding`` and flip (``augment``, ``hflip``), then the
@@ -121,6 +143,7 @@ def make_spec(
         batch_size=batch_size, views=tuple(check_views(views).items()), image_size=image_size, normalize=normalize,
         mean=tuple(mean) if mean else None, std=tuple(std) if std else None, shuffle=shuffle, drop_last=drop_last,
         seed=seed, shard_id=shard_id, num_shards=num_shards, device=torch.device(device), split=split, subset=subset,
+        plan=plan,
     )
 
 

@@ -8,6 +8,8 @@ the other keys of ``[method]``. Built in:
     adversarial.py   PGD adversarial training with G-SSL, robust accuracy (Table 2)
     fixmatch.py      FixMatch with G-SSL: labeled and unlabeled streams, weak and strong
                      views, EMA weights (Table 4)
+    simclr.py        SimCLR and G-SimCLR in stages: autoencoder, k-means, guided
+                     contrastive pretraining, linear evaluation, fine-tuning
 
 A method defined anywhere (a test file, a user's module) joins with ``@register_method``.
 """
@@ -45,6 +47,6 @@ def build_method(cfg, ctx: MethodContext) -> Method:
 
 
 # The built-in methods register themselves on import.
-from gssl_fast.methods import supervised, adversarial, fixmatch  # noqa: E402,F401,I001
+from gssl_fast.methods import supervised, adversarial, fixmatch, simclr  # noqa: E402,F401,I001
 
 __all__ = ["DEFAULT_METHOD", "METHODS", "Method", "MethodContext", "Stream", "build_method", "register_method"]

@@ -48,7 +48,8 @@ class Stream:
     Batches hold each view's ``[B, 3, H, W]`` uint8 pixels under its name (``images``
     by default) and the loader contract's ``[B]`` int64 entries (docs/method.md section 6).
     indices: the training images the stream draws from (``[M]`` int64 positions, a
-    labeled subset say); None for all.
+    labeled subset say); None for all. plan: ``fn(epoch) -> [num_batches, global batch]``
+    positions of every global batch (``pipelines.spec.LoaderSpec.plan``); None: shuffled.
     """
 
     batch_size: int
@@ -56,6 +57,7 @@ class Stream:
     augment: bool = True
     views: Mapping[str, tuple] | None = None
     indices: Any = None
+    plan: Any = None
 
 
 @dataclass(frozen=True)
@@ -117,6 +119,32 @@ class Method:
     def check(cls, recipe: Recipe, source: str) -> None:
         """Checks ``recipe.method`` and the method's rules across sections; raises
         ``UserError`` naming the key. Called when the recipe loads."""
+
+    # ---- stages
+    def stages(self) -> list[tuple[str, Any]]:
+        """``[(name, make), ...]`` of a method run in stages (``gssl_fast.stages``), in
+        order, ``make()`` building the stage's method when its turn comes; empty for a
+        method trained in one run (the default)."""
+        return []
+
+    trains: bool = True  # a stage that only computes (k-means, say) sets False and defines run()
+
+    def run(self, accelerator) -> dict:
+        """The work of a stage that does not train; returns a row for metrics.jsonl."""
+        raise NotImplementedError
+
+    def stage_sections(self, recipe: Recipe) -> Recipe:
+        """The recipe this stage trains with (its own epochs, batch, optimizer); as is by default."""
+        return recipe
+
+    def finish(self, accelerator) -> None:
+        """Hook after the last epoch of a stage (an autoencoder writes its codes, say)."""
+
+    def attach_loaders(self, **factories) -> None:
+        """Loader factories the loop offers: ``train_eval(subset=None)`` gives the
+        training images (of ``subset``) untransformed, in order, sharded (a kNN monitor's
+        memory bank, a held-out split)."""
+        self.loader_factories = factories
 
     # ---- data
     def streams(self) -> dict[str, Stream]:

@@ -184,6 +184,29 @@ def test_a_subset_is_drawn_once_per_epoch_and_sharded(backend, device):
         len(loader(backend, (images, labels), batch_size=4, subset=[1, 200], device=device))
 
 
+def test_a_batch_plan_gives_every_shard_its_slice_of_each_global_batch(backend, device):
+    """G-SimCLR's guided batches: the processes' batches together are the plan's."""
+    import numpy as np
+
+    from pipelines.sampling import guided_batches
+
+    images, labels = arrays(100, 16)
+    pseudo = np.arange(100) % 8
+
+    def plan(epoch):
+        return guided_batches(pseudo, 8, seed=3, epoch=epoch)
+
+    for epoch in (0, 1):
+        shards = []
+        for s in range(2):
+            ld = loader(backend, (images, labels), batch_size=4, plan=plan, shard_id=s, num_shards=2, device=device)
+            assert len(ld) == 12
+            ld.set_epoch(epoch)
+            shards.append([b["indices"].cpu() for b in collect(ld)])
+        together = torch.stack([torch.cat(pair) for pair in zip(*shards)])
+        assert torch.equal(together, torch.from_numpy(plan(epoch)))
+
+
 def test_ops_run_after_the_backend_are_normalized_too(backend, device):
     images, labels = arrays(64, 16)
     kw = dict(batch_size=32, views=VIEWS, seed=3, device=device, mean=(0.5, 0.4, 0.3), std=(0.2, 0.25, 0.3))

@@ -1,0 +1,384 @@
+"""SimCLR and G-SimCLR (docs/method.md section 4), run as stages in one run folder
+(``gssl_fast.stages``):
+
+    autoencoder  the denoising autoencoder on the training images; its codes -> codes.npy   (guided only)
+    cluster      k-means of the codes -> pseudo_labels.npy, clusters.json                    (guided only)
+    pretrain     contrastive training: two views per image, NT-Xent (negatives from the
+                 global batch), batches guided by the pseudo-labels; kNN accuracy each epoch
+    linear       linear classifiers at P1, P2, P3 on the frozen model, selected on a split
+                 held out from the training images; the test accuracy at the selected epoch
+    finetune     the pretrained backbone and a new head trained on a share of the labels
+
+    [method]
+    name = "simclr"
+    guided = true           # G-SimCLR; false: plain SimCLR (pretrain, linear, finetune)
+
+Pretraining takes ``[train]`` and ``[optim]``; the other stages their own keys below.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+from dataclasses import dataclass
+from functools import lru_cache
+from pathlib import Path
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+
+from gssl_fast import checkpoint
+from gssl_fast.config_checks import rule
+from gssl_fast.errors import UserError
+from gssl_fast.methods import register_method
+from gssl_fast.methods.base import Method, Stream, main_batch, pixels
+from gssl_fast.sections import Recipe
+
+CODES, PSEUDO_LABELS, CLUSTERS = "codes.npy", "pseudo_labels.npy", "clusters.json"
+# The optimizer of linear evaluation and fine-tuning (cosine over their epochs), whatever pretraining used.
+SGD = dict(name="sgd", momentum=0.9, nesterov=False, schedule="cosine", warmup_epochs=0.0)
+
+
+@dataclass(frozen=True)
+class SimCLRConfig:
+    name: str = "simclr"
+    guided: bool = True  # G-SimCLR: batches guided by k-means pseudo-labels of autoencoder codes
+    clusters: int = 0  # k of k-means; 0 = the global pretraining batch (the notebooks)
+    projection: tuple[int, ...] = (256, 128, 50)  # widths of the projection head
+    temperature: float = 0.1  # NT-Xent tau
+    color_strength: float = 0.5  # colour jitter strength s
+    crop_scale_min: float = 0.08  # smallest area share of the random resized crop
+    knn_k: int = 20  # neighbours of the kNN monitor (0 = no monitor)
+    ae_epochs: int = 20
+    ae_batch_size: int = 128  # per process
+    ae_lr: float = 1e-3  # Adam
+    ae_noise: float = 0.01  # std of the Gaussian input noise, pixels in [0, 1]
+    linear_epochs: int = 30
+    linear_lr: float = 0.1  # SGD momentum 0.9, cosine, no weight decay
+    holdout: float = 0.1  # share of the training images held out to select the linear classifier
+    finetune_fraction: float = 0.1  # share of the labels for fine-tuning (balanced per class)
+    finetune_epochs: int = 30
+    finetune_lr: float = 0.01  # SGD momentum 0.9, cosine, weight decay 5e-4
+
+
+@register_method
+class SimCLR(Method):
+    name = "simclr"
+    Config = SimCLRConfig
+
+    @classmethod
+    def check(cls, recipe: Recipe, source: str) -> None:
+        c = recipe.method
+        rule(c.clusters >= 0, "method.clusters", "be >= 0 (0: the global batch)", c.clusters, source)
+        rule(len(c.projection) == 3 and min(c.projection) >= 1, "method.projection", "be three widths >= 1",
+             c.projection, source)
+        rule(c.temperature > 0, "method.temperature", "be > 0", c.temperature, source)
+        rule(0 < c.crop_scale_min <= 1, "method.crop_scale_min", "be in (0, 1]", c.crop_scale_min, source)
+        rule(c.color_strength >= 0, "method.color_strength", "be >= 0", c.color_strength, source)
+        rule(0 < c.holdout < 1, "method.holdout", "be in (0, 1)", c.holdout, source)
+        rule(0 < c.finetune_fraction <= 1, "method.finetune_fraction", "be in (0, 1]", c.finetune_fraction, source)
+        for key in ("ae_epochs", "linear_epochs", "finetune_epochs", "ae_batch_size"):
+            rule(getattr(c, key) >= 1, f"method.{key}", "be >= 1", getattr(c, key), source)
+        rule(recipe.data.image_size % 8 == 0 or not c.guided, "data.image_size",
+             "be a multiple of 8 for the autoencoder", recipe.data.image_size, source)
+        rule(not recipe.pretext.tasks, "pretext.tasks", "be [] with SimCLR (its views are its own)",
+             recipe.pretext.tasks, source)
+
+    def build_model(self):
+        return torch.nn.Identity()  # every stage builds its own
+
+    def stages(self):
+        kinds = [Pretrain, Linear, Finetune]
+        if self.cfg.guided:
+            kinds = [AutoencoderStage, Cluster, *kinds]
+        # Built when their turn comes: a later stage reads what the earlier ones wrote.
+        return [(k.stage, lambda k=k: k(self.cfg, self.ctx)) for k in kinds]
+
+
+class _Stage(Method):
+    """A stage of :class:`SimCLR`: reads and writes the files of the run's stages."""
+
+    stage = ""
+
+    def folder(self, stage: str | None = None) -> Path:
+        from gssl_fast.stages import stage_dir
+
+        return stage_dir(self.ctx.run_dir, stage or self.stage)
+
+    def pretrained(self):
+        """The contrastive model with the weights of the pretrain stage's last checkpoint."""
+        found = checkpoint.list_checkpoints(self.folder("pretrain"))
+        if not found:
+            raise UserError(f"stage {self.stage} needs a pretrained model; {self.folder('pretrain')} has no checkpoint")
+        model = build_contrastive(self.ctx, self.cfg)
+        model.load_state_dict(checkpoint.load(found[-1])["model"])
+        return model
+
+    def sections(self, recipe: Recipe, *, epochs: int, lr: float, batch_size: int | None = None,
+                 **optim) -> Recipe:
+        train = dataclasses.replace(recipe.train, epochs=epochs, steps=0, steps_per_epoch=0,
+                                    batch_size=batch_size or recipe.train.batch_size)
+        opt = dataclasses.replace(recipe.optim, lr=lr, **optim)
+        return dataclasses.replace(recipe, train=train, optim=opt)
+
+
+def build_contrastive(ctx, cfg):
+    from gssl_fast.contrastive_models import ContrastiveModel
+    from gssl_fast.models import InputNormalize, build_backbone
+
+    return ContrastiveModel(build_backbone(ctx.model), InputNormalize(ctx.mean, ctx.std), cfg.projection)
+
+
+class AutoencoderStage(_Stage):
+    stage = "autoencoder"
+
+    def build_model(self):
+        from gssl_fast.contrastive_models import Autoencoder
+
+        return Autoencoder()
+
+    def stage_sections(self, recipe):
+        return self.sections(recipe, epochs=self.cfg.ae_epochs, lr=self.cfg.ae_lr, batch_size=self.cfg.ae_batch_size,
+                             name="adam", weight_decay=0.0, schedule="constant", warmup_epochs=0.0)
+
+    def streams(self):
+        return {"train": Stream(self.cfg.ae_batch_size, views={"images": ()})}
+
+    def training_step(self, model, batches, *, accelerator):
+        x = pixels(main_batch(batches)["images"])
+        noisy = x + self.cfg.ae_noise * torch.randn_like(x)
+        loss = F.mse_loss(model(noisy)["reconstruction"].float(), x)
+        return {"loss": loss}
+
+    def evaluate(self, model, loader, *, accelerator, epoch, last):
+        codes = collect(model, loader, accelerator, lambda out, x: F.mse_loss(
+            out["reconstruction"].float(), pixels(x), reduction="none").mean(dim=(1, 2, 3))[:, None])
+        return {"val_mse": float(codes[0].mean())}
+
+    def finish(self, accelerator):
+        """The codes of every training image, in dataset order -> codes.npy."""
+        codes, _ = collect(self.model, self.loader_factories["train_eval"](), accelerator, lambda out, x: out["code"])
+        if accelerator.is_main_process:
+            save_array(self.folder() / CODES, codes.numpy().astype(np.float32))
+
+
+class Cluster(_Stage):
+    stage, trains = "cluster", False
+
+    def build_model(self):
+        return torch.nn.Identity()
+
+    def run(self, accelerator):
+        from sklearn.cluster import KMeans
+
+        path = self.folder() / PSEUDO_LABELS
+        k = self.cfg.clusters or self.ctx.train.batch_size * accelerator.num_processes
+        if accelerator.is_main_process:
+            codes = np.load(self.folder("autoencoder") / CODES, allow_pickle=False)
+            km = KMeans(n_clusters=k, n_init=3, random_state=self.ctx.train.seed).fit(codes)
+            labels = km.labels_.astype(np.int64)
+            save_array(path, labels)
+            sizes = np.bincount(labels, minlength=k)
+            (self.folder() / CLUSTERS).write_text(json.dumps({"k": k, "sizes": sizes.tolist(),
+                                                              "inertia": float(km.inertia_)}))
+        accelerator.wait_for_everyone()
+        sizes = np.bincount(np.load(path, allow_pickle=False), minlength=k)
+        return {"clusters": k, "cluster_min": int(sizes.min()), "cluster_max": int(sizes.max())}
+
+
+class Pretrain(_Stage):
+    stage = "pretrain"
+
+    def build_model(self):
+        return build_contrastive(self.ctx, self.cfg)
+
+    def streams(self):
+        from pipelines.simclr_ops import simclr_view
+
+        view = simclr_view(strength=self.cfg.color_strength, input_size=self.ctx.data.image_size,
+                           scale=(self.cfg.crop_scale_min, 1.0))
+        self.plan, self.pseudo = None, None
+        if self.cfg.guided:
+            from pipelines.sampling import guided_batch_bound
+
+            labels = np.load(self.folder("cluster") / PSEUDO_LABELS, allow_pickle=False)
+            global_batch = self.ctx.train.batch_size * world_size()
+            self.pseudo = torch.from_numpy(labels)
+            self.plan = guided_plan(labels, global_batch, self.ctx.train.seed)
+            self.bound = torch.from_numpy(guided_batch_bound(labels, global_batch))
+        return {"train": Stream(self.ctx.train.batch_size, views={"view1": view, "view2": view}, plan=self.plan)}
+
+    def on_epoch_start(self, epoch: int) -> None:
+        if self.plan is not None:  # which planned global batch each image is in this epoch
+            plan = torch.from_numpy(self.plan(epoch))
+            self.row_of = torch.full((len(self.pseudo),), -1, dtype=torch.int64)
+            self.row_of[plan.reshape(-1)] = torch.arange(len(plan)).repeat_interleave(plan.shape[1])
+
+    def training_step(self, model, batches, *, accelerator):
+        from gssl_fast.contrastive import nt_xent
+
+        batch = main_batch(batches)
+        b = batch["view1"].shape[0]
+        z = model(torch.cat([batch["view1"], batch["view2"]]))["z"]
+        loss = nt_xent(z[:b], z[b:], self.cfg.temperature, gather=True)
+        row = {"loss": loss}
+        if self.pseudo is not None:
+            # From the indices every process trained on: the most images of one
+            # pseudo-label in the global batch, whether that batch is one planned batch,
+            # and by how much it exceeds that batch's bound (0 by construction).
+            everyone = accelerator.gather(batch["indices"]).cpu()
+            repeat = torch.bincount(self.pseudo.index_select(0, everyone)).max()
+            rows = self.row_of.index_select(0, everyone)
+            row.update(guided_max_repeat=repeat.float(), guided_in_plan=(rows == rows[0]).all().float(),
+                       guided_excess=(repeat - self.bound[rows[0]]).clamp(min=0).float())
+        return row
+
+    def evaluate(self, model, loader, *, accelerator, epoch, last):
+        if not self.cfg.knn_k:
+            return {}
+        from gssl_fast.contrastive import knn_accuracy
+
+        feats = lambda out, x: out["features"]  # noqa: E731
+        bank, bank_labels = collect(model, self.loader_factories["train_eval"](), accelerator, feats)
+        query, query_labels = collect(model, loader, accelerator, feats)
+        acc = knn_accuracy(bank, bank_labels, query, query_labels, k=self.cfg.knn_k, num_classes=self.ctx.num_classes)
+        return {"val_knn_acc1": acc}
+
+
+class Linear(_Stage):
+    stage = "linear"
+
+    def build_model(self):
+        from gssl_fast.contrastive_models import LinearProbes
+
+        self.best = {}
+        return LinearProbes(self.pretrained(), self.ctx.num_classes)
+
+    def stage_sections(self, recipe):
+        return self.sections(recipe, epochs=self.cfg.linear_epochs, lr=self.cfg.linear_lr, **SGD, weight_decay=0.0)
+
+    def split(self) -> tuple[np.ndarray, np.ndarray]:
+        """(train positions, held-out positions): a seeded share of every class held out."""
+        labels = np.asarray(self.ctx.train_labels)
+        rng = np.random.default_rng(self.ctx.train.seed)
+        held = [rng.permutation(np.flatnonzero(labels == c))[: max(1, round(self.cfg.holdout * (labels == c).sum()))]
+                for c in np.unique(labels)]
+        held = np.sort(np.concatenate(held))
+        return np.setdiff1d(np.arange(len(labels)), held), held
+
+    def streams(self):
+        return {"train": Stream(self.ctx.train.batch_size, indices=self.split()[0])}
+
+    def training_step(self, model, batches, *, accelerator):
+        batch = main_batch(batches)
+        out = model(batch["images"])
+        losses = {f"loss_{d}": F.cross_entropy(out[f"logits_{d}"], batch["labels"]) for d in model_depths(model)}
+        return {"loss": sum(losses.values()), **{k: v.detach() for k, v in losses.items()}}
+
+    def evaluate(self, model, loader, *, accelerator, epoch, last):
+        held = self.loader_factories["train_eval"](self.split()[1])
+        report = {}
+        for d in model.depths:
+            pick = lambda out, x, d=d: out[f"logits_{d}"].argmax(1)[:, None]  # noqa: E731
+            (hp, hl), (vp, vl) = (collect(model, ld, accelerator, pick) for ld in (held, loader))
+            h_acc, v_acc = (100.0 * float((p[:, 0] == lab).float().mean()) for p, lab in ((hp, hl), (vp, vl)))
+            report[f"holdout_{d}_acc1"], report[f"val_{d}_acc1"] = h_acc, v_acc
+            if h_acc > self.best.get(d, (-1.0, 0.0, -1))[0]:
+                self.best[d] = (h_acc, v_acc, epoch)
+            report[f"selected_{d}_acc1"], report[f"selected_{d}_epoch"] = self.best[d][1], self.best[d][2]
+        report["val_acc1"] = report[f"val_{model.depths[0]}_acc1"]
+        return report
+
+    def state_dict(self):
+        return {"best": {d: torch.tensor(v, dtype=torch.float64) for d, v in self.best.items()}}
+
+    def load_state_dict(self, state):
+        self.best = {d: (float(v[0]), float(v[1]), int(v[2])) for d, v in state.get("best", {}).items()}
+
+
+class Finetune(_Stage):
+    stage = "finetune"
+
+    def build_model(self):
+        from gssl_fast.contrastive_models import FineTuned
+
+        return FineTuned(self.pretrained(), self.ctx.num_classes)
+
+    def stage_sections(self, recipe):
+        return self.sections(recipe, epochs=self.cfg.finetune_epochs, lr=self.cfg.finetune_lr, **SGD,
+                             weight_decay=5e-4)
+
+    def streams(self):
+        from gssl_fast.methods.fixmatch import balanced_subset
+
+        labels = np.asarray(self.ctx.train_labels)
+        k = self.ctx.num_classes
+        per_class = max(1, int(self.cfg.finetune_fraction * len(labels) / k))
+        per_class = min(per_class, int(np.bincount(labels, minlength=k).min()))
+        return {"train": Stream(self.ctx.train.batch_size, indices=balanced_subset(labels, per_class * k, k,
+                                                                                   self.ctx.train.seed))}
+
+    def training_step(self, model, batches, *, accelerator):
+        batch = main_batch(batches)
+        loss = F.cross_entropy(model(batch["images"])["logits"].float(), batch["labels"])
+        return {"loss": loss}
+
+    def evaluate(self, model, loader, *, accelerator, epoch, last):
+        report = super().evaluate(model, loader, accelerator=accelerator, epoch=epoch, last=last)
+        return {**report, "finetune_acc1": report["val_acc1"]}  # its own name in the run's table
+
+
+def model_depths(model):
+    return getattr(model, "module", model).depths
+
+
+def world_size() -> int:
+    import torch.distributed as dist
+
+    return dist.get_world_size() if dist.is_available() and dist.is_initialized() else 1
+
+
+def guided_plan(pseudo_labels: np.ndarray, global_batch: int, seed: int):
+    """``fn(epoch)``: G-SimCLR's global batches of an epoch (``pipelines.sampling.guided_batches``), cached."""
+    from pipelines.sampling import guided_batches
+
+    @lru_cache(maxsize=2)
+    def plan(epoch: int) -> np.ndarray:
+        return guided_batches(pseudo_labels, global_batch, seed=seed, epoch=epoch)
+
+    return plan
+
+
+@torch.no_grad()
+def collect(model, loader, accelerator, take) -> tuple[torch.Tensor, torch.Tensor]:
+    """``(values [N, D] float32 CPU, labels [N])`` of ``take(model_output, images)`` over
+    ``loader`` (every process its shard), gathered and put in dataset order."""
+    was = model.training
+    model.eval()
+    rows, labels, index = [], [], []
+    with accelerator.autocast():
+        for batch in loader:
+            rows.append(take(model(batch["images"]), batch["images"]).float())
+            labels.append(batch["labels"])
+            index.append(batch["indices"])
+    model.train(was)
+    parts = [torch.cat(t) for t in (rows, labels, index)]
+    if accelerator.num_processes > 1:
+        parts = [accelerator.gather(accelerator.pad_across_processes(t, dim=0, pad_index=-1)) for t in parts]
+    values, labels, index = (t.cpu() for t in parts)
+    keep = index >= 0
+    values, labels, index = values[keep], labels[keep], index[keep]
+    _, first = np.unique(index.numpy(), return_index=True)  # in dataset order, each image once
+    order = torch.from_numpy(first)
+    return values[order], labels[order]
+
+
+def save_array(path: Path, array: np.ndarray) -> None:
+    """``np.save`` to a temporary name, then a rename: a killed stage leaves no half file."""
+    import os
+
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_name(f".{path.name}.tmp.npy")
+    np.save(tmp, array, allow_pickle=False)
+    os.replace(tmp, path)
