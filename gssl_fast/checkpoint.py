@@ -92,14 +92,13 @@ def set_rng_state(state: dict) -> None:
         torch.cuda.set_rng_state_all(state["cuda"])
 
 
-def save_checkpoint(run_dir, epochs_done, recipe, method, optimizer, scheduler, accelerator, keep) -> None:
+def save_checkpoint(run_dir, epochs_done, recipe_toml: str, method, optimizer, scheduler, accelerator, keep) -> None:
     """Main process writes atomically; the others wait so nobody races ahead of it.
 
-    Beside the training state: the resolved recipe and what the method was built from
+    Beside the training state: the resolved recipe (``recipe_toml``, as
+    ``gssl_fast.config.recipe_to_toml`` writes it) and what the method was built from
     (``context``), so that ``gssl_fast.load_model`` rebuilds the model from the file alone.
     """
-    from gssl_fast.config import recipe_to_toml
-
     accelerator.wait_for_everyone()
     if accelerator.is_main_process:
         ctx = method.ctx
@@ -111,7 +110,7 @@ def save_checkpoint(run_dir, epochs_done, recipe, method, optimizer, scheduler, 
             "scheduler": scheduler.state_dict(),
             "scaler": accelerator.scaler.state_dict() if accelerator.scaler is not None else None,
             "rng": rng_state(),
-            "recipe": recipe_to_toml(recipe),
+            "recipe": recipe_toml,
             "context": {"class_counts": list(ctx.class_counts), "mean": list(ctx.mean), "std": list(ctx.std)},
         }
         save_atomic(state, checkpoint_path(run_dir, epochs_done))

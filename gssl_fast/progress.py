@@ -99,3 +99,22 @@ def summary_line(row: dict, epochs: int) -> str:
             parts.append(label + " " + " ".join(f"{k} {v:.{1 if unit else 3}f}{unit}" for k, v in values.items()))
     parts.append(f"{row['images_per_s']:.0f} img/s, {row['seconds']:.1f}s")
     return " | ".join(parts)
+
+
+def scalars_of(row: dict) -> dict[str, float]:
+    """The numbers of a metrics.jsonl row for a tracker: nested groups as ``group/key``."""
+    out = {}
+    for key, value in row.items():
+        if isinstance(value, dict):
+            out.update({f"{key}/{k}": v for k, v in value.items() if isinstance(v, (int, float))})
+        elif isinstance(value, (int, float)) and not isinstance(value, bool):
+            out[key] = value
+    return out
+
+
+def tracker_config(recipe) -> dict:
+    """The resolved recipe as flat ``section.key`` hyperparameters (lists as text)."""
+    from gssl_fast.config import recipe_to_dict
+
+    return {f"{section}.{key}": value if isinstance(value, (int, float, str, bool)) else str(value)
+            for section, table in recipe_to_dict(recipe).items() for key, value in table.items()}

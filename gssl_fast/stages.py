@@ -47,11 +47,11 @@ def mark_done(run_dir: Path, name: str, row: dict | None = None) -> None:
     os.replace(tmp, folder / DONE)
 
 
-def run_stages(recipe, method, run_dir: Path, run: dict, *, resume: str | None, only: str | None) -> None:
+def run_stages(recipe, method, run_dir: Path, run: dict, *, resume: str | None, only: str | None, train) -> None:
     """Every stage of ``method`` in order (or ``only``): skip the done ones, resume the
-    interrupted one, run the rest. ``run``: the loop's accelerator, threads and data."""
+    interrupted one, run the rest. ``run``: the loop's accelerator, threads and data;
+    ``train(recipe, method, folder, start_from, stage=..., **run)``: the loop's training run."""
     from gssl_fast.metrics import MetricsLog
-    from gssl_fast.train import train_method
 
     accelerator = run["accelerator"]
     stages = method.stages()
@@ -76,7 +76,7 @@ def run_stages(recipe, method, run_dir: Path, run: dict, *, resume: str | None, 
         stage = make()
         if stage.trains:
             start = checkpoint.resolve_resume("auto" if resume or only else None, folder)
-            train_method(stage.stage_sections(recipe), stage, folder, start, stage=name, **run)
+            train(stage.stage_sections(recipe), stage, folder, start, stage=name, **run)
             stage.finish(accelerator)
             row = {}
         else:

@@ -28,7 +28,7 @@ import numpy as np
 import torch
 
 from gssl_fast import checkpoint
-from gssl_fast.config import Recipe, load_recipe, save_recipe
+from gssl_fast.config import Recipe, load_recipe, recipe_to_toml, save_recipe
 from pipelines.errors import UserError
 
 USAGE_EXIT = 2
@@ -187,7 +187,7 @@ def fit(recipe: Recipe, *, out=None, resume=None, overwrite=False, stage: str | 
                                                           run_dir=run_dir, main_process=accelerator.is_main_process))
     run = dict(accelerator=accelerator, threads=threads, data=data)
     if method.stages():
-        run_stages(recipe, method, run_dir, run, resume=resume, only=stage)
+        run_stages(recipe, method, run_dir, run, resume=resume, only=stage, train=train_method)
     else:
         if stage is not None:
             raise UserError(f"--stage {stage}: method.name = {recipe.method.name!r} has no stages")
@@ -310,7 +310,7 @@ def run_epochs(recipe, method, model, optimizer, scheduler, loaders, val_loader,
     of a staged method logs into the run's metrics.jsonl (the folder above ``stages/``)
     with a ``stage`` field."""
     from gssl_fast.metrics import MetricsLog
-    from gssl_fast.progress import Progress, summary_line
+    from gssl_fast.progress import Progress, scalars_of, summary_line, tracker_config
     from gssl_fast.stages import run_folder_of
 
     train, rank = recipe.train, accelerator.process_index
@@ -356,26 +356,8 @@ def run_epochs(recipe, method, model, optimizer, scheduler, loaders, val_loader,
             print(summary_line(row, plan.epochs), flush=True)
         if train.log_with != "none":
             accelerator.log({f"{stage}/{k}" if stage else k: v for k, v in scalars_of(row).items()}, step=epoch)
-        checkpoint.save_checkpoint(run_dir, epoch + 1, recipe, method, optimizer, scheduler, accelerator, train.keep_checkpoints)
-
-
-def scalars_of(row: dict) -> dict[str, float]:
-    """The numbers of a metrics.jsonl row for a tracker: nested groups as ``group/key``."""
-    out = {}
-    for key, value in row.items():
-        if isinstance(value, dict):
-            out.update({f"{key}/{k}": v for k, v in value.items() if isinstance(v, (int, float))})
-        elif isinstance(value, (int, float)) and not isinstance(value, bool):
-            out[key] = value
-    return out
-
-
-def tracker_config(recipe) -> dict:
-    """The resolved recipe as flat ``section.key`` hyperparameters (lists as text)."""
-    from gssl_fast.config import recipe_to_dict
-
-    return {f"{section}.{key}": value if isinstance(value, (int, float, str, bool)) else str(value)
-            for section, table in recipe_to_dict(recipe).items() for key, value in table.items()}
+        checkpoint.save_checkpoint(run_dir, epoch + 1, recipe_to_toml(recipe), method, optimizer, scheduler, accelerator,
+                                   train.keep_checkpoints)
 
 
 def best_so_far(rows: list[dict]) -> tuple[float, int]:

@@ -282,7 +282,7 @@ class Linear(_Stage):
         for d in model.depths:
             pick = lambda out, x, d=d: out[f"logits_{d}"].argmax(1)[:, None]  # noqa: E731
             (hp, hl), (vp, vl) = (collect(model, ld, accelerator, pick) for ld in (held, loader))
-            h_acc, v_acc = (100.0 * float((p[:, 0] == lab).float().mean()) for p, lab in ((hp, hl), (vp, vl)))
+            h_acc, v_acc = (100.0 * float((p[:, 0] == lab).double().mean()) for p, lab in ((hp, hl), (vp, vl)))
             report[f"holdout_{d}_acc1"], report[f"val_{d}_acc1"] = h_acc, v_acc
             if h_acc > self.best.get(d, (-1.0, 0.0, -1))[0]:
                 self.best[d] = (h_acc, v_acc, epoch)

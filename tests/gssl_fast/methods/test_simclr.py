@@ -20,6 +20,7 @@ from gssl_fast.stages import DONE, stage_dir
 from gssl_fast.train import main
 
 ROOT = Path(__file__).resolve().parents[3]
+STAGES = ("autoencoder", "cluster", "pretrain", "linear", "finetune")
 RECIPES = ROOT / "recipes"
 # recipes/shapes_gsimclr.toml, smaller still: 16 steps of pretraining, 2 epochs elsewhere.
 SMALL = ["data.train_size=512", "data.val_size=128", "data.image_size=16", "train.epochs=2", "train.num_threads=1",
@@ -77,17 +78,19 @@ def test_every_stage_runs_skips_and_resumes(tmp_path, capsys):
 
     # An interrupted stage (its last checkpoint and marker gone, the later stages not run)
     # resumes to the same weights, and the stages after it are redone identically.
-    for name in ("pretrain", "linear", "finetune"):
-        before = {s: final_state(run, s) for s in ("pretrain", "linear", "finetune")}
+    trained = ("autoencoder", "pretrain", "linear", "finetune")
+    for name in trained:
+        before = {s: final_state(run, s) for s in trained}
         folder = stage_dir(run, name)
         (folder / DONE).unlink()
         sorted((folder / "checkpoints").iterdir())[-1].unlink()
-        for later in ("pretrain", "linear", "finetune")[("pretrain", "linear", "finetune").index(name) + 1:]:
+        for later in STAGES[STAGES.index(name) + 1:]:
             shutil.rmtree(stage_dir(run, later))
         assert main([recipe, "--out", str(run), "--resume", "auto", *sets(*SMALL)]) == 0
         for s, state in before.items():
             after = final_state(run, s)
             assert all(torch.equal(state[k], after[k]) for k in state), (name, s)
+        assert np.array_equal(np.load(stage_dir(run, "cluster") / "pseudo_labels.npy"), pseudo)
         assert [r["stage"] for r in rows_of(run)] == [r["stage"] for r in rows]  # redone epochs replaced their lines
         assert [r.get("selected_p1_acc1") for r in rows_of(run)] == [r.get("selected_p1_acc1") for r in rows]
 
