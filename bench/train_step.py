@@ -11,7 +11,7 @@ Part 1, one optimizer step (forward, backward, SGD step) on a synthetic float32
 - g-ssl 3 gated: ``("rotation", "flip", "perm")``, reference gate, gated combination
 ``overhead`` = extra time per step against supervised (the pretext heads and gate).
 
-Part 2, ``gssl_fast.train.train_one_epoch`` (the trainer's own loop, Accelerate,
+Part 2, ``gssl_fast.epoch.train_one_epoch`` (the trainer's own loop, Accelerate,
 G-SSL 3 gated) for ``--steps`` steps, fed by ``pipelines.torch`` over the built-in
 shapes data, or by a synthetic loader delivering one prepared batch (no loader work).
 ``x_vs_synthetic`` is the loop's throughput with the real loader over the synthetic one.
@@ -132,7 +132,8 @@ def part_epoch(args, device) -> list[dict]:
     from gssl_fast.config import Recipe, TrainConfig
     from gssl_fast.methods import MethodContext, build_method
     from gssl_fast.progress import Progress
-    from gssl_fast.train import make_accelerator, train_one_epoch
+    from gssl_fast.epoch import train_one_epoch
+    from gssl_fast.train import make_accelerator
     from pipelines.datasets.shapes import make_shapes
     from pipelines.torch import make_loader
 

@@ -18,11 +18,14 @@ import torch
 from pipelines.errors import UserError
 
 CHECKPOINT_DIR = "checkpoints"
-_NAME = re.compile(r"^epoch_(\d{4,})\.pt$")
+# epoch_0003.pt: 3 epochs done; epoch_0002_step_000120.pt: 2 epochs and 120 steps of the third
+# (written when a run is preempted).
+_NAME = re.compile(r"^epoch_(\d{4,})(?:_step_(\d{6,}))?\.pt$")
 
 
-def checkpoint_path(run_dir: Path, epoch: int) -> Path:
-    return Path(run_dir) / CHECKPOINT_DIR / f"epoch_{epoch:04d}.pt"
+def checkpoint_path(run_dir: Path, epoch: int, step: int = 0) -> Path:
+    name = f"epoch_{epoch:04d}_step_{step:06d}.pt" if step else f"epoch_{epoch:04d}.pt"
+    return Path(run_dir) / CHECKPOINT_DIR / name
 
 
 def list_checkpoints(run_dir: Path) -> list[Path]:
@@ -30,7 +33,7 @@ def list_checkpoints(run_dir: Path) -> list[Path]:
     folder = Path(run_dir) / CHECKPOINT_DIR
     if not folder.is_dir():
         return []
-    found = [(int(m.group(1)), p) for p in folder.iterdir() if (m := _NAME.match(p.name))]
+    found = [((int(m.group(1)), int(m.group(2) or 0)), p) for p in folder.iterdir() if (m := _NAME.match(p.name))]
     return [p for _, p in sorted(found)]
 
 
@@ -80,25 +83,40 @@ def load(path: Path) -> dict:
 
 
 def rng_state() -> dict:
-    state = {"torch": torch.get_rng_state()}
+    """torch's, CUDA's and numpy's global random state, as tensors and numbers."""
+    import numpy as np
+
+    kind, keys, pos, has_gauss, gauss = np.random.get_state()
+    state = {"torch": torch.get_rng_state(),
+             "numpy": {"keys": torch.from_numpy(keys.astype(np.int64)), "pos": int(pos), "has_gauss": int(has_gauss),
+                       "gauss": float(gauss)}}
     if torch.cuda.is_available():
         state["cuda"] = torch.cuda.get_rng_state_all()
     return state
 
 
 def set_rng_state(state: dict) -> None:
+    import numpy as np
+
     torch.set_rng_state(state["torch"])
+    if "numpy" in state:
+        n = state["numpy"]
+        np.random.set_state(("MT19937", n["keys"].numpy().astype(np.uint32), n["pos"], n["has_gauss"], n["gauss"]))
     if "cuda" in state and torch.cuda.is_available():
         torch.cuda.set_rng_state_all(state["cuda"])
 
 
-def save_checkpoint(run_dir, epochs_done, recipe_toml: str, method, optimizer, scheduler, accelerator, keep) -> None:
+def save_checkpoint(run_dir, epochs_done, recipe_toml: str, method, optimizer, scheduler, accelerator, keep,
+                    partial: dict | None = None) -> Path:
     """Main process writes atomically; the others wait so nobody races ahead of it.
 
     Beside the training state: the resolved recipe (``recipe_toml``, as
     ``gssl_fast.config.recipe_to_toml`` writes it) and what the method was built from
     (``context``), so that ``gssl_fast.load_model`` rebuilds the model from the file alone.
+    ``partial``: where an epoch stopped (``gssl_fast.epoch.Partial.state()``), for a
+    mid-epoch checkpoint. Returns the file's path.
     """
+    path = checkpoint_path(run_dir, epochs_done, partial["step"] if partial else 0)
     accelerator.wait_for_everyone()
     if accelerator.is_main_process:
         ctx = method.ctx
@@ -112,26 +130,45 @@ def save_checkpoint(run_dir, epochs_done, recipe_toml: str, method, optimizer, s
             "rng": rng_state(),
             "recipe": recipe_toml,
             "context": {"class_counts": list(ctx.class_counts), "mean": list(ctx.mean), "std": list(ctx.std)},
+            "partial": partial,
         }
-        save_atomic(state, checkpoint_path(run_dir, epochs_done))
+        try:
+            save_atomic(state, path)
+        except OSError as e:  # a full disk, say: the temp file is gone, the older checkpoints intact
+            found = list_checkpoints(run_dir)
+            kept = f"the newest checkpoint, {found[-1]}, is intact" if found else "no earlier checkpoint exists"
+            raise UserError(f"cannot write checkpoint {path}: {e.strerror or e}; {kept}; free space and continue "
+                            "with --resume auto") from None
         prune(run_dir, keep)
     accelerator.wait_for_everyone()
+    return path
 
 
-def restore(path: Path, method, optimizer, scheduler, accelerator) -> int:
+def restore(path: Path, method, optimizer, scheduler, accelerator) -> tuple[int, dict | None, dict]:
     """Loads a checkpoint into the method's model and state and the optimizer; returns
-    the finished epochs."""
+    the finished epochs, where the next epoch stopped (None: at its start) and the
+    random state the checkpoint holds."""
     state = load(path)
+    lr = [g["initial_lr"] for g in optimizer.param_groups]  # this recipe's, before the saved state
     try:
         method.model.load_state_dict(state["model"])
         method.load_state_dict(state.get("method", {}))
         optimizer.load_state_dict(state["optimizer"])
     except (RuntimeError, ValueError, KeyError) as e:
-        raise UserError(f"checkpoint {path} does not fit this recipe's model: {str(e).splitlines()[0]}") from None
+        # torch lists every missing, unexpected and mis-shaped weight: name the first few.
+        lines = [ln.strip() for ln in str(e).splitlines()[1:] if ln.strip()] or [str(e)]
+        detail = "; ".join(lines)[:400]
+        raise UserError(f"checkpoint {path} does not fit this recipe's model ({detail}); resume with the recipe "
+                        "it was written with (config.toml of its run), or start over with --overwrite") from None
     scheduler.load_state_dict(state["scheduler"])
+    # The recipe of the resumed run sets the peak lr (a changed optim.lr is named by the loop).
+    scheduler.base_lrs = lr
+    for group, base, factor in zip(optimizer.param_groups, lr, scheduler.lr_lambdas):
+        group["initial_lr"], group["lr"] = base, base * factor(scheduler.last_epoch)
     if accelerator.scaler is not None and state.get("scaler"):
         accelerator.scaler.load_state_dict(state["scaler"])
     set_rng_state(state["rng"])
     if accelerator.is_main_process:
-        print(f"resumed from {path} after epoch {state['epoch']}", flush=True)
-    return int(state["epoch"])
+        where = f", step {state['partial']['step']} of the next" if state.get("partial") else ""
+        print(f"resumed from {path} after epoch {state['epoch']}{where}", flush=True)
+    return int(state["epoch"]), state.get("partial"), state["rng"]

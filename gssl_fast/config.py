@@ -266,6 +266,23 @@ def recipe_to_dict(recipe: Recipe) -> dict:
     return out
 
 
+def recipe_changes(path: str | os.PathLike, recipe: Recipe) -> list[str]:
+    """``["section.key old -> new", ...]``: where ``recipe`` differs from the recipe
+    written at ``path`` (a run's config.toml); a file that cannot be read is one change."""
+    try:
+        old = _read_toml(Path(path))
+    except UserError:
+        return [f"{path} was unreadable"]
+    new = recipe_to_dict(recipe)
+    return [f"{section}.{key} {show(old.get(section, {}).get(key))} -> {show(value)}"
+            for section, table in new.items() for key, value in table.items()
+            if _plain(old.get(section, {}).get(key)) != _plain(value)]
+
+
+def _plain(value):
+    return list(value) if isinstance(value, tuple) else value
+
+
 def recipe_to_toml(recipe: Recipe) -> str:
     """The resolved recipe as TOML, every key of every section, that load_recipe reads back.
 

@@ -60,6 +60,8 @@ def check_data(cfg: DataConfig, source: str) -> None:
     one_of(cfg.longtail, LONGTAILS, "data.longtail", source)
     rule(0 < cfg.imbalance_ratio <= 1, "data.imbalance_ratio", "be in (0, 1] (rho = n_min / n_max)",
           cfg.imbalance_ratio, source)
+    rule(0 <= cfg.val_fraction < 1, "data.val_fraction", "be in [0, 1) (0: the dataset's own val split)",
+         cfg.val_fraction, source)
     rule(cfg.train_size > 0, "data.train_size", "be > 0", cfg.train_size, source)
     rule(cfg.val_size > 0, "data.val_size", "be > 0", cfg.val_size, source)
     rule(cfg.seed >= 0, "data.seed", "be >= 0", cfg.seed, source)

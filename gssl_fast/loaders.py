@@ -33,11 +33,16 @@ def loader_source(recipe: Recipe, split: str, run_dir: Path, accelerator):
     if loader == "dali" and data.name in FILE_DATASETS and (split == "val" or data.longtail == "none"):
         from pipelines.datasets.folders import list_folder
 
-        files = list_folder(data.root, split)
+        files = list_folder(data.root, split, val_fraction=data.val_fraction, seed=data.seed)
         return files, files
     dataset = load_dataset(data, split)
     if loader == "ffcv":
-        return ffcv_file(data.beton if split == "train" else "", split, dataset, run_dir, accelerator), dataset
+        path = ffcv_file(data.beton if split == "train" else "", split, dataset, run_dir, accelerator)
+        if data.beton and split == "train":
+            from pipelines.ffcv.convert import check_matches
+
+            check_matches(path, dataset, f"the recipe's {split} split (data.name = {data.name!r})")
+        return path, dataset
     return dataset, dataset
 
 

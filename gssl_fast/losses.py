@@ -32,7 +32,8 @@ def _check_counts(class_counts: Sequence[int], what: str) -> torch.Tensor:
         empty = [j for j, n in enumerate(counts.tolist()) if n < 1]
         raise UserError(
             f"{what} needs at least one training image per class; classes {empty} have none "
-            "(raise data.imbalance_ratio or data.train_size, or use loss.name = \"ce\" without loss.drw)"
+            "(raise data.imbalance_ratio, give every class images (data.train_size for the built-in data), "
+            "or use loss.name = \"ce\" without loss.drw)"
         )
     return counts
 

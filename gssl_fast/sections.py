@@ -24,7 +24,8 @@ class DataConfig:
     imbalance_ratio: float = 0.01  # rho = n_min / n_max of the long-tailed train split, in (0, 1]
     train_size: int = 10000  # images of the built-in dataset's train split
     val_size: int = 2000  # images of the built-in dataset's val split
-    seed: int = 0  # seed of the built-in dataset's generator
+    seed: int = 0  # seed of the built-in dataset's generator, and of data.val_fraction's draw
+    val_fraction: float = 0.0  # a single ImageFolder tree: this share of each class held out as the val split
     beton: str = ""  # FFCV .beton of the train split (train.loader = "ffcv"); "" = convert on first use
 
 

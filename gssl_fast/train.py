@@ -18,6 +18,7 @@ from __future__ import annotations
 import argparse
 import os
 import shutil
+import signal
 import sys
 import time
 import dataclasses
@@ -28,6 +29,7 @@ import numpy as np
 import torch
 
 from gssl_fast import checkpoint
+from gssl_fast.epoch import Partial, Preemption, Stopped, epoch_row, train_one_epoch
 from gssl_fast.config import Recipe, load_recipe, recipe_to_toml, save_recipe
 from pipelines.errors import UserError
 
@@ -59,6 +61,11 @@ def main(argv=None) -> int:
         if os.environ.get("RANK", "0") == "0":
             print(f"error: {e}", file=sys.stderr)
         return USAGE_EXIT
+    except Stopped as stop:
+        if os.environ.get("RANK", "0") == "0":
+            print(f"stopped by {signal.Signals(stop.signum).name} at {stop.where}: wrote {stop.path}; continue "
+                  f"with --resume auto (exit status {128 + stop.signum})", file=sys.stderr, flush=True)
+        return 128 + stop.signum
     return 0
 
 
@@ -72,6 +79,7 @@ def make_accelerator(cfg, run_dir: Path | None = None):
     from accelerate import Accelerator
 
     cpu = cfg.cpu or not torch.cuda.is_available()
+    check_precision(cfg.mixed_precision, cpu)
     tracker = None if cfg.log_with == "none" else cfg.log_with
     try:
         return Accelerator(cpu=cpu, mixed_precision=cfg.mixed_precision, gradient_accumulation_steps=cfg.grad_accum_steps,
@@ -79,6 +87,18 @@ def make_accelerator(cfg, run_dir: Path | None = None):
     except (ValueError, ImportError) as e:
         raise UserError(f"Accelerate cannot run train.mixed_precision = {cfg.mixed_precision!r}, train.log_with = "
                         f"{cfg.log_with!r} here: {str(e).splitlines()[0]}") from None
+
+
+def check_precision(precision: str, cpu: bool) -> None:
+    """Refuses a precision that would not run as asked; says when the recipe overrides
+    ``accelerate launch --mixed_precision``."""
+    if cpu and precision == "fp16":
+        raise UserError("train.mixed_precision = 'fp16' changes nothing on the CPU (its autocast runs bf16 only); "
+                        "set 'bf16' or 'no', or train on a GPU")
+    launched = os.environ.get("ACCELERATE_MIXED_PRECISION")
+    if launched and launched != precision and os.environ.get("RANK", "0") == "0":
+        print(f"note: the recipe's train.mixed_precision = {precision!r} replaces accelerate launch's "
+              f"--mixed_precision {launched}", file=sys.stderr, flush=True)
 
 
 def set_threads(cfg, accelerator) -> int:
@@ -114,17 +134,43 @@ def prepare_run_dir(recipe: Recipe, out, resume, overwrite: bool, accelerator) -
             "--resume auto, start over with --overwrite, or pick another folder with --out"
         )
     start = checkpoint.resolve_resume(resume, run_dir)
+    if start is not None and (found or staged) and run_dir.resolve() not in start.resolve().parents:
+        raise UserError(f"{run_dir} holds a run of its own, which resuming from {start} (another run's "
+                        "checkpoint) would replace; pick an empty folder with --out")
     if accelerator.is_main_process:
         run_dir.mkdir(parents=True, exist_ok=True)
+        if overwrite and (found or staged):
+            print(f"--overwrite: removing the earlier run in {run_dir} ({len(found)} checkpoints, its "
+                  "metrics.jsonl and stages)", flush=True)
         if overwrite and not start:
             for old in found:
                 old.unlink()
             (run_dir / "metrics.jsonl").unlink(missing_ok=True)
             shutil.rmtree(run_dir / "data", ignore_errors=True)  # .beton files of the old recipe
             shutil.rmtree(run_dir / STAGES_DIR, ignore_errors=True)
-        save_recipe(recipe, run_dir / "config.toml")
     accelerator.wait_for_everyone()
     return run_dir, start
+
+
+def record_recipe(recipe: Recipe, run_dir: Path, accelerator) -> None:
+    """Writes the run's ``config.toml`` once the run is known to start (a refused resume
+    leaves it as it was); a resume with other settings says which changed and keeps the
+    earlier recipe in ``config_history/``."""
+    from gssl_fast.config import recipe_changes
+
+    path = run_dir / "config.toml"
+    if accelerator.is_main_process:
+        if path.is_file():
+            changed = recipe_changes(path, recipe)
+            if changed:
+                history = run_dir / "config_history"
+                history.mkdir(exist_ok=True)
+                kept = history / f"config-{len(list(history.glob('config-*.toml'))) + 1:03d}.toml"
+                kept.write_bytes(path.read_bytes())
+                print(f"resuming with changed settings: {'; '.join(changed)} (the earlier recipe: {kept})",
+                      flush=True)
+        save_recipe(recipe, path)
+    accelerator.wait_for_everyone()
 
 
 def per_process(cfg, processes: int):
@@ -173,6 +219,8 @@ def fit(recipe: Recipe, *, out=None, resume=None, overwrite=False, stage: str | 
     from gssl_fast.stages import run_stages
 
     train = recipe.train
+    if resume and overwrite:
+        raise UserError(f"--resume {resume} continues a run and --overwrite deletes it: give one of them")
     resume = resume or ("auto" if stage is not None else None)  # one stage continues its run
     accelerator = make_accelerator(train, run_dir_of(recipe, out))
     threads = set_threads(train, accelerator)
@@ -187,6 +235,7 @@ def fit(recipe: Recipe, *, out=None, resume=None, overwrite=False, stage: str | 
                                                           run_dir=run_dir, main_process=accelerator.is_main_process))
     run = dict(accelerator=accelerator, threads=threads, data=data)
     if method.stages():
+        record_recipe(recipe, run_dir, accelerator)
         run_stages(recipe, method, run_dir, run, resume=resume, only=stage, train=train_method)
     else:
         if stage is not None:
@@ -216,99 +265,38 @@ def train_method(recipe: Recipe, method, run_dir: Path, start_from: Path | None,
     # Compiled for training only: evaluation, checkpoints and load_model use method.model.
     model = torch.compile(method.model) if train.compile else method.model
     model, optimizer = accelerator.prepare(model, optimizer)
-    first_epoch = checkpoint.restore(start_from, method, optimizer, scheduler, accelerator) if start_from else 0
+    first_epoch, partial, rng = (checkpoint.restore(start_from, method, optimizer, scheduler, accelerator)
+                                 if start_from else (0, None, None))
+    if not stage:
+        record_recipe(recipe, run_dir, accelerator)
     if accelerator.is_main_process:
         from gssl_fast.progress import describe
 
-        describe(recipe, accelerator, threads, train_ds, val_ds, method, plan, first_epoch, stage=stage)
-    run_epochs(recipe, method, model, optimizer, scheduler, loaders, val_loader, accelerator,
-               run_dir=run_dir, first_epoch=first_epoch, plan=plan, threads=threads, stage=stage)
-
-
-class Cycle:
-    """Endless batches of one stream's loader: a fresh pass whenever one runs out.
-
-    In epoch ``e`` the first pass is the loader's epoch ``e`` (for the main stream, the
-    only one) and pass ``p > 0`` its epoch ``(e << 16) + p``, so every batch is a function
-    of (seed, epoch, step) and a resumed run draws what an unbroken one would. Every
-    stream starts a fresh pass at each epoch.
-    """
-
-    def __init__(self, loader, epoch: int):
-        self.loader, self.epoch, self.passes = loader, epoch, 0
-        self.it = self._start()
-
-    def _start(self):
-        self.loader.set_epoch(self.epoch if self.passes == 0 else (self.epoch << 16) + self.passes)
-        self.passes += 1
-        return iter(self.loader)
-
-    def __next__(self) -> dict:
-        try:
-            return next(self.it)
-        except StopIteration:
-            self.it = self._start()
-            return next(self.it)
-
-    def close(self) -> None:
-        """Stops the loader's pass early (FFCV and DALI hold threads until then)."""
-        if hasattr(self.it, "close"):
-            self.it.close()
-
-
-def train_one_epoch(method, model, optimizer, scheduler, loaders: dict, *, epoch: int, accelerator, steps: int,
-                    progress) -> tuple[list[str], torch.Tensor, int]:
-    """``steps`` steps of ``method``; returns the names of the step's scalars, their sums
-    as a ``[S]`` float32 tensor (not yet reduced across processes) and the images of
-    the main stream this process trained on."""
-    model.train()
-    streams = {name: Cycle(loader, epoch) for name, loader in loaders.items()}
-    main = next(iter(streams))
-    names, sums, images = None, None, 0
-    try:
-        for _ in range(steps):
-            batches = {name: next(stream) for name, stream in streams.items()}
-            with accelerator.accumulate(model):
-                out = method.training_step(model, batches, accelerator=accelerator)
-                accelerator.backward(out["loss"])
-                optimizer.step()
-                if accelerator.sync_gradients:
-                    scheduler.step()
-                    method.on_optimizer_step(method.model)
-                optimizer.zero_grad(set_to_none=True)
-            names = names or list(out)
-            row = torch.stack([torch.as_tensor(out[k], device=accelerator.device).detach().float().reshape(())
-                               for k in names])
-            sums = row if sums is None else sums + row
-            images += batches[main]["labels"].shape[0]
-            progress.update(batches[main]["labels"].shape[0] * accelerator.num_processes,
-                            lambda: {"loss": out["loss"].item()})
-    finally:
-        for stream in streams.values():
-            stream.close()
-    return names, sums, images
-
-
-def epoch_row(names: list[str], sums: torch.Tensor, steps: int) -> dict:
-    """Reduced step sums -> the training fields of metrics.jsonl: each scalar's mean
-    over the epoch's steps and processes; ``loss`` is logged as ``train_loss`` and
-    ``group/key`` names become ``{"group": {"key": value}}``."""
-    row: dict = {}
-    for name, total in zip(names, (sums / steps).tolist()):
-        group, _, key = name.rpartition("/")
-        name = "train_loss" if name == "loss" else name
-        if group:
-            row.setdefault(group, {})[key] = total
+        if first_epoch >= plan.epochs:
+            print(f"{run_dir}: already finished ({plan.epochs} epochs, {plan.total_steps} steps); nothing to do",
+                  flush=True)
         else:
-            row[name] = total
-    return row
+            describe(recipe, accelerator, threads, train_ds, val_ds, method, plan, first_epoch, stage=stage)
+    run_epochs(recipe, method, model, optimizer, scheduler, loaders, val_loader, accelerator,
+               run_dir=run_dir, first_epoch=first_epoch, plan=plan, threads=threads, stage=stage,
+               partial=Partial.of(partial, rng))
 
 
 def run_epochs(recipe, method, model, optimizer, scheduler, loaders, val_loader, accelerator, *,
-               run_dir: Path, first_epoch: int, plan: StepPlan, threads: int, stage: str = "") -> None:
-    """Train, evaluate, log and checkpoint each epoch from ``first_epoch`` on. A stage
-    of a staged method logs into the run's metrics.jsonl (the folder above ``stages/``)
-    with a ``stage`` field."""
+               run_dir: Path, first_epoch: int, plan: StepPlan, threads: int, stage: str = "",
+               partial: Partial | None = None) -> None:
+    """Train, evaluate, log and checkpoint each epoch from ``first_epoch`` on (from
+    ``partial``'s step of it after a preemption). A stage of a staged method logs into
+    the run's metrics.jsonl (the folder above ``stages/``) with a ``stage`` field. A
+    SIGTERM or SIGINT writes a checkpoint at the next step boundary and raises ``Stopped``."""
+    with Preemption() as preemption:
+        _run_epochs(recipe, method, model, optimizer, scheduler, loaders, val_loader, accelerator, run_dir=run_dir,
+                    first_epoch=first_epoch, plan=plan, threads=threads, stage=stage, partial=partial,
+                    preemption=preemption)
+
+
+def _run_epochs(recipe, method, model, optimizer, scheduler, loaders, val_loader, accelerator, *, run_dir, first_epoch,
+                plan, threads, stage, partial, preemption) -> None:
     from gssl_fast.metrics import MetricsLog
     from gssl_fast.progress import Progress, scalars_of, summary_line, tracker_config
     from gssl_fast.stages import run_folder_of
@@ -331,8 +319,18 @@ def run_epochs(recipe, method, model, optimizer, scheduler, loaders, val_loader,
         method.on_epoch_start(epoch)
         steps = plan.batches_in(epoch)
         progress = Progress(steps, desc=f"epoch {epoch + 1}/{plan.epochs}", enabled=accelerator.is_main_process)
-        names, sums, images = train_one_epoch(method, model, optimizer, scheduler, loaders, epoch=epoch,
-                                              accelerator=accelerator, steps=steps, progress=progress)
+        try:
+            names, sums, images = train_one_epoch(method, model, optimizer, scheduler, loaders, epoch=epoch,
+                                                  accelerator=accelerator, steps=steps, progress=progress,
+                                                  start=partial, preemption=preemption)
+        except Stopped as stop:
+            progress.close()
+            stop.path = checkpoint.save_checkpoint(run_dir, epoch, recipe_to_toml(recipe), method, optimizer,
+                                                   scheduler, accelerator, train.keep_checkpoints + 1,
+                                                   partial=stop.partial.state())
+            stop.where = f"epoch {epoch + 1}, step {stop.partial.step}"
+            raise
+        partial = None
         progress.close()
         train_seconds = time.perf_counter() - start
         sums = accelerator.reduce(sums, reduction="sum") / accelerator.num_processes
@@ -356,8 +354,13 @@ def run_epochs(recipe, method, model, optimizer, scheduler, loaders, val_loader,
             print(summary_line(row, plan.epochs), flush=True)
         if train.log_with != "none":
             accelerator.log({f"{stage}/{k}" if stage else k: v for k, v in scalars_of(row).items()}, step=epoch)
-        checkpoint.save_checkpoint(run_dir, epoch + 1, recipe_to_toml(recipe), method, optimizer, scheduler, accelerator,
-                                   train.keep_checkpoints)
+        path = checkpoint.save_checkpoint(run_dir, epoch + 1, recipe_to_toml(recipe), method, optimizer, scheduler,
+                                          accelerator, train.keep_checkpoints)
+        signum = preemption.agreed(0, True, accelerator) if epoch < plan.epochs - 1 else 0
+        if signum:  # asked for while the epoch was evaluated or saved
+            stop = Stopped(signum, Partial())
+            stop.path, stop.where = path, f"the end of epoch {epoch + 1}"
+            raise stop
 
 
 def best_so_far(rows: list[dict]) -> tuple[float, int]:

@@ -179,10 +179,11 @@ def list_tinyimagenet(root, split: str) -> FileList:
     return FileList(tuple(paths), np.asarray(labels, dtype=np.int64), wnids)
 
 
-def list_folder(root, split: str = "train") -> FileList:
+def list_folder(root, split: str = "train", *, val_fraction: float = 0.0, seed: int = 0) -> FileList:
     """Either layout: Tiny-ImageNet when ``root/wnids.txt`` or
     ``root/tiny-imagenet-200/wnids.txt`` exists, else ImageFolder (``root/<split>`` when
-    root has ``train/`` and ``val/``, else root itself as train).
+    root has ``train/`` and ``val/``, else root itself: its images are the train split,
+    less a held-out ``val_fraction`` of each class drawn with ``seed``, the val split).
 
     Every reader of folders (the torch datasets, DALI, the FFCV conversion) lists them
     here, so a root means the same files to each of them.
@@ -190,14 +191,38 @@ def list_folder(root, split: str = "train") -> FileList:
     check_split(split)
     base = _existing_dir(root, "image", FOLDER_HELP)
     tiny = _find_tiny(base)
+    split_dirs = tiny is not None or ((base / "train").is_dir() and (base / "val").is_dir())
+    if split_dirs and val_fraction:
+        raise UserError(f"data.val_fraction = {val_fraction} holds images out of a single tree, but {base} has its "
+                        "own val split; set data.val_fraction = 0")
     if tiny is not None:
         return list_tinyimagenet(tiny, split)
-    if (base / "train").is_dir() and (base / "val").is_dir():
+    if split_dirs:
         train = list_image_folder(base / "train")
         return train if split == "train" else list_image_folder(base / "val", train.classes)
-    if split == "val":
-        raise UserError(f"{base} has no val/ folder, so there is no val split. {FOLDER_HELP}")
-    return list_image_folder(base)
+    if not val_fraction:
+        if split == "val":
+            raise UserError(f"{base} has no val/ folder, so there is no val split: set data.val_fraction "
+                            "(e.g. 0.1) to hold out that share of each class, seeded by data.seed, or give "
+                            f"root/train/ and root/val/. {FOLDER_HELP}")
+        return list_image_folder(base)
+    return held_out(list_image_folder(base), split, val_fraction, seed)
+
+
+def held_out(files: FileList, split: str, fraction: float, seed: int) -> FileList:
+    """The ``split`` of ``files`` when ``fraction`` of each class (at least one image of
+    a class with two or more) is held out as val, drawn with ``seed``."""
+    if not 0 < fraction < 1:
+        raise UserError(f"data.val_fraction must be in (0, 1), got {fraction}")
+    rng = np.random.default_rng(seed)
+    val = []
+    for c in range(len(files.classes)):
+        members = np.flatnonzero(files.labels == c)
+        k = min(len(members) - 1, max(1, round(fraction * len(members)))) if len(members) > 1 else 0
+        val.append(rng.permutation(members)[:k])
+    val = np.sort(np.concatenate(val)).astype(np.int64)
+    keep = val if split == "val" else np.setdiff1d(np.arange(len(files)), val)
+    return FileList(tuple(files.paths[i] for i in keep), files.labels[keep], files.classes)
 
 
 def decode_files(files: FileList, image_size: int, *, workers: int = 0) -> ArrayDataset:
@@ -238,5 +263,6 @@ def tinyimagenet(cfg, split: str) -> ArrayDataset:
 
 
 def imagefolder(cfg, split: str) -> ArrayDataset:
-    """Registry entry: an ImageFolder (or Tiny-ImageNet) tree at ``cfg.root``, ``cfg.image_size``."""
-    return decode_files(list_folder(cfg.root, split), cfg.image_size)
+    """Registry entry: an ImageFolder (or Tiny-ImageNet) tree at ``cfg.root``, ``cfg.image_size``
+    (a single tree's val split: ``cfg.val_fraction`` of it, seeded by ``cfg.seed``)."""
+    return decode_files(list_folder(cfg.root, split, val_fraction=cfg.val_fraction, seed=cfg.seed), cfg.image_size)

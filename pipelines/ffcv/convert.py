@@ -41,6 +41,35 @@ class _Samples:
         return self.images[i], int(self.labels[i]), int(i)
 
 
+def fingerprint(dataset: ArrayDataset) -> str:
+    """A short hash of what a ``.beton`` is written from: the image count and size, the
+    labels, and every 97th image's pixels (cheap for 100,000 images, different for any
+    other dataset, split, long tail or resize)."""
+    import hashlib
+
+    h = hashlib.blake2b(digest_size=12)
+    h.update(repr((len(dataset), tuple(dataset.image_size))).encode())
+    h.update(np.ascontiguousarray(np.asarray(dataset.labels, dtype=np.int64)).tobytes())
+    h.update(np.ascontiguousarray(dataset.images[::97]).tobytes())
+    return h.hexdigest()
+
+
+def check_matches(path: str | os.PathLike, dataset: ArrayDataset, what: str) -> None:
+    """Refuses a ``.beton`` that was not written from ``dataset`` (``what`` names it in
+    the message), by the fingerprint :func:`convert` records, else by its image count."""
+    info = read_info(path)
+    if "fingerprint" in info:
+        same = info["fingerprint"] == fingerprint(dataset)
+    else:
+        from ffcv.reader import Reader
+
+        same = int(Reader(str(path)).num_samples) == len(dataset)
+    if not same:
+        raise UserError(f"{path} was not written from {what} ({len(dataset)} images "
+                        f"{'x'.join(map(str, dataset.image_size))}); write it again from this recipe: "
+                        f"python -m gssl_fast.convert RECIPE.toml --split train --out {path}")
+
+
 def info_path(path: str | os.PathLike) -> Path:
     """The JSON written beside a ``.beton``: ``train.beton`` -> ``train.beton.json``."""
     path = Path(path)
@@ -98,6 +127,7 @@ def convert(
         "classes": list(dataset.classes),
         "mean": list(dataset.mean),
         "std": list(dataset.std),
+        "fingerprint": fingerprint(dataset),
     }
     info_path(path).write_text(json.dumps(info, indent=1) + "\n")
     return path

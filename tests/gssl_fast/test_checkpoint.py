@@ -38,3 +38,28 @@ def test_bad_resume_path_and_unreadable_file(tmp_path):
     bad.write_bytes(b"not a checkpoint")
     with pytest.raises(UserError, match="bad.pt"):
         checkpoint.load(bad)
+
+
+def test_a_failed_checkpoint_write_keeps_the_previous_one_and_says_so(tmp_path, capsys, monkeypatch):
+    import errno
+
+    from gssl_fast import checkpoint as ckpt
+    from gssl_fast.train import main
+    from tests.gssl_fast.tiny import write_tiny
+
+    recipe, out = write_tiny(tmp_path, after="steps_per_epoch = 1"), tmp_path / "run"
+    assert main([str(recipe), "--out", str(out)]) == 0
+    first = ckpt.list_checkpoints(out)[-1]
+    before = first.read_bytes()
+
+    def full_disk(state, f):
+        f.write(b"partial")
+        raise OSError(errno.ENOSPC, "No space left on device")
+
+    monkeypatch.setattr(ckpt.torch, "save", full_disk)
+    capsys.readouterr()
+    assert main([str(recipe), "--out", str(out), "--resume", "auto", "--set", "train.epochs=2"]) == 2
+    err = capsys.readouterr().err
+    assert "No space left on device" in err and f"{first}, is intact" in err
+    assert ckpt.list_checkpoints(out) == [first] and first.read_bytes() == before
+    assert not [p for p in (out / "checkpoints").iterdir() if p.name.startswith(".")]  # no temp file left

@@ -50,7 +50,7 @@ def every_section_recipe():
                                  eval_images=5, eval_every_epochs=2),
         data=DataConfig(name="cifar100", root='dir with "quotes" \\ and é\t', image_size=48, crop_padding=0, hflip=False,
                         mean=(0.1 + 0.2, 0.5, 1.0), std=(1e-05, 0.2, 0.3), longtail="step",
-                        imbalance_ratio=0.02, train_size=7, val_size=3, seed=5, beton="x.beton"),
+                        imbalance_ratio=0.02, train_size=7, val_size=3, seed=5, beton="x.beton", val_fraction=0.25),
         model=ModelConfig(backbone="resnet18", pretrained=True, drop_rate=0.25, channels_last=True, init="kaiming",
                           kwargs={"leaky_slope": 0.1, "name": "x", "flag": True, "sizes": (1, 2)}),
         pretext=PretextConfig(tasks=("perm", "rotation"), gate="learned", gate_pool="logits", combine="mean", lam=0.3,

@@ -211,3 +211,11 @@ def test_gate_pools_are_the_authors_two_formulas():
         assert loss.item() == pytest.approx(3 * g[0] + 2 * g[1])
     with pytest.raises(UserError, match="pretext.gate_pool"):
         combine_pretext_losses(per_sample, logits, gate="reference", combine="gated", pool="median")
+
+
+def test_an_empty_class_is_named_with_a_fix_for_any_dataset():
+    from gssl_fast.losses import LDAMLoss
+    from pipelines.errors import UserError
+
+    with pytest.raises(UserError, match=r"classes \[1\] have none.*data.imbalance_ratio.*built-in data"):
+        LDAMLoss([3, 0])

@@ -75,7 +75,9 @@ def test_existing_run_needs_resume_or_overwrite(tmp_path, capsys):
     capsys.readouterr()
     assert main(args) == 2
     assert "--resume auto" in capsys.readouterr().err
+    capsys.readouterr()
     assert main(args + ["--resume", "auto"]) == 0  # already finished: nothing left to do
+    assert "already finished" in capsys.readouterr().out
     assert main(args + ["--overwrite"]) == 0
     assert len((out / "metrics.jsonl").read_text().splitlines()) == 1
 
@@ -272,3 +274,128 @@ def test_tensorboard_gets_every_logged_scalar(tmp_path):
     logged = [e.value for e in events.Scalars("gate/rotation")]
     assert [e.step for e in events.Scalars("val_acc1")] == [0, 1]
     assert logged == pytest.approx([r["gate"]["rotation"] for r in rows])
+
+
+def test_precision_that_would_not_run_is_refused_or_named(tmp_path, capsys, monkeypatch):
+    from gssl_fast.train import check_precision
+
+    recipe = write_recipe(tmp_path)
+    assert main([str(recipe), "--out", str(tmp_path / "run"), "--set", "train.mixed_precision=fp16",
+                 "--set", "train.cpu=true"]) == 2
+    assert "changes nothing on the CPU" in capsys.readouterr().err
+    monkeypatch.setenv("ACCELERATE_MIXED_PRECISION", "bf16")
+    check_precision("no", cpu=True)
+    assert "replaces accelerate launch's --mixed_precision bf16" in capsys.readouterr().err
+
+
+@pytest.mark.slow
+def test_a_beton_of_other_data_is_refused(tmp_path, capsys):
+    """The issue's case: a .beton written from one recipe's data, trained with another."""
+    from gssl_fast.convert import main as convert_main
+
+    recipe = write_recipe(tmp_path)
+    beton = tmp_path / "shapes.beton"
+    assert convert_main([str(recipe), "--out", str(beton)]) == 0
+    base = [str(recipe), "--set", "train.loader=ffcv", "--set", f"data.beton={beton}", "--set", "train.epochs=1",
+            "--set", "train.steps_per_epoch=1"]
+    assert main([*base, "--out", str(tmp_path / "same")]) == 0
+    capsys.readouterr()
+    assert main([*base, "--out", str(tmp_path / "other"), "--set", "data.seed=1"]) == 2
+    err = capsys.readouterr().err
+    assert "was not written from the recipe's train split" in err and str(beton) in err
+
+
+@pytest.mark.parametrize("loader", ["torch", "dali"])
+def test_a_single_imagefolder_tree_trains_with_a_held_out_val_split(tmp_path, loader):
+    import numpy as np
+
+    from pipelines.datasets.testing import write_image_folder
+
+    rng = np.random.default_rng(0)
+    root = write_image_folder(tmp_path / "tree", rng.integers(0, 256, (40, 16, 16, 3), dtype=np.uint8),
+                              np.arange(40) % 4)
+    recipe = write_recipe(tmp_path, TINY.replace('name = "shapes"', f'name = "imagefolder"\nroot = "{root}"'))
+    out = tmp_path / "run"
+    assert main([str(recipe), "--out", str(out), "--set", f"train.loader={loader}", "--set", "data.val_fraction=0.25",
+                 "--set", "train.epochs=1", "--set", "train.batch_size=10"]) == 0
+    row = json.loads((out / "metrics.jsonl").read_text())
+    assert row["train_images"] == 30 and len(row["val_per_class"]) == 4
+
+
+def test_a_resume_names_changed_settings_and_a_refused_one_leaves_the_recipe(tmp_path, capsys):
+    recipe, out = write_recipe(tmp_path), tmp_path / "run"
+    base = [str(recipe), "--out", str(out), "--set", "train.steps_per_epoch=1"]
+    assert main([*base, "--set", "train.epochs=1"]) == 0
+    written = (out / "config.toml").read_text()
+    capsys.readouterr()
+    assert main([*base, "--resume", "auto", "--set", "train.epochs=2", "--set", "model.backbone=resnet20_cifar"]) == 2
+    err = capsys.readouterr().err
+    assert "does not fit this recipe's model" in err and ("size mismatch" in err or "Missing key" in err)
+    assert (out / "config.toml").read_text() == written  # the refused resume changed nothing
+    assert main([*base, "--resume", "auto", "--set", "train.epochs=4", "--set", "optim.lr=0.07"]) == 0
+    said = capsys.readouterr().out
+    assert "resuming with changed settings: optim.lr 0.05 -> 0.07; train.epochs 1 -> 4" in said
+    assert (out / "config_history" / "config-001.toml").read_text() == written
+    assert "lr = 0.07" in (out / "config.toml").read_text()
+    second = json.loads((out / "metrics.jsonl").read_text().splitlines()[1])
+    from gssl_fast.config import load_recipe as load
+    from gssl_fast.optim import lr_factor
+
+    cfg = load(out / "config.toml").optim
+    # After 2 of 4 steps the next step's lr: the new peak lr on the new schedule.
+    assert second["lr"] == pytest.approx(0.07 * lr_factor(cfg, 3.0, 4)) and second["lr"] > 0.01
+
+
+def test_a_run_folder_is_never_replaced_by_surprise(tmp_path, capsys):
+    recipe = write_recipe(tmp_path)
+    base = [str(recipe), "--set", "train.steps_per_epoch=1", "--set", "train.epochs=1"]
+    mine, other = tmp_path / "mine", tmp_path / "other"
+    assert main([*base, "--out", str(mine)]) == 0 and main([*base, "--out", str(other)]) == 0
+    capsys.readouterr()
+    foreign = other / "checkpoints" / "epoch_0001.pt"
+    assert main([*base, "--out", str(mine), "--resume", str(foreign), "--set", "train.epochs=2"]) == 2
+    assert "holds a run of its own" in capsys.readouterr().err
+    assert main([*base, "--out", str(mine), "--resume", "auto", "--overwrite"]) == 2
+    assert "give one of them" in capsys.readouterr().err
+    assert main([*base, "--out", str(tmp_path / "fresh"), "--resume", str(foreign), "--set", "train.epochs=2"]) == 0
+    assert main([*base, "--out", str(mine), "--overwrite"]) == 0
+    assert "--overwrite: removing the earlier run" in capsys.readouterr().out
+
+
+def stop_with(signum: int, recipe: Path, out: Path, args: list, after_line: str) -> subprocess.CompletedProcess:
+    """Runs the trainer, sends ``signum`` once ``after_line`` shows in its output."""
+    proc = subprocess.Popen([sys.executable, "-m", "gssl_fast.train", str(recipe), "--out", str(out), *args],
+                            cwd=ROOT, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
+                            env={**os.environ, "PYTHONUNBUFFERED": "1"})
+    lines = []
+    for line in proc.stdout:
+        lines.append(line)
+        if after_line in line:
+            proc.send_signal(signum)
+            break
+    rest, _ = proc.communicate(timeout=300)
+    return subprocess.CompletedProcess(proc.args, proc.returncode, "".join(lines) + rest, "")
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("signum", [signal.SIGTERM, signal.SIGINT])
+def test_a_preempted_run_checkpoints_mid_epoch_and_resumes_bit_exact(tmp_path, signum):
+    recipe = write_recipe(tmp_path, TINY.replace("epochs = 2", "epochs = 3"))
+    args = ["--set", "train.steps_per_epoch=20", "--set", "train.num_threads=1"]
+    straight = tmp_path / "straight"
+    assert run_cli(recipe, "--out", straight, *args).returncode == 0
+    stopped = tmp_path / "stopped"
+    proc = stop_with(signum, recipe, stopped, args, "epoch 2/3 step 4/20")
+    assert proc.returncode == 128 + signum, proc.stdout[-2000:]
+    assert f"stopped by {signal.Signals(signum).name} at epoch 2, step" in proc.stdout
+    mid = [p.name for p in (stopped / "checkpoints").iterdir() if "_step_" in p.name]
+    assert len(mid) == 1 and mid[0].startswith("epoch_0001_step_"), mid
+    resumed = run_cli(recipe, "--out", stopped, "--resume", "auto", *args)
+    assert resumed.returncode == 0, resumed.stderr
+    assert ", step " in resumed.stdout
+    a, b = final_state(straight, 3), final_state(stopped, 3)
+    assert all(torch.equal(a[k], b[k]) for k in a), "the preempted run differs from the uninterrupted one"
+    rows = [json.loads(line) for line in (stopped / "metrics.jsonl").read_text().splitlines()]
+    straight_rows = [json.loads(line) for line in (straight / "metrics.jsonl").read_text().splitlines()]
+    assert [r["epoch"] for r in rows] == [0, 1, 2]
+    assert [r["train_loss"] for r in rows] == [r["train_loss"] for r in straight_rows]

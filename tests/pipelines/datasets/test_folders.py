@@ -200,3 +200,19 @@ def test_workers_agree(tmp_path):
 def test_file_list_checks_lengths():
     with pytest.raises(ValueError, match="2 paths but 1 labels"):
         FileList(("a", "b"), np.array([0]), ("x",))
+
+
+def test_a_single_tree_holds_out_a_seeded_val_split(tmp_path):
+    labels = np.array([0] * 10 + [1] * 5 + [2])
+    write_image_folder(tmp_path, _images(16, size=8), labels)
+    train, val = (list_folder(tmp_path, s, val_fraction=0.2, seed=3) for s in ("train", "val"))
+    assert len(train) + len(val) == 16 and not set(train.paths) & set(val.paths)
+    assert np.bincount(val.labels, minlength=3).tolist() == [2, 1, 0]  # a one-image class stays in train
+    assert val.paths == list_folder(tmp_path, "val", val_fraction=0.2, seed=3).paths
+    assert val.paths != list_folder(tmp_path, "val", val_fraction=0.2, seed=4).paths
+    with pytest.raises(UserError, match="data.val_fraction"):
+        list_folder(tmp_path, "val")
+    write_image_folder(tmp_path / "split" / "train", _images(2, size=8), [0, 1])
+    write_image_folder(tmp_path / "split" / "val", _images(2, size=8), [0, 1])
+    with pytest.raises(UserError, match="has its own val split"):
+        list_folder(tmp_path / "split", "train", val_fraction=0.2)

@@ -1,0 +1,188 @@
+"""One epoch of optimizer steps: the streams' batches, the method's step, backward and
+the optimizer, the step's scalars summed; and where a preempted epoch starts again.
+
+A SIGTERM or SIGINT (``Preemption``) ends the epoch at the next step boundary that every
+process agrees on; the loop then writes a mid-epoch checkpoint holding the steps done
+and the sums so far (:class:`Partial`), and a resumed run replays the streams to that
+step (their batches are a function of seed, epoch and step) and goes on from there.
+"""
+
+from __future__ import annotations
+
+import signal
+from dataclasses import dataclass
+
+import torch
+
+from gssl_fast.health import LossGuard
+
+# Steps between two looks, agreed by every process, at whether a stop was asked for.
+AGREE_EVERY = 10
+
+
+@dataclass
+class Partial:
+    """Where an epoch stopped: ``step`` steps done, the scalars' ``names`` and ``sums``
+    ``[S]`` float32 and the main stream's ``images`` of this process so far."""
+
+    step: int = 0
+    names: list | None = None
+    sums: torch.Tensor | None = None
+    images: int = 0
+    rng: dict | None = None  # the random state at ``step`` (checkpoint.rng_state), set again after the replay
+
+    def state(self) -> dict:
+        return {"step": self.step, "names": list(self.names or []), "sums": self.sums, "images": self.images}
+
+    @classmethod
+    def of(cls, state: dict | None, rng: dict | None = None) -> "Partial | None":
+        if not state:
+            return None
+        return cls(int(state["step"]), list(state["names"]) or None, state["sums"], int(state["images"]), rng)
+
+
+class Preemption:
+    """SIGTERM / SIGINT handlers that ask the loop to stop at the next step boundary
+    instead of dying in the middle of one; restores the previous handlers on exit."""
+
+    SIGNALS = (signal.SIGTERM, signal.SIGINT)
+
+    def __init__(self):
+        self.signum = 0
+        self.previous = {}
+
+    def __enter__(self) -> "Preemption":
+        for sig in self.SIGNALS:
+            try:
+                self.previous[sig] = signal.signal(sig, self._ask)
+            except ValueError:  # not the main thread: signals stay as they are
+                pass
+        return self
+
+    def __exit__(self, *exc) -> None:
+        for sig, handler in self.previous.items():
+            signal.signal(sig, handler)
+
+    def _ask(self, signum, frame) -> None:
+        if self.signum:  # asked twice: stop now, as the signal would have
+            raise KeyboardInterrupt
+        self.signum = signum
+
+    def agreed(self, step: int, last: bool, accelerator) -> int:
+        """The signal every process saw by now (0: none), looked at every
+        ``AGREE_EVERY`` steps with several processes, every step with one."""
+        if accelerator.num_processes == 1:
+            return self.signum
+        if (step + 1) % AGREE_EVERY and not last:
+            return 0
+        flag = torch.tensor(self.signum, device=accelerator.device)
+        return int(accelerator.reduce(flag, reduction="max"))
+
+
+class Stopped(Exception):
+    """The epoch ended early at a step boundary because of ``signum``."""
+
+    def __init__(self, signum: int, partial: Partial):
+        super().__init__(signal.Signals(signum).name)
+        self.signum, self.partial = signum, partial
+
+
+NO_PREEMPTION = Preemption()
+
+
+def train_one_epoch(method, model, optimizer, scheduler, loaders: dict, *, epoch: int, accelerator, steps: int,
+                    progress, start: Partial | None = None,
+                    preemption: Preemption = NO_PREEMPTION) -> tuple[list[str], torch.Tensor, int]:
+    """``steps`` steps of ``method`` (from ``start.step`` on, the streams replayed to
+    there); returns the names of the step's scalars, their sums as a ``[S]`` float32
+    tensor (not yet reduced across processes) and the images of the main stream this
+    process trained on. Raises :class:`Stopped` at a step boundary when a stop was asked."""
+    model.train()
+    streams = {name: Cycle(loader, epoch) for name, loader in loaders.items()}
+    main = next(iter(streams))
+    done = start or Partial()
+    names, sums, images = done.names, done.sums, done.images
+    guard = LossGuard(names, epoch=epoch, accelerator=accelerator) if names else None
+    try:
+        for _ in range(done.step):  # the batches the stopped run already trained on
+            for stream in streams.values():
+                next(stream)
+        if done.rng is not None:
+            from gssl_fast.checkpoint import set_rng_state
+
+            set_rng_state(done.rng)
+        for step in range(done.step, steps):
+            batches = {name: next(stream) for name, stream in streams.items()}
+            with accelerator.accumulate(model):
+                out = method.training_step(model, batches, accelerator=accelerator)
+                accelerator.backward(out["loss"])
+                optimizer.step()
+                if accelerator.sync_gradients:
+                    scheduler.step()
+                    method.on_optimizer_step(method.model)
+                optimizer.zero_grad(set_to_none=True)
+            if names is None:
+                names = list(out)
+                guard = LossGuard(names, epoch=epoch, accelerator=accelerator)
+            row = torch.stack([torch.as_tensor(out[k], device=accelerator.device).detach().float().reshape(())
+                               for k in names])
+            guard.observe(step, row)
+            sums = row if sums is None else sums + row
+            images += batches[main]["labels"].shape[0]
+            progress.update(batches[main]["labels"].shape[0] * accelerator.num_processes,
+                            lambda: {"loss": out["loss"].item()})
+            signum = preemption.agreed(step, step == steps - 1, accelerator) if step < steps - 1 else 0
+            if signum and accelerator.sync_gradients:
+                guard.check()
+                raise Stopped(signum, Partial(step + 1, names, sums, images))
+        guard.check()
+    finally:
+        for stream in streams.values():
+            stream.close()
+    return names, sums, images
+
+
+class Cycle:
+    """Endless batches of one stream's loader: a fresh pass whenever one runs out.
+
+    In epoch ``e`` the first pass is the loader's epoch ``e`` (for the main stream, the
+    only one) and pass ``p > 0`` its epoch ``(e << 16) + p``, so every batch is a function
+    of (seed, epoch, step) and a resumed run draws what an unbroken one would. Every
+    stream starts a fresh pass at each epoch.
+    """
+
+    def __init__(self, loader, epoch: int):
+        self.loader, self.epoch, self.passes = loader, epoch, 0
+        self.it = self._start()
+
+    def _start(self):
+        self.loader.set_epoch(self.epoch if self.passes == 0 else (self.epoch << 16) + self.passes)
+        self.passes += 1
+        return iter(self.loader)
+
+    def __next__(self) -> dict:
+        try:
+            return next(self.it)
+        except StopIteration:
+            self.it = self._start()
+            return next(self.it)
+
+    def close(self) -> None:
+        """Stops the loader's pass early (FFCV and DALI hold threads until then)."""
+        if hasattr(self.it, "close"):
+            self.it.close()
+
+
+def epoch_row(names: list[str], sums: torch.Tensor, steps: int) -> dict:
+    """Reduced step sums -> the training fields of metrics.jsonl: each scalar's mean
+    over the epoch's steps and processes; ``loss`` is logged as ``train_loss`` and
+    ``group/key`` names become ``{"group": {"key": value}}``."""
+    row: dict = {}
+    for name, total in zip(names, (sums / steps).tolist()):
+        group, _, key = name.rpartition("/")
+        name = "train_loss" if name == "loss" else name
+        if group:
+            row.setdefault(group, {})[key] = total
+        else:
+            row[name] = total
+    return row
