@@ -55,6 +55,7 @@ bench: install
 	$(BIN)/python bench/fixmatch_loader.py --json bench/out/fixmatch_loader.json
 	$(BIN)/python bench/simclr_loader.py --json bench/out/simclr_loader.json
 	$(BIN)/python bench/guided_plan.py --json bench/out/guided_plan.json
+	$(BIN)/python bench/crash_points.py --json bench/out/crash_points.json
 
 # CUDA-only tests and a short GPU benchmark, JSON into OUT (exits 3 without CUDA).
 OUT ?= bench/out/gpu

@@ -15,6 +15,7 @@ from pathlib import Path
 
 import torch
 
+from gssl_fast.faults import crash_point
 from pipelines.errors import UserError
 
 CHECKPOINT_DIR = "checkpoints"
@@ -48,10 +49,21 @@ def save_atomic(state: dict, path: Path) -> None:
             torch.save(state, f)
             f.flush()
             os.fsync(f.fileno())
+        crash_point("checkpoint")
         os.replace(tmp, path)
     except BaseException:
         Path(tmp).unlink(missing_ok=True)
         raise
+
+
+def remove_partial_writes(run_dir: Path) -> int:
+    """Deletes the temporary files of checkpoint writes a killed run left behind; returns
+    how many there were."""
+    folder = Path(run_dir) / CHECKPOINT_DIR
+    stale = list(folder.glob(".epoch_*.tmp")) if folder.is_dir() else []
+    for path in stale:
+        path.unlink(missing_ok=True)
+    return len(stale)
 
 
 def prune(run_dir: Path, keep: int) -> None:

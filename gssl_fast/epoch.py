@@ -14,6 +14,7 @@ from dataclasses import dataclass
 
 import torch
 
+from gssl_fast.faults import crash_point
 from gssl_fast.health import LossGuard
 
 # Steps between two looks, agreed by every process, at whether a stop was asked for.
@@ -121,6 +122,7 @@ def train_one_epoch(method, model, optimizer, scheduler, loaders: dict, *, epoch
                     scheduler.step()
                     method.on_optimizer_step(method.model)
                 optimizer.zero_grad(set_to_none=True)
+            crash_point("step")
             if names is None:
                 names = list(out)
                 guard = LossGuard(names, epoch=epoch, accelerator=accelerator)

@@ -8,6 +8,8 @@ from pathlib import Path
 import numpy as np
 import torch
 
+from gssl_fast.faults import crash_point
+
 # Shot groups of long-tailed evaluation (Liu et al. 2019): classes with more than 100
 # training images are "many", fewer than 20 "few".
 MANY_SHOT, FEW_SHOT = 100, 20
@@ -57,6 +59,7 @@ def evaluate(model, loader, *, accelerator, num_classes: int, train_counts=None)
     rows = []
     with accelerator.autocast():
         for batch in loader:
+            crash_point("evaluate")
             logits = model(batch["images"])["logits"].float()
             rows.append(torch.cat([topk_predictions(logits, k), batch["labels"][:, None], batch["indices"][:, None]], 1))
     local = torch.cat(rows) if rows else torch.zeros(0, k + 2, dtype=torch.int64, device=accelerator.device)

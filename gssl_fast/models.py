@@ -20,7 +20,9 @@ Last conv layer (for Grad-CAM), as returned by ``last_conv_name(model)``:
 
 from __future__ import annotations
 
+import contextlib
 import difflib
+import os
 from functools import partial
 from typing import Callable, Optional
 
@@ -394,6 +396,22 @@ def _unknown_backbone(name: str) -> UserError:
     )
 
 
+@contextlib.contextmanager
+def hub_cache_only(active: bool):
+    """Pretrained weights from the local Hugging Face cache only, failing at once when
+    they are not there (without network the hub client retries for about a minute);
+    ``HF_HUB_OFFLINE=0`` in the environment lets it download."""
+    import huggingface_hub.constants as hub
+
+    keep = hub.HF_HUB_OFFLINE
+    if active and os.environ.get("HF_HUB_OFFLINE") is None:
+        hub.HF_HUB_OFFLINE = True
+    try:
+        yield
+    finally:
+        hub.HF_HUB_OFFLINE = keep
+
+
 def build_backbone(cfg: ModelConfig) -> nn.Module:
     """The recipe's timm backbone without classifier: ``[B, 3, H, W] float -> [B, num_features] float``.
 
@@ -411,8 +429,9 @@ def build_backbone(cfg: ModelConfig) -> nn.Module:
         )
     try:
         # drop_rate=None is dropped by create_model, so models without that argument still build
-        model = timm.create_model(name, pretrained=cfg.pretrained, num_classes=0, drop_rate=cfg.drop_rate or None,
-                                  **cfg.kwargs)
+        with hub_cache_only(cfg.pretrained):
+            model = timm.create_model(name, pretrained=cfg.pretrained, num_classes=0,
+                                      drop_rate=cfg.drop_rate or None, **cfg.kwargs)
     except TypeError as err:
         raise UserError(f"model.kwargs = {dict(cfg.kwargs)} do not fit model.backbone = {name!r}: {err}") from None
     except (OSError, RuntimeError) as err:
@@ -420,8 +439,9 @@ def build_backbone(cfg: ModelConfig) -> nn.Module:
             raise
         raise UserError(
             f"could not load the pretrained weights of model.backbone = {name!r} "
-            f"({type(err).__name__}: {err}); without internet they must already be in the local "
-            "timm / Hugging Face cache (HF_HOME, TORCH_HOME); or set model.pretrained = false"
+            f"({type(err).__name__}: {str(err).splitlines()[0][:200]}); they are read from the local timm / "
+            "Hugging Face cache (HF_HOME, TORCH_HOME) only: put them there, or run with HF_HUB_OFFLINE=0 to "
+            "download them; or set model.pretrained = false"
         ) from err
     if cfg.channels_last:
         model = model.to(memory_format=torch.channels_last)

@@ -19,6 +19,7 @@ from pathlib import Path
 
 from gssl_fast import checkpoint
 from gssl_fast.errors import UserError
+from gssl_fast.faults import crash_point
 
 STAGES_DIR = "stages"
 DONE = "done.json"
@@ -51,7 +52,10 @@ def run_stages(recipe, method, run_dir: Path, run: dict, *, resume: str | None, 
     """Every stage of ``method`` in order (or ``only``): skip the done ones, resume the
     interrupted one, run the rest. ``run``: the loop's accelerator, threads and data;
     ``train(recipe, method, folder, start_from, stage=..., **run)``: the loop's training run."""
+    from accelerate.utils import set_seed
+
     from gssl_fast.metrics import MetricsLog
+    from pipelines.sampling import derive_seed
 
     accelerator = run["accelerator"]
     stages = method.stages()
@@ -73,6 +77,9 @@ def run_stages(recipe, method, run_dir: Path, run: dict, *, resume: str | None, 
         if accelerator.is_main_process:
             folder.mkdir(parents=True, exist_ok=True)
         accelerator.wait_for_everyone()
+        # Each stage starts from a random state of its own: its weights do not depend on
+        # what the stages before it drew in this process (or whether they ran in it).
+        set_seed(derive_seed(recipe.train.seed, "stage", name) % (1 << 31))
         stage = make()
         if stage.trains:
             start = checkpoint.resolve_resume("auto" if resume or only else None, folder)
@@ -91,3 +98,4 @@ def run_stages(recipe, method, run_dir: Path, run: dict, *, resume: str | None, 
         if accelerator.is_main_process:
             mark_done(run_dir, name, {k: v for k, v in row.items() if isinstance(v, (int, float, str))})
         accelerator.wait_for_everyone()
+        crash_point("stage")

@@ -29,6 +29,7 @@ import numpy as np
 import torch
 
 from gssl_fast import checkpoint
+from gssl_fast.faults import crash_point
 from gssl_fast.epoch import Partial, Preemption, Stopped, epoch_row, train_one_epoch
 from gssl_fast.config import Recipe, load_recipe, recipe_to_toml, save_recipe
 from pipelines.errors import UserError
@@ -139,6 +140,7 @@ def prepare_run_dir(recipe: Recipe, out, resume, overwrite: bool, accelerator) -
                         "checkpoint) would replace; pick an empty folder with --out")
     if accelerator.is_main_process:
         run_dir.mkdir(parents=True, exist_ok=True)
+        checkpoint.remove_partial_writes(run_dir)
         if overwrite and (found or staged):
             print(f"--overwrite: removing the earlier run in {run_dir} ({len(found)} checkpoints, its "
                   "metrics.jsonl and stages)", flush=True)
@@ -256,6 +258,7 @@ def train_method(recipe: Recipe, method, run_dir: Path, start_from: Path | None,
     (train_src, train_ds), (val_src, val_ds) = data["train"], data["val"]
     loaders = build_train_loaders(recipe, method.streams(), train_src, accelerator)
     val_loader = build_val_loader(recipe, val_src, accelerator)
+    crash_point("data")
     method.attach_loaders(train_eval=lambda subset=None: build_val_loader(recipe, train_src, accelerator, subset))
     batches = steps_in_epoch(next(iter(loaders.values())), train)
     per_epoch = batches // train.grad_accum_steps

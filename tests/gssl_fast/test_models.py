@@ -175,3 +175,16 @@ def test_build_backbone_pretrained_download_fails(monkeypatch):
     monkeypatch.setattr(timm.models._builder, "load_pretrained", offline)
     with pytest.raises(UserError, match="could not load the pretrained weights.*'resnet18'.*Name or service"):
         build_backbone(ModelConfig(backbone="resnet18", pretrained=True))
+
+
+def test_pretrained_weights_come_from_the_local_cache_only(tmp_path, monkeypatch):
+    """No network wait: weights missing from the (empty) cache fail at once, naming the way out."""
+    import huggingface_hub.constants as hub
+
+    monkeypatch.delenv("HF_HUB_OFFLINE", raising=False)
+    monkeypatch.setattr(hub, "HF_HUB_CACHE", str(tmp_path))
+    monkeypatch.setattr(hub, "HUGGINGFACE_HUB_CACHE", str(tmp_path))
+    before = hub.HF_HUB_OFFLINE
+    with pytest.raises(UserError, match="local timm / Hugging Face cache.*HF_HUB_OFFLINE=0"):
+        build_backbone(ModelConfig(backbone="resnet18", pretrained=True))
+    assert hub.HF_HUB_OFFLINE == before  # the setting is put back

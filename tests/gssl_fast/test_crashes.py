@@ -1,0 +1,57 @@
+"""kill -9 at named points of a run (gssl_fast.faults): every time ``--resume auto``
+continues and the run ends bit-identical to an unbroken one, metrics included."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+import torch
+
+from bench.crash_points import ARGS, final, same, train
+from gssl_fast.stages import stage_dir
+from tests.gssl_fast.tiny import write_tiny
+
+ROOT = Path(__file__).resolve().parents[2]
+# (point, passage): loaders built; a step of the first and of the second epoch; inside the
+# first evaluation; the first checkpoint's bytes written but not renamed; the second one.
+POINTS = [("data", 1), ("step", 2), ("step", 7), ("evaluate", 1), ("checkpoint", 1), ("checkpoint", 2)]
+
+
+@pytest.fixture(scope="module")
+def straight(tmp_path_factory):
+    folder = tmp_path_factory.mktemp("crashes")
+    recipe = write_tiny(folder)
+    assert train(recipe, folder / "straight", *ARGS).returncode == 0
+    return recipe, final(folder / "straight")
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("point, nth", POINTS)
+def test_a_run_killed_anywhere_resumes_to_the_same_end(tmp_path, straight, point, nth):
+    recipe, (weights, rows) = straight
+    out = tmp_path / "run"
+    killed = train(recipe, out, *ARGS, crash=f"{point}:{nth}")
+    assert killed.returncode == -9, killed.stderr[-2000:]
+    resumed = train(recipe, out, *ARGS, "--resume", "auto")
+    assert resumed.returncode == 0, resumed.stderr[-2000:]
+    assert same(final(out), (weights, rows)), point
+    assert not list((out / "checkpoints").glob(".*.tmp"))  # a half-written checkpoint is cleared
+
+
+@pytest.mark.slow
+def test_a_run_killed_between_stages_resumes_to_the_same_end(tmp_path):
+    small = ["data.train_size=512", "data.val_size=64", "data.image_size=16", "train.epochs=1", "train.num_threads=1",
+             "method.ae_epochs=1", "method.linear_epochs=1", "method.finetune_epochs=1", "method.clusters=8",
+             "train.batch_size=32", "method.ae_batch_size=64"]
+    args = [a for s in small for a in ("--set", s)]
+    recipe = ROOT / "recipes" / "shapes_gsimclr.toml"
+    assert train(recipe, tmp_path / "straight", *args).returncode == 0
+    killed = train(recipe, tmp_path / "run", *args, crash="stage:2")  # after the cluster stage
+    assert killed.returncode == -9
+    assert train(recipe, tmp_path / "run", *args, "--resume", "auto").returncode == 0
+    for stage in ("pretrain", "linear", "finetune"):
+        a = final(stage_dir(tmp_path / "straight", stage))[0]
+        b = final(stage_dir(tmp_path / "run", stage))[0]
+        assert all(torch.equal(a[k], b[k]) for k in a), stage
+    assert final(tmp_path / "straight")[1] == final(tmp_path / "run")[1]  # the run's metrics.jsonl
