@@ -55,3 +55,26 @@ def test_a_run_killed_between_stages_resumes_to_the_same_end(tmp_path):
         b = final(stage_dir(tmp_path / "run", stage))[0]
         assert all(torch.equal(a[k], b[k]) for k in a), stage
     assert final(tmp_path / "straight")[1] == final(tmp_path / "run")[1]  # the run's metrics.jsonl
+
+
+@pytest.mark.slow
+def test_a_ladder_whose_runs_are_killed_resumes_to_the_same_table(tmp_path, monkeypatch):
+    """Every row's training killed mid-run (the ladder says which failed), then the ladder
+    rerun: each row continues from its checkpoint and ends as in an unbroken ladder."""
+    from gssl_fast.ladder import main as ladder
+
+    table = ROOT / "recipes" / "tables" / "short_table2.toml"
+    sets = ["data.name=shapes", "data.root=", "data.image_size=16", "data.train_size=128", "data.val_size=64",
+            "data.mean=[]", "data.std=[]", "model.backbone=resnet8_cifar", "train.epochs=2", "train.batch_size=32",
+            "train.global_batch_size=0", "train.eval_batch_size=64", "train.steps_per_epoch=2", "train.num_threads=1"]
+    rows = ["resnet18", "lorot-e"]
+    args = [str(table), "--rows", *rows, *[a for s in sets for a in ("--set", s)]]
+    monkeypatch.delenv("GSSL_FAST_CRASH_AT", raising=False)
+    assert ladder([*args, "--out", str(tmp_path / "straight")]) == 0
+    monkeypatch.setenv("GSSL_FAST_CRASH_AT", "step:3")  # in epoch 2, after the first checkpoint
+    assert ladder([*args, "--out", str(tmp_path / "killed")]) == 1
+    monkeypatch.delenv("GSSL_FAST_CRASH_AT")
+    assert ladder([*args, "--out", str(tmp_path / "killed")]) == 0
+    for row in rows:
+        a, b = final(tmp_path / "straight" / row), final(tmp_path / "killed" / row)
+        assert same(a, b), row
