@@ -14,8 +14,8 @@ from tests.gssl_fast.tiny import write_tiny
 
 ROOT = Path(__file__).resolve().parents[2]
 # (point, passage): loaders built; a step of the first and of the second epoch; inside the
-# first evaluation; the first checkpoint's bytes written but not renamed; the second one.
-POINTS = [("data", 1), ("step", 2), ("step", 7), ("evaluate", 1), ("checkpoint", 1), ("checkpoint", 2)]
+# first evaluation; the second checkpoint's bytes written but not renamed.
+POINTS = [("data", 1), ("step", 2), ("step", 7), ("evaluate", 1), ("checkpoint", 2)]
 
 
 @pytest.fixture(scope="module")
