@@ -58,7 +58,8 @@ from bench.common import (  # noqa: E402
 )
 from pipelines.datasets import ArrayDataset  # noqa: E402
 from pipelines.datasets.arrays import CIFAR_MEAN, CIFAR_STD, IMAGENET_MEAN, IMAGENET_STD  # noqa: E402
-from pipelines.datasets.folders import FileList, decode_files, list_folder  # noqa: E402
+from pipelines.datasets.decode import decode_files  # noqa: E402
+from pipelines.datasets.folders import FileList, list_folder  # noqa: E402
 
 ALL_TASKS = ("rotation", "flip", "perm")
 PAPERS = "papers' DataLoader"

@@ -8,14 +8,13 @@ A checkpoint is one ``torch.save`` dict of tensors and plain values (loadable wi
 
 from __future__ import annotations
 
-import os
 import re
-import tempfile
 from pathlib import Path
 
 import torch
 
 from gssl_fast.faults import crash_point
+from pipelines.atomic import write_atomic
 from pipelines.errors import UserError
 
 CHECKPOINT_DIR = "checkpoints"
@@ -41,19 +40,7 @@ def list_checkpoints(run_dir: Path) -> list[Path]:
 def save_atomic(state: dict, path: Path) -> None:
     """Writes to a temporary file in the same folder, syncs, then renames: a reader
     (or a resumed run) sees the old file or the new one, never half of one."""
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
-    try:
-        with os.fdopen(fd, "wb") as f:
-            torch.save(state, f)
-            f.flush()
-            os.fsync(f.fileno())
-        crash_point("checkpoint")
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
+    write_atomic(path, lambda f: torch.save(state, f), before_rename=lambda: crash_point("checkpoint"))
 
 
 def remove_partial_writes(run_dir: Path) -> int:

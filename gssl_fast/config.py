@@ -10,7 +10,6 @@ import dataclasses
 import difflib
 import math
 import os
-import tempfile
 import typing
 from pathlib import Path
 from typing import Any, Sequence
@@ -31,6 +30,7 @@ from gssl_fast.sections import (  # noqa: F401  (the sections are part of this m
     Recipe,
     TrainConfig,
 )
+from pipelines.atomic import write_text_atomic
 
 try:
     import tomllib
@@ -294,16 +294,5 @@ def recipe_to_toml(recipe: Recipe) -> str:
 
 def save_recipe(recipe: Recipe, path: str | os.PathLike) -> None:
     """Writes ``recipe_to_toml(recipe)`` to ``path`` atomically: a temp file, then os.replace."""
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
-    try:
-        with os.fdopen(fd, "w", encoding="utf-8") as f:
-            f.write(recipe_to_toml(recipe))
-            f.flush()
-            os.fsync(f.fileno())
-        os.replace(tmp, path)
-    except BaseException:
-        os.unlink(tmp)
-        raise
+    write_text_atomic(path, recipe_to_toml(recipe))
 

@@ -45,6 +45,7 @@ def one_of(value: str, allowed: Sequence[str], key: str, source: str) -> None:
 def check_data(cfg: DataConfig, source: str) -> None:
     # Imported here: pipelines.datasets is heavier than a recipe, and may import this module.
     from pipelines.datasets import DATASETS
+    from pipelines.datasets.decode import ON_CORRUPT
     from pipelines.datasets.longtail import KINDS as LONGTAILS
 
     one_of(cfg.name, sorted(DATASETS), "data.name", source)
@@ -65,6 +66,7 @@ def check_data(cfg: DataConfig, source: str) -> None:
     rule(cfg.train_size > 0, "data.train_size", "be > 0", cfg.train_size, source)
     rule(cfg.val_size > 0, "data.val_size", "be > 0", cfg.val_size, source)
     rule(cfg.seed >= 0, "data.seed", "be >= 0", cfg.seed, source)
+    one_of(cfg.on_corrupt, list(ON_CORRUPT), "data.on_corrupt", source)
 
 
 def check_model(cfg: ModelConfig, source: str) -> None:

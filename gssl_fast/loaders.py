@@ -16,6 +16,7 @@ from pipelines.errors import UserError
 # Datasets read from image files, which the DALI loader decodes (on the GPU where there
 # is one) instead of receiving arrays decoded by PIL.
 FILE_DATASETS = ("tinyimagenet", "imagefolder")
+SKIPPED_FILE = "skipped_images.txt"
 
 
 def loader_source(recipe: Recipe, split: str, run_dir: Path, accelerator):
@@ -34,6 +35,10 @@ def loader_source(recipe: Recipe, split: str, run_dir: Path, accelerator):
         from pipelines.datasets.folders import list_folder
 
         files = list_folder(data.root, split, val_fraction=data.val_fraction, seed=data.seed)
+        if data.on_corrupt == "skip":  # DALI cannot leave a file out once it has failed on it
+            from pipelines.datasets.decode import screen_files
+
+            files = screen_files(files)
         return files, files
     dataset = load_dataset(data, split)
     if loader == "ffcv":
@@ -44,6 +49,26 @@ def loader_source(recipe: Recipe, split: str, run_dir: Path, accelerator):
             check_matches(path, dataset, f"the recipe's {split} split (data.name = {data.name!r})")
         return path, dataset
     return dataset, dataset
+
+
+def report_skipped(data: dict, run_dir: Path, accelerator) -> None:
+    """Counts the unreadable images ``data.on_corrupt = "skip"`` left out of each split
+    (``data``: ``{split: (source, dataset)}``) in the log, and lists them in
+    ``<run>/skipped_images.txt`` (split, path, what is wrong; tab-separated)."""
+    skipped = {split: getattr(dataset, "skipped", ()) for split, (_, dataset) in data.items()}
+    if not accelerator.is_main_process or not any(skipped.values()):
+        return
+    from pipelines.atomic import write_text_atomic
+    from pipelines.datasets.decode import shown
+
+    path = run_dir / SKIPPED_FILE
+    write_text_atomic(path, "".join(f"{split}\t{shown(p)}\t{why}\n" for split, rows in skipped.items()
+                                    for p, why in rows))
+    for split, rows in skipped.items():
+        if rows:
+            print(f"data: left out {len(rows)} unreadable {split} image{'s' if len(rows) > 1 else ''} "
+                  f"(data.on_corrupt = \"skip\"), e.g. {shown(rows[0][0])}: it {rows[0][1]}; all listed in {path}",
+                  flush=True)
 
 
 def ffcv_file(given: str, split: str, dataset, run_dir: Path, accelerator) -> str:

@@ -27,6 +27,9 @@ class DataConfig:
     seed: int = 0  # seed of the built-in dataset's generator, and of data.val_fraction's draw
     val_fraction: float = 0.0  # a single ImageFolder tree: this share of each class held out as the val split
     beton: str = ""  # FFCV .beton of the train split (train.loader = "ffcv"); "" = convert on first use
+    on_corrupt: str = "error"  # an unreadable image file: "error" (stop, naming it) | "skip" (leave it out, counted)
+    decode_cache: bool = True  # keep folder datasets decoded by PIL on disk, so a restart does not decode again
+    cache_dir: str = ""  # where data.decode_cache keeps them; "" = $GSSL_FAST_CACHE or ~/.cache/gssl_fast/decoded
 
 
 @dataclass(frozen=True)

@@ -12,14 +12,13 @@ by later runs; an interrupted one resumes from its newest checkpoint with
 from __future__ import annotations
 
 import json
-import os
-import tempfile
 import time
 from pathlib import Path
 
 from gssl_fast import checkpoint
 from gssl_fast.errors import UserError
 from gssl_fast.faults import crash_point
+from pipelines.atomic import write_text_atomic
 
 STAGES_DIR = "stages"
 DONE = "done.json"
@@ -40,12 +39,7 @@ def is_done(run_dir: Path, name: str) -> bool:
 
 def mark_done(run_dir: Path, name: str, row: dict | None = None) -> None:
     """Writes the stage's done marker atomically (its summary row inside)."""
-    folder = stage_dir(run_dir, name)
-    folder.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=".done.", dir=folder)
-    with os.fdopen(fd, "w") as f:
-        json.dump({"stage": name, "finished": time.time(), **(row or {})}, f)
-    os.replace(tmp, folder / DONE)
+    write_text_atomic(stage_dir(run_dir, name) / DONE, json.dumps({"stage": name, "finished": time.time(), **(row or {})}))
 
 
 def run_stages(recipe, method, run_dir: Path, run: dict, *, resume: str | None, only: str | None, train) -> None:

@@ -216,7 +216,7 @@ def fit(recipe: Recipe, *, out=None, resume=None, overwrite=False, stage: str | 
     alone); returns the run folder."""
     from accelerate.utils import set_seed
 
-    from gssl_fast.loaders import input_normalization, loader_source
+    from gssl_fast.loaders import input_normalization, loader_source, report_skipped
     from gssl_fast.methods import MethodContext, build_method
     from gssl_fast.stages import run_stages
 
@@ -230,6 +230,7 @@ def fit(recipe: Recipe, *, out=None, resume=None, overwrite=False, stage: str | 
     recipe = dataclasses.replace(recipe, train=per_process(train, accelerator.num_processes))
     set_seed(recipe.train.seed)  # the same initial weights on every process
     data = {split: loader_source(recipe, split, run_dir, accelerator) for split in ("train", "val")}
+    report_skipped(data, run_dir, accelerator)
     train_ds = data["train"][1]
     counts = np.bincount(train_ds.labels, minlength=len(train_ds.classes))
     mean, std = input_normalization(recipe.data, train_ds)

@@ -20,7 +20,8 @@ def as_array_dataset(source, *, image_size: int | None = None, split: str = "tra
     if isinstance(source, ArrayDataset):
         ds = source
     elif isinstance(source, (str, os.PathLike)):
-        from pipelines.datasets.folders import decode_files, list_folder
+        from pipelines.datasets.decode import decode_files
+        from pipelines.datasets.folders import list_folder
 
         files = list_folder(Path(source), split=split)
         return decode_files(files, image_size or image_side(files.paths[0]))

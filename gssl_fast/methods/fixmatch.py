@@ -33,8 +33,6 @@ weights give ``val_raw_acc1``), saved with checkpoints and exported by ``load_mo
 
 from __future__ import annotations
 
-import os
-import tempfile
 import warnings
 from dataclasses import dataclass
 from pathlib import Path
@@ -50,6 +48,7 @@ from gssl_fast.methods.base import Stream
 from gssl_fast.methods.supervised import GSSLMethod
 from gssl_fast.sections import Recipe
 from gssl_fast.task import gssl_scalars
+from pipelines.atomic import write_text_atomic
 
 # Where a run keeps the positions of its labeled images.
 LABELED_FILE = "labeled_indices.txt"
@@ -111,11 +110,7 @@ def read_positions(path: str, n: int) -> np.ndarray:
 
 def write_positions(path: Path, positions: np.ndarray) -> None:
     """Writes ``positions`` one per line, atomically (a temp file, then a rename)."""
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", dir=path.parent)
-    with os.fdopen(fd, "w") as f:
-        f.write("".join(f"{int(i)}\n" for i in positions))
-    os.replace(tmp, path)
+    write_text_atomic(path, "".join(f"{int(i)}\n" for i in positions))
 
 
 def unlabeled_loss(logits_weak: torch.Tensor, logits_strong: torch.Tensor, tau: float) -> dict:

@@ -34,6 +34,7 @@ from gssl_fast.errors import UserError
 from gssl_fast.methods import register_method
 from gssl_fast.methods.base import Method, Stream, main_batch, pixels
 from gssl_fast.sections import Recipe
+from pipelines.atomic import write_atomic
 
 CODES, PSEUDO_LABELS, CLUSTERS = "codes.npy", "pseudo_labels.npy", "clusters.json"
 # The optimizer of linear evaluation and fine-tuning (cosine over their epochs), whatever pretraining used.
@@ -376,9 +377,4 @@ def collect(model, loader, accelerator, take) -> tuple[torch.Tensor, torch.Tenso
 
 def save_array(path: Path, array: np.ndarray) -> None:
     """``np.save`` to a temporary name, then a rename: a killed stage leaves no half file."""
-    import os
-
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(f".{path.name}.tmp.npy")
-    np.save(tmp, array, allow_pickle=False)
-    os.replace(tmp, path)
+    write_atomic(path, lambda f: np.save(f, array, allow_pickle=False))

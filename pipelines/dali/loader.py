@@ -4,6 +4,7 @@
 from __future__ import annotations
 
 import os
+import re
 from pathlib import Path
 from typing import Iterator
 
@@ -24,6 +25,7 @@ from pipelines.dali.graph import (
 )
 from pipelines.datasets import ArrayDataset, FileList
 from pipelines.datasets.arrays import IMAGENET_MEAN, IMAGENET_STD
+from pipelines.errors import UserError
 from pipelines.localizable import PARAM_KEYS, pretext_targets
 from pipelines.sampling import derive_seed, generator
 from pipelines.sources import as_array_dataset, image_side
@@ -106,12 +108,25 @@ class DaliLoader:
         gen = generator(s.seed, "augment", s.shard_id, epoch)  # the ops torch runs after the graph
         try:
             for i in range(len(self)):
-                outputs = dict(zip(names, pipe.run()))
+                try:
+                    outputs = dict(zip(names, pipe.run()))
+                except RuntimeError as e:
+                    if not self._files:
+                        raise
+                    raise unreadable_file(e, self._shard_files(epoch)[i * self.batch_size:]) from None
                 # Reader batches are whole; past this shard's share they repeat its last file.
                 keep = min(self.batch_size, share - i * self.batch_size) if self._files else None
                 yield self._batch(outputs, keep, gen)
         finally:
             del pipe  # frees DALI's threads and buffers before the next epoch builds its own
+
+    def _shard_files(self, epoch: int) -> list[str]:
+        """The files this shard reads in ``epoch``, in order (:meth:`_build`'s slice)."""
+        s, n = self.spec, len(self.dataset)
+        order = s.epoch_order(n, epoch, shard_id=0, num_shards=1, drop_last=False).tolist()
+        start = len(order) * s.shard_id // s.num_shards
+        share = dali_shard_size(len(order), s.shard_id, s.num_shards)
+        return [self.dataset.paths[i] for i in order[start:start + share]]
 
     def _build(self, epoch: int):
         s = self.spec
@@ -144,6 +159,21 @@ class DaliLoader:
             batch.update(finish_view(name, images, {**params, **later},
                                      normalize_to=self.normalize_to if rest else None))
         return batch
+
+
+def unreadable_file(error: RuntimeError, upcoming: list[str]) -> Exception:
+    """A UserError naming the file behind DALI's ``error``, found by reading ``upcoming``
+    (the files of the failing batch onwards: the pipeline reads ahead) with PIL; the
+    file DALI's message names when PIL reads them all; else ``error`` itself."""
+    from pipelines.datasets.decode import SKIP_HINT, first_unreadable, shown
+
+    found = first_unreadable(upcoming)
+    if found is None:
+        named = re.search(r"(?:Failed to decode sample #\d+ : |File mapping failed: )(\S+)", str(error))
+        if named is None:
+            return error
+        found = (named.group(1), "cannot be decoded by DALI")
+    return UserError(f"cannot read image {shown(found[0])}: it {found[1]}; {SKIP_HINT}")
 
 
 def native_params(opts: GraphOptions, view: str, take, outputs: dict) -> dict[str, torch.Tensor]:

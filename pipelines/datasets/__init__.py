@@ -8,7 +8,9 @@ adds what every dataset shares: the long-tailed train split and the resize to
 
     shapes.py    the built-in procedural dataset (no download)
     cifar.py     CIFAR-10/100 python pickles, through a plain-data unpickler
-    folders.py   ImageFolder trees and Tiny-ImageNet-200, decoded with PIL
+    folders.py   ImageFolder trees and Tiny-ImageNet-200: the files and their labels
+    decode.py    image files -> arrays with PIL; unreadable files refused or skipped
+    cache.py     decoded folder datasets kept on disk for the next run
     longtail.py  LDAM-DRW long-tailed subsampling
     testing.py   writers of small datasets in the real file formats, for tests
 """
@@ -27,13 +29,8 @@ from pipelines.datasets.arrays import (
     resize_images,
 )
 from pipelines.datasets.cifar import cifar10, cifar100
-from pipelines.datasets.folders import (
-    FileList,
-    decode_files,
-    imagefolder,
-    list_folder,
-    tinyimagenet,
-)
+from pipelines.datasets.decode import decode_files, imagefolder, tinyimagenet
+from pipelines.datasets.folders import FileList, list_folder
 from pipelines.datasets.longtail import longtail_counts, longtail_indices
 from pipelines.datasets.shapes import make_shapes, shapes
 from pipelines.errors import UserError, unknown_name

@@ -27,6 +27,8 @@ class ArrayDataset:
     labels: ``[N]`` int64, each in ``0 .. len(classes) - 1``.
     classes: class names; label ``k`` is ``classes[k]``.
     mean, std: the dataset's default per-channel normalization, in [0, 1] units.
+    skipped: ``(path, what is wrong)`` of the source files left out as unreadable
+        (``pipelines.datasets.decode``, ``on_corrupt="skip"``).
 
     ``eq=False``: two datasets compare by identity (element-wise array equality has
     no single truth value).
@@ -37,6 +39,7 @@ class ArrayDataset:
     classes: tuple[str, ...]
     mean: tuple[float, float, float]
     std: tuple[float, float, float]
+    skipped: tuple[tuple[str, str], ...] = ()
 
     def __post_init__(self):
         images = np.ascontiguousarray(self.images)
@@ -86,14 +89,16 @@ class ArrayDataset:
         indices = np.asarray(indices)
         if indices.dtype != bool:
             indices = indices.astype(np.int64, copy=False)
-        return ArrayDataset(self.images[indices], self.labels[indices], self.classes, self.mean, self.std)
+        return ArrayDataset(self.images[indices], self.labels[indices], self.classes, self.mean, self.std,
+                            self.skipped)
 
     def resized(self, image_size: int) -> ArrayDataset:
         """This dataset with every image resized to ``image_size x image_size``
         (see :func:`resize_images`); ``self`` when the size already matches."""
         if self.image_size == (image_size, image_size):
             return self
-        return ArrayDataset(resize_images(self.images, image_size), self.labels, self.classes, self.mean, self.std)
+        return ArrayDataset(resize_images(self.images, image_size), self.labels, self.classes, self.mean, self.std,
+                            self.skipped)
 
 
 def resize_image(image: Image.Image, image_size: int) -> Image.Image:

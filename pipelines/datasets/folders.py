@@ -1,8 +1,8 @@
 """Image files on disk: ImageFolder trees and Tiny-ImageNet-200.
 
 Listing and decoding are separate steps: ``list_*`` returns a :class:`FileList` (paths and
-labels, nothing decoded), which the DALI and FFCV pipelines can read themselves;
-:func:`decode_files` turns one into an in-memory :class:`ArrayDataset`.
+labels, nothing decoded), which the DALI pipeline reads itself;
+``pipelines.datasets.decode`` turns one into an in-memory :class:`ArrayDataset`.
 
     ImageFolder:    root/<class>/**/*.jpg|jpeg|png|bmp|webp, or root/train/<class>/... and
                     root/val/<class>/... for both splits
@@ -14,22 +14,13 @@ labels, nothing decoded), which the DALI and FFCV pipelines can read themselves;
 from __future__ import annotations
 
 import os
-from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
-from PIL import Image
 
-from pipelines.datasets.arrays import (
-    IMAGENET_MEAN,
-    IMAGENET_STD,
-    ArrayDataset,
-    check_split,
-    resize_image,
-)
+from pipelines.datasets.arrays import check_split
 from pipelines.errors import UserError
-from pipelines.system import usable_cores
 
 IMAGE_EXTENSIONS = (".jpg", ".jpeg", ".png", ".bmp", ".webp")
 TINY_URL = "http://cs231n.stanford.edu/tiny-imagenet-200.zip"
@@ -49,11 +40,14 @@ class FileList:
     """Image files and their labels, not decoded.
 
     paths: file paths as strings; labels: ``[N]`` int64 indices into ``classes``.
+    skipped: ``(path, what is wrong)`` of files left out as unreadable
+        (``pipelines.datasets.decode``, ``on_corrupt="skip"``).
     """
 
     paths: tuple[str, ...]
     labels: np.ndarray
     classes: tuple[str, ...]
+    skipped: tuple[tuple[str, str], ...] = ()
 
     def __post_init__(self):
         paths = tuple(str(p) for p in self.paths)
@@ -63,6 +57,7 @@ class FileList:
         object.__setattr__(self, "paths", paths)
         object.__setattr__(self, "labels", labels)
         object.__setattr__(self, "classes", tuple(str(c) for c in self.classes))
+        object.__setattr__(self, "skipped", tuple((str(p), str(why)) for p, why in self.skipped))
 
     def __len__(self) -> int:
         return len(self.paths)
@@ -79,6 +74,19 @@ def _images_under(folder: Path) -> list[Path]:
         dirnames[:] = [d for d in dirnames if not d.startswith(".")]
         found.extend(Path(dirpath) / f for f in filenames if not f.startswith("."))
     return sorted((p for p in found if _is_image(p)), key=lambda p: str(p.relative_to(folder)))
+
+
+def check_name(path) -> str:
+    """``path`` as a string, refused when it is not valid UTF-8: DALI cannot open such a
+    file, and run folders record paths as UTF-8 text."""
+    path = str(path)
+    try:
+        path.encode("utf-8")
+    except UnicodeEncodeError:
+        shown = os.fsencode(path).decode("utf-8", "backslashreplace")
+        raise UserError(f"file name {shown} is not valid UTF-8; rename it (e.g. convmv -f latin1 -t utf8 "
+                        "--notest -r DATA_ROOT) so that every loader can open it") from None
+    return path
 
 
 def _existing_dir(root, what: str, help_text: str) -> Path:
@@ -101,19 +109,25 @@ def list_image_folder(root, classes=None) -> FileList:
     """
     root = _existing_dir(root, "ImageFolder", FOLDER_HELP)
     folders = sorted(d.name for d in root.iterdir() if d.is_dir() and not d.name.startswith("."))
-    classes = tuple(folders) if classes is None else tuple(classes)
+    own_classes = classes is None  # a train split: each folder is a class and needs images
+    classes = tuple(folders) if own_classes else tuple(classes)
     index = {c: k for k, c in enumerate(classes)}
-    paths, labels = [], []
+    paths, labels, empty = [], [], []
     for name in folders:
         files = _images_under(root / name)
         if name not in index:
             if files:
                 raise UserError(f"{root / name} is not one of the {len(classes)} train classes; {FOLDER_HELP}")
             continue
-        paths.extend(str(p) for p in files)
+        if not files:
+            empty.append(root / name)
+        paths.extend(check_name(p) for p in files)
         labels.extend([index[name]] * len(files))
     if not paths:
         raise UserError(f"no images ({', '.join(IMAGE_EXTENSIONS)}) found in class folders under {root}. {FOLDER_HELP}")
+    if empty and own_classes:
+        raise UserError(f"class folder {check_name(empty[0])} holds no images ({', '.join(IMAGE_EXTENSIONS)}); "
+                        "add its images or remove the folder")
     return FileList(tuple(paths), np.asarray(labels, dtype=np.int64), classes)
 
 
@@ -158,7 +172,10 @@ def list_tinyimagenet(root, split: str) -> FileList:
             if not folder.is_dir():
                 raise UserError(f"Tiny-ImageNet train folder {folder} is missing. {TINY_HELP}")
             files = sorted(p for p in folder.iterdir() if _is_image(p))
-            paths.extend(str(p) for p in files)
+            if not files:
+                raise UserError(f"Tiny-ImageNet train folder {folder} holds no images; add them or remove "
+                                f"{wnid} from wnids.txt")
+            paths.extend(check_name(p) for p in files)
             labels.extend([k] * len(files))
     else:
         notes = root / "val" / "val_annotations.txt"
@@ -172,7 +189,11 @@ def list_tinyimagenet(root, split: str) -> FileList:
                 raise UserError(
                     f"{notes}, line {n}: expected 'file<TAB>wnid<TAB>box' with a wnid of wnids.txt, got {line!r}"
                 )
-            paths.append(str(root / "val" / "images" / fields[0].strip()))
+            path = root / "val" / "images" / fields[0].strip()
+            if not path.is_file():
+                raise UserError(f"{notes}, line {n} names {fields[0].strip()!r}, which is not in {path.parent}; "
+                                "restore the file or delete the line")
+            paths.append(check_name(path))
             labels.append(index[fields[1].strip()])
     if not paths:
         raise UserError(f"no Tiny-ImageNet {split} images found under {root}. {TINY_HELP}")
@@ -223,46 +244,3 @@ def held_out(files: FileList, split: str, fraction: float, seed: int) -> FileLis
     val = np.sort(np.concatenate(val)).astype(np.int64)
     keep = val if split == "val" else np.setdiff1d(np.arange(len(files)), val)
     return FileList(tuple(files.paths[i] for i in keep), files.labels[keep], files.classes)
-
-
-def decode_files(files: FileList, image_size: int, *, workers: int = 0) -> ArrayDataset:
-    """Decodes every file to RGB and resizes it to ``image_size`` square when needed
-    (PIL bilinear, antialiased when shrinking; see ``resize_image``).
-
-    workers: decoding threads (PIL releases the GIL while decoding); 0 = the cores this
-        process may use, 1 = no thread pool.
-    Returns images ``[N, S, S, 3]`` uint8 with the ImageNet normalization. An unreadable
-    file raises UserError naming it.
-    """
-    if image_size < 1:
-        raise ValueError(f"image_size must be positive, got {image_size}")
-    out = np.empty((len(files), image_size, image_size, 3), dtype=np.uint8)
-
-    def decode(i: int) -> None:
-        path = files.paths[i]
-        try:
-            with Image.open(path) as image:
-                out[i] = np.asarray(resize_image(image.convert("RGB"), image_size))
-        except (OSError, ValueError, Image.DecompressionBombError) as e:
-            raise UserError(f"cannot read image {path}: {e}") from None
-
-    workers = workers or usable_cores()
-    if workers == 1 or len(files) < 2:
-        for i in range(len(files)):
-            decode(i)
-    else:
-        with ThreadPoolExecutor(workers) as pool:
-            for _ in pool.map(decode, range(len(files))):
-                pass
-    return ArrayDataset(out, files.labels, files.classes, IMAGENET_MEAN, IMAGENET_STD)
-
-
-def tinyimagenet(cfg, split: str) -> ArrayDataset:
-    """Registry entry: Tiny-ImageNet-200 from ``cfg.root`` at ``cfg.image_size``."""
-    return decode_files(list_tinyimagenet(cfg.root, split), cfg.image_size)
-
-
-def imagefolder(cfg, split: str) -> ArrayDataset:
-    """Registry entry: an ImageFolder (or Tiny-ImageNet) tree at ``cfg.root``, ``cfg.image_size``
-    (a single tree's val split: ``cfg.val_fraction`` of it, seeded by ``cfg.seed``)."""
-    return decode_files(list_folder(cfg.root, split, val_fraction=cfg.val_fraction, seed=cfg.seed), cfg.image_size)

@@ -7,6 +7,8 @@ downloaded, so fixtures are written from arrays, e.g. ``make_shapes(...).images`
     write_cifar100(root, images, labels)           root = a cifar-100-python folder
     write_image_folder(root, images, labels)       root/<class>/<i>.png
     write_tinyimagenet(root, train_images, train_labels, val_images, val_labels)
+    write_unreadable(path, kind)                   a file no reader can decode (UNREADABLE)
+    write_convertible(path, kind, image)           ``image`` stored in another mode (CONVERTIBLE)
 
 Every writer creates ``root`` and returns it as a Path. Images are ``[N, H, W, 3]`` uint8
 (CIFAR: H = W = 32), or for the folder writers any sequence of ``[H, W, 3]`` uint8
@@ -182,3 +184,75 @@ def write_tinyimagenet(
         notes.append(f"{name}\t{wnids[label]}\t0\t0\t{w - 1}\t{h - 1}\n")
     (root / "val" / "val_annotations.txt").write_text("".join(notes))
     return root
+
+
+# Files a reader must refuse by name (or skip), and images it must convert to RGB.
+UNREADABLE = ("truncated", "empty", "not_image")
+CONVERTIBLE = {  # kind -> file extension
+    "gray": "png", "gray16": "png", "rgb16": "png", "rgba": "png", "palette": "png", "cmyk": "jpg",
+}
+
+
+def write_unreadable(path, kind: str) -> Path:
+    """A file with an image extension that cannot be decoded: ``truncated`` (the first
+    half of a JPEG), ``empty`` (0 bytes) or ``not_image`` (text)."""
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    if kind == "truncated":
+        rng = np.random.default_rng(0)
+        save_image(rng.integers(0, 256, (32, 32, 3), dtype=np.uint8), path, "jpg")
+        data = path.read_bytes()
+        path.write_bytes(data[: len(data) // 2])
+    elif kind == "empty":
+        path.write_bytes(b"")
+    elif kind == "not_image":
+        path.write_text("this is a text file, not an image\n" * 8)
+    else:
+        raise ValueError(f"unknown kind {kind!r}; valid: {', '.join(UNREADABLE)}")
+    return path
+
+
+def _png16(path: Path, values: np.ndarray) -> None:
+    """A 16-bit PNG of ``values`` (``[H, W]`` gray or ``[H, W, 3]`` RGB, 0..65535), written
+    chunk by chunk: PIL cannot write 16-bit RGB."""
+    import struct
+    import zlib
+
+    h, w = values.shape[:2]
+    colour = 2 if values.ndim == 3 else 0
+    rows = b"".join(b"\x00" + values[y].astype(">u2").tobytes() for y in range(h))
+
+    def chunk(tag: bytes, data: bytes) -> bytes:
+        return struct.pack(">I", len(data)) + tag + data + struct.pack(">I", zlib.crc32(tag + data) & 0xFFFFFFFF)
+
+    header = struct.pack(">IIBBBBB", w, h, 16, colour, 0, 0, 0)
+    path.write_bytes(b"\x89PNG\r\n\x1a\n" + chunk(b"IHDR", header) + chunk(b"IDAT", zlib.compress(rows))
+                     + chunk(b"IEND", b""))
+
+
+def write_convertible(path, kind: str, image: np.ndarray) -> Path:
+    """``image`` (``[H, W, 3]`` uint8) stored as a ``kind`` of :data:`CONVERTIBLE`: gray
+    (its first channel, 8 or 16 bits: ``v * 257``), 16-bit RGB (``v * 257``), RGBA (an
+    alpha of noise), a 256-colour palette, or CMYK JPEG. ``path`` takes the kind's
+    extension."""
+    if kind not in CONVERTIBLE:
+        raise ValueError(f"unknown kind {kind!r}; valid: {', '.join(CONVERTIBLE)}")
+    path = Path(path).with_suffix("." + CONVERTIBLE[kind])
+    path.parent.mkdir(parents=True, exist_ok=True)
+    image = np.asarray(image, dtype=np.uint8)
+    if kind in ("gray16", "rgb16"):
+        values = image.astype(np.uint16) * 257
+        _png16(path, values[..., 0] if kind == "gray16" else values)
+        return path
+    pil = Image.fromarray(image)
+    if kind == "gray":
+        pil = Image.fromarray(image[..., 0])
+    elif kind == "rgba":
+        alpha = np.random.default_rng(0).integers(0, 256, image.shape[:2], dtype=np.uint8)
+        pil = Image.fromarray(np.dstack([image, alpha]), "RGBA")
+    elif kind == "palette":
+        pil = pil.convert("P", palette=Image.Palette.ADAPTIVE)
+    elif kind == "cmyk":
+        pil = pil.convert("CMYK")
+    pil.save(path, FORMATS[CONVERTIBLE[kind]])
+    return path

@@ -4,9 +4,9 @@ from PIL import Image
 
 from gssl_fast.config import DataConfig
 from pipelines.datasets import DATASETS, IMAGENET_MEAN, IMAGENET_STD, load_dataset
+from pipelines.datasets.decode import decode_files
 from pipelines.datasets.folders import (
     FileList,
-    decode_files,
     list_folder,
     list_image_folder,
     list_tinyimagenet,

@@ -1,0 +1,182 @@
+"""Image files -> uint8 RGB arrays with PIL, and what to do with a file that cannot be read.
+
+Every image PIL can read becomes ``[S, S, 3]`` uint8 RGB: grayscale, palette, RGBA
+(alpha dropped), CMYK and 16-bit images are converted (16-bit values scaled by 1/257 and
+rounded, as DALI's decoder does), never refused. A file that cannot be read (empty,
+truncated, not an image, a decompression bomb) is an error naming it and what is wrong,
+or with ``on_corrupt="skip"`` is left out and recorded in the dataset's ``skipped``.
+"""
+
+from __future__ import annotations
+
+import os
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import replace
+
+import numpy as np
+from PIL import Image
+
+from pipelines.datasets.arrays import IMAGENET_MEAN, IMAGENET_STD, ArrayDataset, resize_image
+from pipelines.datasets.folders import FileList, list_folder, list_tinyimagenet
+from pipelines.errors import UserError, unknown_name
+from pipelines.system import usable_cores
+
+# data.on_corrupt: what an unreadable image file does.
+ON_CORRUPT = {"error": "stop with a one-line error naming the file", "skip": "leave it out and count it"}
+SKIP_HINT = 'fix or remove the file, or set data.on_corrupt = "skip" to leave out unreadable images'
+# PIL modes holding more than 8 bits per value: scaled to 0..255 instead of clipped.
+WIDE_MODES = ("I;16", "I;16B", "I;16L", "I;16N", "I", "F")
+
+
+def check_on_corrupt(on_corrupt: str) -> str:
+    if on_corrupt not in ON_CORRUPT:
+        raise unknown_name("data.on_corrupt", on_corrupt, ON_CORRUPT)
+    return on_corrupt
+
+
+def to_rgb(image: Image.Image) -> Image.Image:
+    """Any PIL image -> mode RGB. 16-bit and 32-bit values become ``round(v / 257)``
+    clipped to 0..255 (PIL's own ``convert`` clips them at 255 instead)."""
+    if image.mode in WIDE_MODES:
+        values = np.asarray(image, dtype=np.float64)
+        image = Image.fromarray(np.clip(np.rint(values / 257.0), 0, 255).astype(np.uint8), "L")
+    return image if image.mode == "RGB" else image.convert("RGB")
+
+
+def read_rgb(path: str, image_size: int) -> np.ndarray:
+    """The image file ``path`` as ``[S, S, 3]`` uint8 RGB, resized to ``image_size``
+    (PIL bilinear, antialiased when shrinking). Raises ValueError saying what is wrong."""
+    try:
+        with Image.open(path) as image:
+            return np.asarray(resize_image(to_rgb(image), image_size))
+    except (OSError, ValueError, SyntaxError, Image.DecompressionBombError) as e:
+        raise ValueError(problem(path, e)) from None
+
+
+def problem(path: str, error: BaseException) -> str:
+    """What is wrong with the image file ``path``, which PIL failed to read with ``error``."""
+    try:
+        size = os.path.getsize(path)
+    except OSError as e:
+        return f"cannot be opened ({e.strerror})"
+    if size == 0:
+        return "is empty (0 bytes)"
+    if isinstance(error, Image.UnidentifiedImageError):
+        with open(path, "rb") as f:
+            head = f.read(8)
+        return f"is not an image in a format PIL knows (its first bytes are {head!r})"
+    if isinstance(error, Image.DecompressionBombError):
+        return f"is too large to decode safely ({error})"
+    return f"is truncated or corrupt ({error})"
+
+
+def shown(path: str) -> str:
+    """``path`` as text that prints on any terminal (undecodable bytes escaped)."""
+    return os.fsencode(path).decode("utf-8", "backslashreplace")
+
+
+def _decode_all(paths, image_size: int, workers: int) -> tuple[np.ndarray, dict[int, str]]:
+    """``([N, S, S, 3]`` uint8, ``{index: what is wrong}``) of every file of ``paths``."""
+    out = np.zeros((len(paths), image_size, image_size, 3), dtype=np.uint8)
+    bad: dict[int, str] = {}
+
+    def decode(i: int) -> None:
+        try:
+            out[i] = read_rgb(paths[i], image_size)
+        except ValueError as e:
+            bad[i] = str(e)
+
+    workers = workers or usable_cores()
+    if workers == 1 or len(paths) < 2:
+        for i in range(len(paths)):
+            decode(i)
+    else:
+        with ThreadPoolExecutor(workers) as pool:  # PIL releases the GIL while decoding
+            for _ in pool.map(decode, range(len(paths))):
+                pass
+    return out, bad
+
+
+def decode_files(files: FileList, image_size: int, *, workers: int = 0, on_corrupt: str = "error") -> ArrayDataset:
+    """Decodes every file to RGB at ``image_size`` square (see :func:`read_rgb`).
+
+    workers: decoding threads; 0 = the cores this process may use, 1 = no thread pool.
+    on_corrupt: ``"error"`` raises UserError naming the first unreadable file (in list
+        order); ``"skip"`` leaves unreadable files out (``skipped`` of the result lists
+        them with what is wrong).
+    Returns images ``[N, S, S, 3]`` uint8 with the ImageNet normalization.
+    """
+    if image_size < 1:
+        raise ValueError(f"image_size must be positive, got {image_size}")
+    check_on_corrupt(on_corrupt)
+    images, bad = _decode_all(files.paths, image_size, workers)
+    if bad and on_corrupt == "error":
+        first = min(bad)
+        raise UserError(f"cannot read image {shown(files.paths[first])}: it {bad[first]}; {SKIP_HINT}")
+    keep = np.setdiff1d(np.arange(len(files)), np.fromiter(bad, dtype=np.int64, count=len(bad)))
+    if bad:
+        images = images[keep]
+    skipped = files.skipped + tuple((files.paths[i], bad[i]) for i in sorted(bad))
+    return ArrayDataset(images, files.labels[keep], files.classes, IMAGENET_MEAN, IMAGENET_STD, skipped=skipped)
+
+
+def screen_files(files: FileList, *, workers: int = 0, image_size: int = 8) -> FileList:
+    """``files`` less the ones PIL cannot read, which go to ``skipped``: for readers
+    that decode by themselves (DALI) under ``on_corrupt="skip"``. Every file is decoded
+    once (JPEGs at reduced scale, which still reads every byte)."""
+    bad: dict[int, str] = {}
+
+    def check(i: int) -> None:
+        path = files.paths[i]
+        try:
+            with Image.open(path) as image:
+                image.draft("RGB", (image_size, image_size))
+                image.load()
+        except (OSError, ValueError, SyntaxError, Image.DecompressionBombError) as e:
+            bad[i] = problem(path, e)
+
+    with ThreadPoolExecutor(workers or usable_cores()) as pool:
+        for _ in pool.map(check, range(len(files))):
+            pass
+    if not bad:
+        return files
+    keep = [i for i in range(len(files)) if i not in bad]
+    return replace(files, paths=tuple(files.paths[i] for i in keep), labels=files.labels[keep],
+                   skipped=files.skipped + tuple((files.paths[i], bad[i]) for i in sorted(bad)))
+
+
+def first_unreadable(paths) -> tuple[str, str] | None:
+    """``(path, what is wrong)`` of the first of ``paths`` PIL cannot read, else None:
+    names the file behind a decoder's failure that does not name it."""
+    for path in paths:
+        try:
+            read_rgb(path, 1)
+        except ValueError as e:
+            return path, str(e)
+    return None
+
+
+def decoded(files: FileList, cfg) -> ArrayDataset:
+    """``files`` decoded at ``cfg.image_size`` under ``cfg.on_corrupt``, through the
+    decode cache in ``cfg.cache_dir`` ("" = ``cache.default_dir()``) unless
+    ``cfg.decode_cache`` is false."""
+    def decode() -> ArrayDataset:
+        return decode_files(files, cfg.image_size, on_corrupt=cfg.on_corrupt)
+
+    if not cfg.decode_cache:
+        return decode()
+    from pipelines.datasets.cache import cached_decode, default_dir
+
+    check_on_corrupt(cfg.on_corrupt)
+    return cached_decode(files, cfg.image_size, cfg.on_corrupt, cfg.cache_dir or default_dir(), decode)
+
+
+def tinyimagenet(cfg, split: str) -> ArrayDataset:
+    """Registry entry: Tiny-ImageNet-200 from ``cfg.root`` at ``cfg.image_size``."""
+    return decoded(list_tinyimagenet(cfg.root, split), cfg)
+
+
+def imagefolder(cfg, split: str) -> ArrayDataset:
+    """Registry entry: an ImageFolder (or Tiny-ImageNet) tree at ``cfg.root``, ``cfg.image_size``
+    (a single tree's val split: ``cfg.val_fraction`` of it, seeded by ``cfg.seed``)."""
+    return decoded(list_folder(cfg.root, split, val_fraction=cfg.val_fraction, seed=cfg.seed), cfg)

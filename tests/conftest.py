@@ -1,0 +1,13 @@
+"""Settings every test shares."""
+
+import os
+
+import pytest
+
+
+@pytest.fixture(autouse=True, scope="session")
+def _decode_cache(tmp_path_factory):
+    """Folder datasets decoded by the tests (and the runs they launch) are cached in a
+    folder of the test session, not in the user's ~/.cache."""
+    os.environ["GSSL_FAST_CACHE"] = str(tmp_path_factory.mktemp("decode-cache"))
+    yield
