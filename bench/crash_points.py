@@ -37,13 +37,19 @@ POINTS = [("data", 1), *(("step", n) for n in range(1, 13)), *(("evaluate", n) f
 QUICK = [("step", 7), ("checkpoint", 1)]  # the script works; tests/gssl_fast/test_crashes.py covers more
 
 
-def train(recipe: Path, out: Path, *extra: str, crash: str | None = None) -> subprocess.CompletedProcess:
-    """``python -m gssl_fast.train`` in a fresh process, killed at ``crash`` when given."""
+def train(recipe: Path, out: Path, *extra: str, crash: str | None = None, processes: int = 1,
+          port: int = 29560) -> subprocess.CompletedProcess:
+    """``python -m gssl_fast.train`` in a fresh process (``processes`` > 1: that many CPU
+    processes under torchrun, on ``port``), killed at ``crash`` when given."""
     env = {k: v for k, v in os.environ.items() if k != "GSSL_FAST_CRASH_AT"}
     if crash:
         env["GSSL_FAST_CRASH_AT"] = crash
-    return subprocess.run([sys.executable, "-m", "gssl_fast.train", str(recipe), "--out", str(out), *extra], cwd=ROOT,
-                          capture_output=True, text=True, timeout=600, env=env)
+    launch = [sys.executable]
+    if processes > 1:
+        launch = [str(Path(sys.executable).parent / "torchrun"), "--nproc_per_node", str(processes),
+                  "--master_port", str(port)]
+    return subprocess.run([*launch, "-m", "gssl_fast.train", str(recipe), "--out", str(out), *extra], cwd=ROOT,
+                          capture_output=True, text=True, timeout=600, env={**env, "PYTHONUNBUFFERED": "1"})
 
 
 def final(run: Path) -> tuple[dict, list]:

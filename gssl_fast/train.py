@@ -16,12 +16,12 @@ to ``accelerator.prepare``.
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import os
 import shutil
 import signal
 import sys
 import time
-import dataclasses
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -29,9 +29,17 @@ import numpy as np
 import torch
 
 from gssl_fast import checkpoint
-from gssl_fast.faults import crash_point
-from gssl_fast.epoch import Partial, Preemption, Stopped, epoch_row, train_one_epoch
 from gssl_fast.config import Recipe, load_recipe, recipe_to_toml, save_recipe
+from gssl_fast.epoch import Partial, Preemption, Stopped, epoch_row, train_one_epoch
+from gssl_fast.faults import crash_point
+from gssl_fast.peers import (
+    PEER_EXIT,
+    PeerLost,
+    broadcast_buffers,
+    register,
+    replicas_in_sync,
+    watching,
+)
 from pipelines.errors import UserError
 
 USAGE_EXIT = 2
@@ -67,6 +75,9 @@ def main(argv=None) -> int:
             print(f"stopped by {signal.Signals(stop.signum).name} at {stop.where}: wrote {stop.path}; continue "
                   f"with --resume auto (exit status {128 + stop.signum})", file=sys.stderr, flush=True)
         return 128 + stop.signum
+    except PeerLost as e:  # every surviving process says so: each names itself
+        print(f"error: {e}", file=sys.stderr, flush=True)
+        return PEER_EXIT
     return 0
 
 
@@ -293,7 +304,12 @@ def run_epochs(recipe, method, model, optimizer, scheduler, loaders, val_loader,
     ``partial``'s step of it after a preemption). A stage of a staged method logs into
     the run's metrics.jsonl (the folder above ``stages/``) with a ``stage`` field. A
     SIGTERM or SIGINT writes a checkpoint at the next step boundary and raises ``Stopped``."""
-    with Preemption() as preemption:
+    def resume_hint() -> str:
+        kept = checkpoint.list_checkpoints(run_dir)
+        return f"{'the newest checkpoint is ' + str(kept[-1]) if kept else 'no checkpoint yet'}: rerun with --resume auto"
+
+    # watching outside Preemption: a lost peer's SIGTERM from the launcher finds this process stopping.
+    with watching(register(accelerator), accelerator.process_index, resume_hint), Preemption() as preemption:
         _run_epochs(recipe, method, model, optimizer, scheduler, loaders, val_loader, accelerator, run_dir=run_dir,
                     first_epoch=first_epoch, plan=plan, threads=threads, stage=stage, partial=partial,
                     preemption=preemption)
@@ -371,29 +387,6 @@ def best_so_far(rows: list[dict]) -> tuple[float, int]:
     """``(best val_acc1, its epoch)`` of the logged rows; ``(-1, -1)`` before any."""
     scored = [(r["val_acc1"], r["epoch"]) for r in rows if "val_acc1" in r]
     return max(scored, key=lambda t: t[0], default=(-1.0, -1))
-
-
-def broadcast_buffers(model, accelerator) -> None:
-    """Copies process 0's buffers (BatchNorm running statistics) to every process.
-
-    DDP broadcasts them at the start of each forward, but the forward then updates them
-    from the local batch, so after an epoch they differ slightly between processes;
-    evaluation and the checkpoint should see one model.
-    """
-    if accelerator.num_processes > 1:
-        import torch.distributed as dist
-
-        for buf in model.buffers():
-            dist.broadcast(buf.data, src=0)
-
-
-def replicas_in_sync(model, accelerator) -> bool:
-    """Whether every process holds bit-identical parameters and buffers, compared by a
-    float64 fingerprint (sum and sum of squares of each tensor) gathered from all."""
-    tensors = list(model.state_dict().values())
-    prints = torch.stack([torch.stack([t.double().sum(), t.double().square().sum()]) for t in tensors])
-    everyone = accelerator.gather(prints[None].to(accelerator.device))
-    return bool((everyone == everyone[:1]).all())
 
 
 def checkpoint_seed(seed: int, rank: int, epoch: int) -> int:

@@ -1,0 +1,65 @@
+"""Several processes: one of them dying stops the others at once, naming it; the run resumes."""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+import time
+
+import pytest
+
+from bench.crash_points import final, same, train
+from gssl_fast.peers import PEER_EXIT, Process, alive, lost_message
+from tests.gssl_fast.tiny import write_tiny
+
+ARGS = ["--set", "train.epochs=2", "--set", "train.steps_per_epoch=3", "--set", "data.train_size=192"]
+
+
+@pytest.fixture(scope="module")
+def straight(tmp_path_factory):
+    """The unbroken two-process run (it also stands for the two-process torch run of
+    test_train.py's sync test)."""
+    folder = tmp_path_factory.mktemp("peers")
+    recipe = write_tiny(folder)
+    run = train(recipe, folder / "straight", *ARGS, processes=2, port=29571)
+    assert run.returncode == 0, run.stderr[-3000:]
+    rows = final(folder / "straight")[1]
+    assert [r["world_size"] for r in rows] == [2, 2] and all(r["replicas_in_sync"] for r in rows)
+    return recipe, final(folder / "straight")
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("dies", [1, 0])
+def test_a_dead_process_stops_the_other_which_names_it_and_the_run_resumes(tmp_path, straight, dies):
+    recipe, unbroken = straight
+    out = tmp_path / "run"
+    start = time.monotonic()
+    # Rank `dies` is killed after the first step of epoch 2 (epoch 1's checkpoint is written).
+    killed = train(recipe, out, *ARGS, crash=f"step:4@{dies}", processes=2, port=29572 + dies)
+    assert time.monotonic() - start < 120, "the survivor must not hang"
+    survivor = 1 - dies
+    lines = [line for line in killed.stderr.splitlines() if line.startswith("error:")]
+    assert len(lines) == 1, killed.stderr[-3000:]
+    assert f"process {survivor} of 2 stops: process {dies} (pid " in lines[0] and "is gone" in lines[0]
+    assert "epoch_0001.pt: rerun with --resume auto" in lines[0]
+    assert f"exitcode  : {PEER_EXIT}" in killed.stderr  # torchrun's summary of the survivor
+    if dies == 0:
+        return  # the resume is the same whichever process died
+    resumed = train(recipe, out, *ARGS, "--resume", "auto", processes=2, port=29575)
+    assert resumed.returncode == 0, resumed.stderr[-3000:]
+    assert same(final(out), unbroken)
+
+
+def test_only_a_collective_broken_by_a_peer_becomes_a_peer_error():
+    child = subprocess.Popen([sys.executable, "-c", "pass"])
+    child.wait()
+    processes = [Process(0, os.uname().nodename, os.getpid()), Process(1, os.uname().nodename, child.pid)]
+    assert alive(os.getpid()) and not alive(child.pid)
+    hint = lambda: "rerun with --resume auto"  # noqa: E731
+    message = lost_message(processes, 0, RuntimeError("[pair.cc:545] Read error: Connection reset by peer. More."), hint)
+    assert message == (f"process 0 of 2 stops: process 1 (pid {child.pid} on {os.uname().nodename}) is gone "
+                       "(Read error: Connection reset by peer.); rerun with --resume auto")
+    living = [processes[0], Process(1, os.uname().nodename, os.getpid())]
+    assert lost_message(living, 0, RuntimeError("shape mismatch in matmul"), hint) is None
+    assert "another process stopped answering" in lost_message(living, 0, RuntimeError("NCCL watchdog timeout"), hint)
