@@ -56,6 +56,7 @@ bench: install
 	$(BIN)/python bench/simclr_loader.py --json bench/out/simclr_loader.json
 	$(BIN)/python bench/guided_plan.py --json bench/out/guided_plan.json
 	$(BIN)/python bench/crash_points.py --json bench/out/crash_points.json
+	$(BIN)/python bench/decode_cache.py --json bench/out/decode_cache.json
 
 # CUDA-only tests and a short GPU benchmark, JSON into OUT (exits 3 without CUDA).
 OUT ?= bench/out/gpu

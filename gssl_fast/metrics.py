@@ -45,31 +45,42 @@ def accuracy_report(top5: np.ndarray, labels: np.ndarray, num_classes: int, trai
     return report
 
 
+def gather_by_index(accelerator, index: torch.Tensor, *values: torch.Tensor) -> tuple[torch.Tensor, ...]:
+    """Every process's rows in dataset order: ``index`` ``[n]`` int64 (the dataset
+    positions of this process's rows) and ``values`` (each ``[n, ...]``) ->
+    ``(index [N], *values)`` on the CPU, over all processes, each position once, sorted.
+
+    One padded gather per tensor, so shards of unequal length need no matching number of
+    collective calls; duplicate positions (none with disjoint shards) count once.
+    """
+    parts = [index, *values]
+    if accelerator.num_processes > 1:
+        parts = [accelerator.gather(accelerator.pad_across_processes(t, dim=0, pad_index=-1)) for t in parts]
+    parts = [t.cpu() for t in parts]
+    keep = parts[0] >= 0
+    parts = [t[keep] for t in parts]
+    _, first = np.unique(parts[0].numpy(), return_index=True)
+    order = torch.from_numpy(first)
+    return tuple(t[order] for t in parts)
+
+
 @torch.no_grad()
 def evaluate(model, loader, *, accelerator, num_classes: int, train_counts=None) -> dict:
     """Accuracy of ``model`` (a task whose ``forward(images)`` returns ``logits``) over
-    ``loader``, whose processes each read a disjoint shard.
-
-    Every process collects ``[n, k + 2]`` int64 rows (top-k ids, label, dataset index),
-    then one padded gather joins them, so shards of unequal length need no matching
-    number of collective calls. Duplicate indices (none with disjoint shards) count once.
-    """
+    ``loader``, whose processes each read a disjoint shard: every process collects
+    ``[n, k + 1]`` int64 rows (top-k ids, label), joined by :func:`gather_by_index`."""
     model.eval()
     k = min(5, num_classes)
-    rows = []
+    rows, index = [torch.zeros(0, k + 1, dtype=torch.int64, device=accelerator.device)], [
+        torch.zeros(0, dtype=torch.int64, device=accelerator.device)]
     with accelerator.autocast():
         for batch in loader:
             crash_point("evaluate")
             logits = model(batch["images"])["logits"].float()
-            rows.append(torch.cat([topk_predictions(logits, k), batch["labels"][:, None], batch["indices"][:, None]], 1))
-    local = torch.cat(rows) if rows else torch.zeros(0, k + 2, dtype=torch.int64, device=accelerator.device)
-    if accelerator.num_processes > 1:
-        local = accelerator.pad_across_processes(local, dim=0, pad_index=-1)
-        local = accelerator.gather(local)
-    table = local.cpu().numpy()
-    table = table[table[:, -1] >= 0]
-    _, first = np.unique(table[:, -1], return_index=True)
-    table = table[first]
+            rows.append(torch.cat([topk_predictions(logits, k), batch["labels"][:, None]], 1))
+            index.append(batch["indices"])
+    _, table = gather_by_index(accelerator, torch.cat(index), torch.cat(rows))
+    table = table.numpy()
     return accuracy_report(table[:, :k], table[:, k], num_classes, train_counts)
 
 

@@ -64,6 +64,22 @@ def epoch_indices(
 # ---------------------------------------------------------------- G-SimCLR: batches guided by pseudo-labels
 
 
+def held_out_positions(labels, fraction: float, seed: int) -> np.ndarray:
+    """Sorted int64 positions of a seeded ``fraction`` of each class of ``labels`` ``[N]``,
+    held out for validation: ``round(fraction * n)`` of a class of ``n``, at least one and
+    never the whole class (none of a class of one)."""
+    if not 0 < fraction < 1:
+        raise ValueError(f"the held-out fraction must be in (0, 1), got {fraction}")
+    labels = np.asarray(labels)
+    rng = np.random.default_rng(seed)
+    held = []
+    for c in np.unique(labels):
+        members = np.flatnonzero(labels == c)
+        k = min(len(members) - 1, max(1, round(fraction * len(members))))
+        held.append(rng.permutation(members)[:k])
+    return np.sort(np.concatenate(held or [np.zeros(0, np.int64)])).astype(np.int64)
+
+
 def _cluster_counts(pseudo_labels, batch_size: int) -> np.ndarray:
     """The labels as a checked ``[N]`` int64 array (``batch_size`` checked too)."""
     labels = np.asarray(pseudo_labels)

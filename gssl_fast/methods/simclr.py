@@ -33,6 +33,7 @@ from gssl_fast.config_checks import rule
 from gssl_fast.errors import UserError
 from gssl_fast.methods import register_method
 from gssl_fast.methods.base import Method, Stream, main_batch, pixels
+from gssl_fast.metrics import gather_by_index
 from gssl_fast.sections import Recipe
 from pipelines.atomic import write_atomic
 
@@ -261,11 +262,10 @@ class Linear(_Stage):
 
     def split(self) -> tuple[np.ndarray, np.ndarray]:
         """(train positions, held-out positions): a seeded share of every class held out."""
+        from pipelines.sampling import held_out_positions
+
         labels = np.asarray(self.ctx.train_labels)
-        rng = np.random.default_rng(self.ctx.train.seed)
-        held = [rng.permutation(np.flatnonzero(labels == c))[: max(1, round(self.cfg.holdout * (labels == c).sum()))]
-                for c in np.unique(labels)]
-        held = np.sort(np.concatenate(held))
+        held = held_out_positions(labels, self.cfg.holdout, self.ctx.train.seed)
         return np.setdiff1d(np.arange(len(labels)), held), held
 
     def streams(self):
@@ -364,15 +364,8 @@ def collect(model, loader, accelerator, take) -> tuple[torch.Tensor, torch.Tenso
             labels.append(batch["labels"])
             index.append(batch["indices"])
     model.train(was)
-    parts = [torch.cat(t) for t in (rows, labels, index)]
-    if accelerator.num_processes > 1:
-        parts = [accelerator.gather(accelerator.pad_across_processes(t, dim=0, pad_index=-1)) for t in parts]
-    values, labels, index = (t.cpu() for t in parts)
-    keep = index >= 0
-    values, labels, index = values[keep], labels[keep], index[keep]
-    _, first = np.unique(index.numpy(), return_index=True)  # in dataset order, each image once
-    order = torch.from_numpy(first)
-    return values[order], labels[order]
+    _, values, labels = gather_by_index(accelerator, torch.cat(index), torch.cat(rows), torch.cat(labels))
+    return values, labels
 
 
 def save_array(path: Path, array: np.ndarray) -> None:

@@ -231,16 +231,12 @@ def list_folder(root, split: str = "train", *, val_fraction: float = 0.0, seed: 
 
 
 def held_out(files: FileList, split: str, fraction: float, seed: int) -> FileList:
-    """The ``split`` of ``files`` when ``fraction`` of each class (at least one image of
-    a class with two or more) is held out as val, drawn with ``seed``."""
+    """The ``split`` of ``files`` when ``fraction`` of each class is held out as val, drawn
+    with ``seed`` (``pipelines.sampling.held_out_positions``)."""
+    from pipelines.sampling import held_out_positions
+
     if not 0 < fraction < 1:
         raise UserError(f"data.val_fraction must be in (0, 1), got {fraction}")
-    rng = np.random.default_rng(seed)
-    val = []
-    for c in range(len(files.classes)):
-        members = np.flatnonzero(files.labels == c)
-        k = min(len(members) - 1, max(1, round(fraction * len(members)))) if len(members) > 1 else 0
-        val.append(rng.permutation(members)[:k])
-    val = np.sort(np.concatenate(val)).astype(np.int64)
+    val = held_out_positions(files.labels, fraction, seed)
     keep = val if split == "val" else np.setdiff1d(np.arange(len(files)), val)
     return FileList(tuple(files.paths[i] for i in keep), files.labels[keep], files.classes)

@@ -33,8 +33,11 @@ def test_a_run_killed_anywhere_resumes_to_the_same_end(tmp_path, straight, point
     out = tmp_path / "run"
     killed = train(recipe, out, *ARGS, crash=f"{point}:{nth}")
     assert killed.returncode == -9, killed.stderr[-2000:]
+    kept = sorted((out / "checkpoints").glob("epoch_*.pt"))
     resumed = train(recipe, out, *ARGS, "--resume", "auto")
     assert resumed.returncode == 0, resumed.stderr[-2000:]
+    # From the newest checkpoint; a run killed before its first one starts over.
+    assert (f"resumed from {kept[-1]}" in resumed.stdout) if kept else ("resumed from" not in resumed.stdout)
     assert same(final(out), (weights, rows)), point
     assert not list((out / "checkpoints").glob(".*.tmp"))  # a half-written checkpoint is cleared
 

@@ -1,3 +1,4 @@
+import numpy as np
 import pytest
 import torch
 
@@ -34,3 +35,16 @@ def test_epochs_shuffle_differently_and_reproducibly():
 def test_bad_shard():
     with pytest.raises(ValueError, match="shard_id"):
         num_batches(10, batch_size=2, shard_id=2, num_shards=2, drop_last=False)
+
+
+def test_held_out_positions_take_a_seeded_share_of_each_class():
+    from pipelines.sampling import held_out_positions
+
+    labels = np.repeat(np.arange(4), [20, 7, 2, 1])
+    held = held_out_positions(labels, 0.1, seed=3)
+    assert np.bincount(labels[held], minlength=4).tolist() == [2, 1, 1, 0]  # >= 1, never a whole class
+    assert np.array_equal(held, np.sort(held)) and held.dtype == np.int64
+    assert np.array_equal(held, held_out_positions(labels, 0.1, seed=3))
+    assert not np.array_equal(held, held_out_positions(labels, 0.1, seed=4))
+    with pytest.raises(ValueError, match="fraction"):
+        held_out_positions(labels, 1.0, seed=0)

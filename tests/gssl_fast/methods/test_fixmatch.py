@@ -9,7 +9,6 @@ import os
 import signal
 import subprocess
 import sys
-import time
 from pathlib import Path
 
 import numpy as np
@@ -17,6 +16,7 @@ import pytest
 import torch
 from accelerate import Accelerator
 
+from bench.crash_points import train
 from gssl_fast.config import load_recipe
 from gssl_fast.methods import MethodContext, build_method
 from gssl_fast.methods.fixmatch import LABELED_FILE, balanced_subset, read_positions, unlabeled_loss
@@ -174,15 +174,9 @@ def test_killed_run_resumes_bit_exact_with_two_streams_and_the_ema(tmp_path):
     args = fixmatch_args("train.epochs=3", "train.steps_per_epoch=3")
     straight, killed = tmp_path / "straight", tmp_path / "killed"
     assert main([recipe, "--out", str(straight), *args]) == 0
-    proc = subprocess.Popen([sys.executable, "-m", "gssl_fast.train", recipe, "--out", str(killed), *args], cwd=ROOT,
-                            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
-    first = killed / "checkpoints" / "epoch_0001.pt"
-    deadline = time.time() + 300
-    while not first.exists() and proc.poll() is None and time.time() < deadline:
-        time.sleep(0.02)
-    proc.send_signal(signal.SIGKILL)
-    proc.wait()
-    assert proc.returncode == -signal.SIGKILL, "the run ended before it could be killed"
+    # Killed after the first step of epoch 2 (its checkpoint and the EMA's written).
+    assert train(recipe, killed, *args, crash="step:4").returncode == -signal.SIGKILL
+    assert not (killed / "checkpoints" / "epoch_0002.pt").exists()
     assert main([recipe, "--out", str(killed), "--resume", "auto", *args]) == 0
     a, b = final_states(straight, 3), final_states(killed, 3)
     assert a.keys() == b.keys() and any(k.startswith("ema.") for k in a)
