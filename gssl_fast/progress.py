@@ -57,6 +57,9 @@ def describe(recipe, accelerator, threads, train_ds, val_ds, method, plan, first
     """The first lines of a run (or of one stage): where it runs, on what data, which model and batch."""
     params = sum(p.numel() for p in method.model.parameters())
     streams = ", ".join(f"{name} x{s.batch_size}" for name, s in method.streams().items())
+    tasks = recipe.pretext.tasks  # no pretext task: no G-SSL heads or gate to describe
+    gssl = f" + heads {list(tasks)}" if tasks else ""
+    gate = f", gate {recipe.pretext.gate}/{recipe.pretext.combine}, lambda {recipe.pretext.lam}" if tasks else ""
     print(
         f"gssl_fast: {recipe.name} | method {recipe.method.name}{f' stage {stage}' if stage else ''} | "
         f"device {accelerator.device} "
@@ -64,8 +67,7 @@ def describe(recipe, accelerator, threads, train_ds, val_ds, method, plan, first
         f"precision {accelerator.mixed_precision}\n"
         f"data {recipe.data.name}: {len(train_ds.labels)} train / {len(val_ds.labels)} val images, "
         f"{len(train_ds.classes)} classes, {recipe.data.image_size}px, loader {recipe.train.loader}, streams {streams}\n"
-        f"model {recipe.model.backbone} + heads {list(recipe.pretext.tasks)} ({params / 1e6:.2f}M params), "
-        f"gate {recipe.pretext.gate}/{recipe.pretext.combine}, lambda {recipe.pretext.lam}\n"
+        f"model {recipe.model.backbone}{gssl} ({params / 1e6:.2f}M params){gate}\n"
         f"global batch {recipe.train.batch_size * accelerator.num_processes * recipe.train.grad_accum_steps} "
         f"({recipe.train.batch_size}/process x {accelerator.num_processes} x {recipe.train.grad_accum_steps} "
         f"accumulated), lr {recipe.optim.lr}; "

@@ -1,16 +1,12 @@
-"""The CIFAR backbones through timm's registry, and build_backbone's user errors."""
+"""The CIFAR backbones (gssl_fast.backbones) through timm's registry, and build_backbone's user errors."""
 
 import pytest
 import timm
 import torch
 
 from gssl_fast.config import ModelConfig
-from gssl_fast.models import (
-    CIFAR_BACKBONES,
-    PadShortcut,
-    build_backbone,
-    last_conv_name,
-)
+from gssl_fast.backbones import CIFAR_BACKBONES, PadShortcut
+from gssl_fast.models import build_backbone, last_conv_name
 from pipelines.errors import UserError
 
 NAMES = sorted(CIFAR_BACKBONES)

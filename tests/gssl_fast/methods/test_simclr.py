@@ -56,6 +56,8 @@ def test_every_stage_runs_skips_and_resumes(tmp_path, capsys):
     run = tmp_path / "run"
     recipe = str(RECIPES / "shapes_gsimclr.toml")
     assert main([recipe, "--out", str(run), *sets(*SMALL)]) == 0
+    printed = capsys.readouterr().out
+    assert "stage pretrain" in printed and "heads" not in printed and "gate" not in printed  # no G-SSL part
     rows = rows_of(run)
     assert [r["stage"] for r in rows] == ["autoencoder", "cluster", "pretrain", "pretrain", "linear", "linear",
                                           "finetune", "finetune"]
