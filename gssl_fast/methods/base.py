@@ -128,6 +128,7 @@ class Method:
         return []
 
     trains: bool = True  # a stage that only computes (k-means, say) sets False and defines run()
+    exported_stage: str = ""  # a staged method: the stage whose model load_model exports (it gives "logits")
 
     def run(self, accelerator) -> dict:
         """The work of a stage that does not train; returns a row for metrics.jsonl."""

@@ -67,6 +67,7 @@ class SimCLRConfig:
 @register_method
 class SimCLR(Method):
     name = "simclr"
+    exported_stage = "finetune"  # load_model and gssl_fast.evaluate use the fine-tuned classifier
     Config = SimCLRConfig
 
     @classmethod

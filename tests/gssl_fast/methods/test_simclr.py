@@ -73,6 +73,15 @@ def test_every_stage_runs_skips_and_resumes(tmp_path, capsys):
     linear = [r for r in rows if r["stage"] == "linear"][-1]
     assert {"selected_p1_acc1", "selected_p2_acc1", "selected_p3_acc1", "holdout_p3_acc1"} <= set(linear)
 
+    # The run's classifier is the fine-tuned model: load_model and gssl_fast.evaluate find it.
+    from gssl_fast.evaluate import evaluate_run
+    from gssl_fast.inference import load_model
+    from pipelines.datasets.shapes import CLASSES
+
+    finetune = [r for r in rows if r["stage"] == "finetune"][-1]
+    assert evaluate_run(run)["acc1"] == pytest.approx(finetune["val_acc1"])
+    assert load_model(run)(torch.rand(2, 3, 16, 16)).shape == (2, len(CLASSES))
+
     # A finished run: every stage is skipped.
     capsys.readouterr()
     assert main([recipe, "--out", str(run), "--resume", "auto", *sets(*SMALL)]) == 0
