@@ -144,6 +144,7 @@ def check_train(cfg: TrainConfig, source: str) -> None:
         rule(getattr(cfg, key) >= low, f"train.{key}", f"be >= {low}", getattr(cfg, key), source)
     one_of(cfg.mixed_precision, PRECISIONS, "train.mixed_precision", source)
     one_of(cfg.log_with, TRACKERS, "train.log_with", source)
+    one_of(cfg.nonfinite, ("stop", "skip"), "train.nonfinite", source)
     from pipelines import LOADERS
 
     one_of(cfg.loader, tuple(LOADERS), "train.loader", source)

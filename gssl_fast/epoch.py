@@ -10,15 +10,19 @@ step (their batches are a function of seed, epoch and step) and goes on from the
 from __future__ import annotations
 
 import signal
+import warnings
 from dataclasses import dataclass
 
 import torch
 
+from gssl_fast.errors import UserError
 from gssl_fast.faults import crash_point
 from gssl_fast.health import LossGuard
 
 # Steps between two looks, agreed by every process, at whether a stop was asked for.
 AGREE_EVERY = 10
+# The scalar counting the steps skipped under train.nonfinite = "skip".
+NONFINITE = "nonfinite_steps"
 
 
 @dataclass
@@ -92,12 +96,16 @@ NO_PREEMPTION = Preemption()
 
 
 def train_one_epoch(method, model, optimizer, scheduler, loaders: dict, *, epoch: int, accelerator, steps: int,
-                    progress, start: Partial | None = None,
-                    preemption: Preemption = NO_PREEMPTION) -> tuple[list[str], torch.Tensor, int]:
+                    progress, start: Partial | None = None, preemption: Preemption = NO_PREEMPTION,
+                    skip_nonfinite: bool = False) -> tuple[list[str], torch.Tensor, int]:
     """``steps`` steps of ``method`` (from ``start.step`` on, the streams replayed to
     there); returns the names of the step's scalars, their sums as a ``[S]`` float32
     tensor (not yet reduced across processes) and the images of the main stream this
-    process trained on. Raises :class:`Stopped` at a step boundary when a stop was asked."""
+    process trained on. Raises :class:`Stopped` at a step boundary when a stop was asked.
+
+    skip_nonfinite: an optimizer step whose gradients (reduced over the processes, so
+    every process agrees) are not finite is skipped instead of stopping the run; the
+    scalar ``NONFINITE`` counts them and the others average over the steps taken."""
     model.train()
     streams = {name: Cycle(loader, epoch) for name, loader in loaders.items()}
     main = next(iter(streams))
@@ -117,18 +125,26 @@ def train_one_epoch(method, model, optimizer, scheduler, loaders: dict, *, epoch
             with accelerator.accumulate(model):
                 out = method.training_step(model, batches, accelerator=accelerator)
                 accelerator.backward(out["loss"])
-                optimizer.step()
+                skip = skip_nonfinite and accelerator.sync_gradients and not gradients_finite(model)
+                if not skip:
+                    optimizer.step()
                 if accelerator.sync_gradients:
-                    scheduler.step()
-                    method.on_optimizer_step(method.model)
+                    with warnings.catch_warnings():  # a skipped step still counts: the schedule follows the plan
+                        warnings.filterwarnings("ignore", "Detected call of `lr_scheduler.step", UserWarning)
+                        scheduler.step()
+                    if not skip:
+                        method.on_optimizer_step(method.model)
                 optimizer.zero_grad(set_to_none=True)
             crash_point("step")
             if names is None:
-                names = list(out)
+                names = list(out) + ([NONFINITE] if skip_nonfinite else [])
                 guard = LossGuard(names, epoch=epoch, accelerator=accelerator)
-            row = torch.stack([torch.as_tensor(out[k], device=accelerator.device).detach().float().reshape(())
+            row = torch.stack([torch.as_tensor(out.get(k, 0.0), device=accelerator.device).detach().float().reshape(())
                                for k in names])
-            guard.observe(step, row)
+            if skip:
+                row = torch.zeros_like(row).index_fill_(0, torch.tensor([names.index(NONFINITE)]), 1.0)
+            else:
+                guard.observe(step, row)
             sums = row if sums is None else sums + row
             images += batches[main]["labels"].shape[0]
             progress.update(batches[main]["labels"].shape[0] * accelerator.num_processes,
@@ -138,10 +154,19 @@ def train_one_epoch(method, model, optimizer, scheduler, loaders: dict, *, epoch
                 guard.check()
                 raise Stopped(signum, Partial(step + 1, names, sums, images))
         guard.check()
+        if skip_nonfinite and int(sums[names.index(NONFINITE)]) == steps:
+            raise UserError(f"every step of epoch {epoch + 1} had gradients that are not finite and was skipped "
+                            "(train.nonfinite = \"skip\"); lower optim.lr or look for broken images in the data")
     finally:
         for stream in streams.values():
             stream.close()
     return names, sums, images
+
+
+def gradients_finite(model) -> bool:
+    """Whether every gradient of ``model`` is finite (one host sync)."""
+    grads = [p.grad for p in model.parameters() if p.grad is not None]
+    return not grads or bool(torch.stack([torch.isfinite(g).all() for g in grads]).all())
 
 
 class Cycle:
@@ -177,10 +202,15 @@ class Cycle:
 
 def epoch_row(names: list[str], sums: torch.Tensor, steps: int) -> dict:
     """Reduced step sums -> the training fields of metrics.jsonl: each scalar's mean
-    over the epoch's steps and processes; ``loss`` is logged as ``train_loss`` and
+    over the epoch's steps taken (``NONFINITE``: the count of skipped ones) and
+    processes; ``loss`` is logged as ``train_loss`` and
     ``group/key`` names become ``{"group": {"key": value}}``."""
     row: dict = {}
-    for name, total in zip(names, (sums / steps).tolist()):
+    skipped = int(sums[names.index(NONFINITE)]) if NONFINITE in names else 0
+    for name, total in zip(names, (sums / max(steps - skipped, 1)).tolist()):
+        if name == NONFINITE:
+            row[name] = skipped
+            continue
         group, _, key = name.rpartition("/")
         name = "train_loss" if name == "loss" else name
         if group:

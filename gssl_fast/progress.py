@@ -99,6 +99,8 @@ def summary_line(row: dict, epochs: int) -> str:
             unit = "%" if group.endswith("acc") else ""
             label = "pretext" if group == "pretext_acc" else group
             parts.append(label + " " + " ".join(f"{k} {v:.{1 if unit else 3}f}{unit}" for k, v in values.items()))
+    if row.get("nonfinite_steps"):
+        parts.append(f"skipped {row['nonfinite_steps']} steps whose loss was not finite")
     parts.append(f"{row['images_per_s']:.0f} img/s, {row['seconds']:.1f}s")
     return " | ".join(parts)
 

@@ -93,6 +93,7 @@ class TrainConfig:
     steps: int = 0  # optimizer steps of the whole run; 0 = train.epochs epochs of the main stream
     compile: bool = False  # torch.compile the model for training (as timm's --torchcompile)
     global_batch_size: int = 0  # > 0: batch of all processes together; each takes its share (overrides batch_size)
+    nonfinite: str = "stop"  # a step with a NaN / inf loss: "stop" the run, naming it | "skip" it (counted as nonfinite_steps)
     log_with: str = "none"  # "none" | "tensorboard": every logged scalar also goes to Accelerate's tracker
 
 

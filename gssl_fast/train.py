@@ -342,7 +342,8 @@ def _run_epochs(recipe, method, model, optimizer, scheduler, loaders, val_loader
         try:
             names, sums, images = train_one_epoch(method, model, optimizer, scheduler, loaders, epoch=epoch,
                                                   accelerator=accelerator, steps=steps, progress=progress,
-                                                  start=partial, preemption=preemption)
+                                                  start=partial, preemption=preemption,
+                                                  skip_nonfinite=train.nonfinite == "skip")
         except Stopped as stop:
             progress.close()
             stop.path = checkpoint.save_checkpoint(run_dir, epoch, recipe_to_toml(recipe), method, optimizer,

@@ -62,7 +62,8 @@ def every_section_recipe():
                           warmup_epochs=0.5, milestones=(2, 4, 9), milestone_factors=(0.1, 2e-4, 1e-300)),
         train=TrainConfig(epochs=11, batch_size=3, eval_batch_size=5, seed=7, mixed_precision="bf16",
                           grad_accum_steps=2, loader="ffcv", cpu=True, num_threads=1, steps_per_epoch=4,
-                          keep_checkpoints=3, steps=40, compile=True, global_batch_size=6, log_with="tensorboard"),
+                          keep_checkpoints=3, steps=40, compile=True, global_batch_size=6, log_with="tensorboard",
+                          nonfinite="skip"),
     )
 
 

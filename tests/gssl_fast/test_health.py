@@ -41,3 +41,43 @@ def test_a_diverging_run_stops_with_status_2_and_no_checkpoint(tmp_path, capsys)
     assert "the loss is not finite at epoch 1, step" in err and "loss_cls" in err
     assert not (out / "checkpoints").exists() or not any((out / "checkpoints").iterdir())
     assert not (out / "metrics.jsonl").exists() or (out / "metrics.jsonl").read_text() == ""
+
+
+class Poisoned:
+    """Makes the supervised step's loss NaN at the given (0-based) steps of a run."""
+
+    def __init__(self, monkeypatch, bad_steps):
+        from gssl_fast.methods.supervised import Supervised
+
+        real, self.step, self.bad = Supervised.training_step, 0, set(bad_steps)
+
+        def training_step(method, model, batches, *, accelerator):
+            out = real(method, model, batches, accelerator=accelerator)
+            if self.step in self.bad:
+                out["loss"] = out["loss"] * float("nan")
+            self.step += 1
+            return out
+
+        monkeypatch.setattr(Supervised, "training_step", training_step)
+
+
+def test_skip_leaves_out_the_steps_whose_loss_is_not_finite_and_counts_them(tmp_path, monkeypatch, capsys):
+    import json
+
+    Poisoned(monkeypatch, bad_steps={1, 4, 5})
+    recipe = write_tiny(tmp_path, after='steps_per_epoch = 4\nnonfinite = "skip"')
+    out = tmp_path / "run"
+    assert main([str(recipe), "--out", str(out), "--set", "train.epochs=2"]) == 0
+    rows = [json.loads(line) for line in (out / "metrics.jsonl").read_text().splitlines()]
+    assert [r["nonfinite_steps"] for r in rows] == [1, 2]
+    assert all(math.isfinite(r["train_loss"]) and r["train_loss"] > 0 for r in rows)
+    assert "skipped 2 steps whose loss was not finite" in capsys.readouterr().out
+    weights = torch.load(out / "checkpoints" / "epoch_0002.pt", weights_only=True)["model"]
+    assert all(torch.isfinite(w).all() for w in weights.values() if w.is_floating_point())
+
+
+def test_skip_stops_when_every_step_of_an_epoch_is_skipped(tmp_path, monkeypatch, capsys):
+    Poisoned(monkeypatch, bad_steps=range(100))
+    recipe = write_tiny(tmp_path, after='steps_per_epoch = 3\nnonfinite = "skip"')
+    assert main([str(recipe), "--out", str(tmp_path / "run")]) == 2
+    assert "every step of epoch 1 had gradients that are not finite" in capsys.readouterr().err
