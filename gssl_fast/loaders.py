@@ -36,9 +36,11 @@ def loader_source(recipe: Recipe, split: str, run_dir: Path, accelerator):
 
         files = list_folder(data.root, split, val_fraction=data.val_fraction, seed=data.seed)
         if data.on_corrupt == "skip":  # DALI cannot leave a file out once it has failed on it
+            from pipelines.datasets.cache import cached_screen, default_dir
             from pipelines.datasets.decode import screen_files
 
-            files = screen_files(files)
+            files = (cached_screen(files, data.cache_dir or default_dir(), screen_files) if data.decode_cache
+                     else screen_files(files))
         return files, files
     dataset = load_dataset(data, split)
     if loader == "ffcv":

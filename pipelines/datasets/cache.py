@@ -6,7 +6,8 @@ images (``[N, S, S, 3]`` uint8, a plain array: read with ``allow_pickle=False``)
 file, ``on_corrupt``, the files left out, a checksum of the array. An entry is used only
 when all of that still matches; a stale or damaged one is decoded again and replaced.
 Both files are written under a temporary name and renamed, the JSON last, so a killed
-writer leaves no entry that looks whole.
+writer leaves no entry that looks whole. ``<key>.screen.json`` likewise remembers which
+files of a list are unreadable, for readers that decode by themselves (DALI).
 """
 
 from __future__ import annotations
@@ -105,3 +106,32 @@ def _read(data_path: Path, info_path: Path, current: str, files: FileList, image
         return None
     skipped = files.skipped + tuple(tuple(s) for s in info["skipped"])
     return ArrayDataset(images, files.labels[keep], files.classes, IMAGENET_MEAN, IMAGENET_STD, skipped=skipped)
+
+
+def cached_screen(files: FileList, cache_dir, screen: Callable[[FileList], FileList]) -> FileList:
+    """``screen(files)`` (the readable files, the others in ``skipped``), remembered in
+    ``cache_dir`` under the same stamp as a decoded entry: a restart does not read every
+    file again to find the unreadable ones."""
+    folder = Path(cache_dir).expanduser()
+    info_path = folder / f"{entry_key(files, 0)}.screen.json"
+    current = stamp(files, "skip")
+    try:
+        info = json.loads(info_path.read_text())
+        if info.get("format") == FORMAT and info.get("stamp") == current:
+            bad = set(info["skipped_at"])
+            keep = [i for i in range(len(files)) if i not in bad]
+            return FileList(tuple(files.paths[i] for i in keep), files.labels[keep], files.classes,
+                            files.skipped + tuple(tuple(s) for s in info["skipped"]))
+    except (OSError, ValueError, KeyError, TypeError):
+        pass
+    screened = screen(files)
+    new = screened.skipped[len(files.skipped):]
+    position = {p: i for i, p in enumerate(files.paths)}
+    info = {"format": FORMAT, "stamp": current, "skipped_at": [position[p] for p, _ in new],
+            "skipped": [list(s) for s in new]}
+    try:
+        folder.mkdir(parents=True, exist_ok=True)
+        write_atomic(info_path, lambda f: f.write(json.dumps(info).encode()))
+    except OSError as e:
+        warnings.warn(f"could not keep the list of unreadable files in {folder} ({e})", stacklevel=2)
+    return screened

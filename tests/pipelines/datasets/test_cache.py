@@ -97,3 +97,24 @@ def test_an_unwritable_cache_warns_and_goes_on(tmp_path, counted):
     root, cfg, read = setup(tmp_path)
     with pytest.warns(UserWarning, match="decoded again next run"):
         assert len(read()) == 6
+
+
+def test_the_list_of_unreadable_files_is_remembered_until_a_file_changes(tmp_path):
+    from pipelines.datasets.cache import cached_screen
+    from pipelines.datasets.decode import screen_files
+
+    root, cfg, _ = setup(tmp_path)
+    bad = write_unreadable(root / "class_000" / "bad.png", "not_image")
+    calls = []
+
+    def screen(files):
+        calls.append(len(files))
+        return screen_files(files, workers=1)
+
+    first = cached_screen(list_folder(root), cfg.cache_dir, screen)
+    again = cached_screen(list_folder(root), cfg.cache_dir, screen)
+    assert calls == [7] and [p for p, _ in again.skipped] == [str(bad)]
+    assert again.paths == first.paths and np.array_equal(again.labels, first.labels) and len(again) == 6
+    write_unreadable(bad, "empty")  # changed: screened again
+    assert cached_screen(list_folder(root), cfg.cache_dir, screen).skipped[0][1] == "is empty (0 bytes)"
+    assert calls == [7, 7]
