@@ -4,8 +4,8 @@ import pytest
 import timm
 import torch
 
-from gssl_fast.config import ModelConfig
 from gssl_fast.backbones import CIFAR_BACKBONES, PadShortcut
+from gssl_fast.config import ModelConfig
 from gssl_fast.models import build_backbone, last_conv_name
 from pipelines.errors import UserError
 
