@@ -34,8 +34,12 @@ class InputNormalize(nn.Module):
         self.channels_last = channels_last
 
     def forward(self, images: torch.Tensor) -> torch.Tensor:
-        x = images.float() / 255.0 if images.dtype == torch.uint8 else images.float()
-        x = (x - self.mean) / self.std
+        # One fresh buffer, then in place (the caller's float input is never written).
+        if images.dtype == torch.uint8:
+            x = images.float().div_(255.0).sub_(self.mean)
+        else:
+            x = images.float() - self.mean
+        x = x.div_(self.std)
         return x.contiguous(memory_format=torch.channels_last) if self.channels_last else x
 
     def extra_repr(self) -> str:

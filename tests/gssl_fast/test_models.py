@@ -184,3 +184,17 @@ def test_pretrained_weights_come_from_the_local_cache_only(tmp_path, monkeypatch
     with pytest.raises(UserError, match="local timm / Hugging Face cache.*HF_HUB_OFFLINE=0"):
         build_backbone(ModelConfig(backbone="resnet18", pretrained=True))
     assert hub.HF_HUB_OFFLINE == before  # the setting is put back
+
+
+def test_the_input_layer_normalizes_pixels_and_leaves_its_input_alone():
+    from gssl_fast.models import InputNormalize
+
+    layer = InputNormalize((0.4, 0.5, 0.6), (0.2, 0.25, 0.3))
+    pixels = torch.randint(0, 256, (4, 3, 8, 8), dtype=torch.uint8)
+    assert torch.equal(layer(pixels), (pixels.float() / 255.0 - layer.mean) / layer.std)
+    floats = torch.rand(4, 3, 8, 8, requires_grad=True)
+    before = floats.detach().clone()
+    out = layer(floats)
+    assert torch.equal(out, (before - layer.mean) / layer.std) and torch.equal(floats.detach(), before)
+    out.sum().backward()  # attacks need the gradient with respect to the pixels
+    assert torch.allclose(floats.grad, (1 / layer.std).expand_as(floats))
