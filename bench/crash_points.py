@@ -38,12 +38,12 @@ QUICK = [("checkpoint", 1)]  # the script works; tests/gssl_fast/test_crashes.py
 
 
 def train(recipe: Path, out: Path, *extra: str, crash: str | None = None, processes: int = 1,
-          port: int = 29560) -> subprocess.CompletedProcess:
+          port: int = 29560, signal: str = "KILL") -> subprocess.CompletedProcess:
     """``python -m gssl_fast.train`` in a fresh process (``processes`` > 1: that many CPU
-    processes under torchrun, on ``port``), killed at ``crash`` when given."""
-    env = {k: v for k, v in os.environ.items() if k != "GSSL_FAST_CRASH_AT"}
+    processes under torchrun, on ``port``), sent ``SIG<signal>`` at ``crash`` when given."""
+    env = {k: v for k, v in os.environ.items() if k not in ("GSSL_FAST_CRASH_AT", "GSSL_FAST_CRASH_SIGNAL")}
     if crash:
-        env["GSSL_FAST_CRASH_AT"] = crash
+        env["GSSL_FAST_CRASH_AT"], env["GSSL_FAST_CRASH_SIGNAL"] = crash, signal
     launch = [sys.executable]
     if processes > 1:
         launch = [str(Path(sys.executable).parent / "torchrun"), "--nproc_per_node", str(processes),

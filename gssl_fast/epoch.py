@@ -36,14 +36,30 @@ class Partial:
     images: int = 0
     rng: dict | None = None  # the random state at ``step`` (checkpoint.rng_state), set again after the replay
 
-    def state(self) -> dict:
-        return {"step": self.step, "names": list(self.names or []), "sums": self.sums, "images": self.images}
+    def state(self, accelerator) -> dict:
+        """What a checkpoint keeps, with every process's own sums, images and random
+        state under ``processes`` (by rank): each resumes its own share of the epoch."""
+        from gssl_fast.checkpoint import rng_state
+
+        own = {"sums": None if self.sums is None else self.sums.cpu(), "images": self.images, "rng": rng_state()}
+        everyone = [own]
+        if accelerator.num_processes > 1:
+            import torch.distributed as dist
+
+            everyone = [None] * accelerator.num_processes
+            dist.all_gather_object(everyone, own)
+        return {"step": self.step, "names": list(self.names or []), "sums": own["sums"], "images": self.images,
+                "processes": everyone}
 
     @classmethod
-    def of(cls, state: dict | None, rng: dict | None = None) -> "Partial | None":
+    def of(cls, state: dict | None, rng: dict | None = None, rank: int = 0) -> "Partial | None":
+        """The partial epoch of a checkpoint's ``state`` for process ``rank`` (its own
+        sums, images and random state when the checkpoint has them, else ``rng``)."""
         if not state:
             return None
-        return cls(int(state["step"]), list(state["names"]) or None, state["sums"], int(state["images"]), rng)
+        mine = state.get("processes", [])
+        mine = mine[rank] if rank < len(mine) else {"sums": state["sums"], "images": state["images"], "rng": rng}
+        return cls(int(state["step"]), list(state["names"]) or None, mine["sums"], int(mine["images"]), mine["rng"])
 
 
 class Preemption:
@@ -110,7 +126,8 @@ def train_one_epoch(method, model, optimizer, scheduler, loaders: dict, *, epoch
     streams = {name: Cycle(loader, epoch) for name, loader in loaders.items()}
     main = next(iter(streams))
     done = start or Partial()
-    names, sums, images = done.names, done.sums, done.images
+    names, images = done.names, done.images
+    sums = None if done.sums is None else done.sums.to(accelerator.device)  # a checkpoint's are on the CPU
     guard = LossGuard(names, epoch=epoch, accelerator=accelerator) if names else None
     try:
         for _ in range(done.step):  # the batches the stopped run already trained on

@@ -7,6 +7,7 @@ lookup. Points: ``data`` (loaders built), ``step`` (after an optimizer step), ``
 (inside evaluation), ``checkpoint`` (a checkpoint's bytes written, not yet renamed),
 ``stage`` (a stage done, the next not started). ``step:7@1`` kills only the process of
 rank 1 (``RANK`` of the launcher), leaving the others of a multi-process run to notice.
+``GSSL_FAST_CRASH_SIGNAL=TERM`` sends SIGTERM instead, as a scheduler preempting the run.
 """
 
 from __future__ import annotations
@@ -29,4 +30,4 @@ def crash_point(name: str) -> None:
         return
     _COUNTS[name] = _COUNTS.get(name, 0) + 1
     if _COUNTS[name] == int(nth or 1):
-        os.kill(os.getpid(), signal.SIGKILL)
+        os.kill(os.getpid(), getattr(signal, "SIG" + os.environ.get("GSSL_FAST_CRASH_SIGNAL", "KILL")))

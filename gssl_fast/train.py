@@ -294,7 +294,7 @@ def train_method(recipe: Recipe, method, run_dir: Path, start_from: Path | None,
             describe(recipe, accelerator, threads, train_ds, val_ds, method, plan, first_epoch, stage=stage)
     run_epochs(recipe, method, model, optimizer, scheduler, loaders, val_loader, accelerator,
                run_dir=run_dir, first_epoch=first_epoch, plan=plan, threads=threads, stage=stage,
-               partial=Partial.of(partial, rng))
+               partial=Partial.of(partial, rng, accelerator.process_index))
 
 
 def run_epochs(recipe, method, model, optimizer, scheduler, loaders, val_loader, accelerator, *,
@@ -348,7 +348,7 @@ def _run_epochs(recipe, method, model, optimizer, scheduler, loaders, val_loader
             progress.close()
             stop.path = checkpoint.save_checkpoint(run_dir, epoch, recipe_to_toml(recipe), method, optimizer,
                                                    scheduler, accelerator, train.keep_checkpoints + 1,
-                                                   partial=stop.partial.state())
+                                                   partial=stop.partial.state(accelerator))
             stop.where = f"epoch {epoch + 1}, step {stop.partial.step}"
             raise
         partial = None

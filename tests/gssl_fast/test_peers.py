@@ -1,4 +1,5 @@
-"""Several processes: one of them dying stops the others at once, naming it; the run resumes."""
+"""Several processes: one of them dying stops the others at once, naming it; a preempted
+two-process run stops mid-epoch at an agreed step; both resume bit-exact."""
 
 from __future__ import annotations
 
@@ -13,7 +14,8 @@ from bench.crash_points import final, same, train
 from gssl_fast.peers import PEER_EXIT, Process, alive, lost_message
 from tests.gssl_fast.tiny import write_tiny
 
-ARGS = ["--set", "train.epochs=2", "--set", "train.steps_per_epoch=3", "--set", "data.train_size=192"]
+# 12 steps an epoch: the processes agree on a stop after 10 (gssl_fast.epoch.AGREE_EVERY).
+ARGS = ["--set", "train.epochs=2", "--set", "train.steps_per_epoch=12", "--set", "data.train_size=192"]
 
 
 @pytest.fixture(scope="module")
@@ -35,8 +37,8 @@ def test_a_dead_process_stops_the_other_which_names_it_and_the_run_resumes(tmp_p
     recipe, unbroken = straight
     out = tmp_path / "run"
     start = time.monotonic()
-    # Rank `dies` is killed after the first step of epoch 2 (epoch 1's checkpoint is written).
-    killed = train(recipe, out, *ARGS, crash=f"step:4@{dies}", processes=2, port=29572 + dies)
+    # Rank `dies` is killed after the second step of epoch 2 (epoch 1's checkpoint is written).
+    killed = train(recipe, out, *ARGS, crash=f"step:14@{dies}", processes=2, port=29572 + dies)
     assert time.monotonic() - start < 120, "the survivor must not hang"
     survivor = 1 - dies
     lines = [line for line in killed.stderr.splitlines() if line.startswith("error:")]
@@ -47,6 +49,20 @@ def test_a_dead_process_stops_the_other_which_names_it_and_the_run_resumes(tmp_p
     if dies == 0:
         return  # the resume is the same whichever process died
     resumed = train(recipe, out, *ARGS, "--resume", "auto", processes=2, port=29575)
+    assert resumed.returncode == 0, resumed.stderr[-3000:]
+    assert same(final(out), unbroken)
+
+
+@pytest.mark.slow
+def test_a_preempted_two_process_run_stops_at_an_agreed_step_and_resumes_bit_exact(tmp_path, straight):
+    recipe, unbroken = straight
+    out = tmp_path / "run"
+    # SIGTERM reaches rank 1 only, after step 5: both processes stop after step 10, where they agree.
+    stopped = train(recipe, out, *ARGS, crash="step:5@1", signal="TERM", processes=2, port=29576)
+    assert "stopped by SIGTERM at epoch 1, step 10" in stopped.stderr, stopped.stderr[-3000:]
+    assert "exitcode  : 143" in stopped.stderr
+    assert [p.name for p in (out / "checkpoints").iterdir()] == ["epoch_0000_step_000010.pt"]
+    resumed = train(recipe, out, *ARGS, "--resume", "auto", processes=2, port=29577)
     assert resumed.returncode == 0, resumed.stderr[-3000:]
     assert same(final(out), unbroken)
 
