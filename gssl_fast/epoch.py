@@ -121,7 +121,8 @@ def train_one_epoch(method, model, optimizer, scheduler, loaders: dict, *, epoch
 
     skip_nonfinite: an optimizer step whose gradients (reduced over the processes, so
     every process agrees) are not finite is skipped instead of stopping the run; the
-    scalar ``NONFINITE`` counts them and the others average over the steps taken."""
+    scalar ``NONFINITE`` counts the batches of skipped steps and the others average over
+    the batches of the steps taken."""
     model.train()
     streams = {name: Cycle(loader, epoch) for name, loader in loaders.items()}
     main = next(iter(streams))
@@ -137,32 +138,32 @@ def train_one_epoch(method, model, optimizer, scheduler, loaders: dict, *, epoch
             from gssl_fast.checkpoint import set_rng_state
 
             set_rng_state(done.rng)
+        pending: list = []  # (step, row) of the accumulation window in progress
         for step in range(done.step, steps):
             batches = {name: next(stream) for name, stream in streams.items()}
+            if skip_nonfinite and not pending:  # a skipped window must not leave its BatchNorm statistics
+                kept = [b.detach().clone() for b in method.model.buffers()]
             with accelerator.accumulate(model):
                 out = method.training_step(model, batches, accelerator=accelerator)
                 accelerator.backward(out["loss"])
-                skip = skip_nonfinite and accelerator.sync_gradients and not gradients_finite(model)
-                if not skip:
-                    optimizer.step()
-                if accelerator.sync_gradients:
-                    with warnings.catch_warnings():  # a skipped step still counts: the schedule follows the plan
-                        warnings.filterwarnings("ignore", "Detected call of `lr_scheduler.step", UserWarning)
-                        scheduler.step()
-                    if not skip:
-                        method.on_optimizer_step(method.model)
-                optimizer.zero_grad(set_to_none=True)
+                skip = optimizer_step(method, model, optimizer, scheduler, accelerator, skip_nonfinite)
             crash_point("step")
             if names is None:
                 names = list(out) + ([NONFINITE] if skip_nonfinite else [])
                 guard = LossGuard(names, epoch=epoch, accelerator=accelerator)
-            row = torch.stack([torch.as_tensor(out.get(k, 0.0), device=accelerator.device).detach().float().reshape(())
-                               for k in names])
-            if skip:
-                row = torch.zeros_like(row).index_fill_(0, torch.tensor([names.index(NONFINITE)]), 1.0)
-            else:
-                guard.observe(step, row)
-            sums = row if sums is None else sums + row
+            pending.append((step, torch.stack([torch.as_tensor(out.get(k, 0.0), device=accelerator.device).detach()
+                                               .float().reshape(()) for k in names])))
+            if accelerator.sync_gradients:
+                if skip:
+                    restore_if_broken(method.model, kept)
+                for at, row in pending:
+                    if skip:
+                        row = torch.zeros_like(row)
+                        row[names.index(NONFINITE)] = 1.0
+                    else:
+                        guard.observe(at, row)
+                    sums = row if sums is None else sums + row
+                pending = []
             images += batches[main]["labels"].shape[0]
             progress.update(batches[main]["labels"].shape[0] * accelerator.num_processes,
                             lambda: {"loss": out["loss"].item()})
@@ -178,6 +179,35 @@ def train_one_epoch(method, model, optimizer, scheduler, loaders: dict, *, epoch
         for stream in streams.values():
             stream.close()
     return names, sums, images
+
+
+def optimizer_step(method, model, optimizer, scheduler, accelerator, skip_nonfinite: bool) -> bool:
+    """The optimizer step, schedule and method hook at the end of an accumulation window
+    (inside ``accelerator.accumulate``); returns whether the step was skipped: under
+    ``skip_nonfinite``, gradients that are not finite, or the fp16 gradient scaler's own
+    skip (the scaler must see every step to lower its scale)."""
+    sync, scaled = accelerator.sync_gradients, accelerator.scaler is not None
+    skip = skip_nonfinite and sync and not scaled and not gradients_finite(model)
+    if not skip:
+        optimizer.step()
+        skip = skip_nonfinite and sync and scaled and bool(optimizer.step_was_skipped)
+    if sync:
+        with warnings.catch_warnings():  # a skipped step still counts: the schedule follows the plan
+            warnings.filterwarnings("ignore", "Detected call of `lr_scheduler.step", UserWarning)
+            scheduler.step()
+        if not skip:
+            method.on_optimizer_step(method.model)
+    optimizer.zero_grad(set_to_none=True)
+    return skip
+
+
+def restore_if_broken(model, kept: list) -> None:
+    """Puts back the buffers ``kept`` before a skipped window when its forward passes left
+    any of them (BatchNorm running statistics) not finite."""
+    buffers = list(model.buffers())
+    if any(b.is_floating_point() and not bool(torch.isfinite(b).all()) for b in buffers):
+        for b, old in zip(buffers, kept):
+            b.copy_(old)
 
 
 def gradients_finite(model) -> bool:

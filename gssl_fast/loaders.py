@@ -8,6 +8,7 @@ and must not be passed to ``accelerator.prepare``.
 from __future__ import annotations
 
 import os
+from contextlib import contextmanager
 from pathlib import Path
 
 from gssl_fast.sections import Recipe
@@ -39,10 +40,14 @@ def loader_source(recipe: Recipe, split: str, run_dir: Path, accelerator):
             from pipelines.datasets.cache import cached_screen, default_dir
             from pipelines.datasets.decode import screen_files
 
-            files = (cached_screen(files, data.cache_dir or default_dir(), screen_files) if data.decode_cache
-                     else screen_files(files))
+            with main_first(accelerator):  # the others read what it remembered
+                files = (cached_screen(files, data.cache_dir or default_dir(), screen_files) if data.decode_cache
+                         else screen_files(files))
         return files, files
-    dataset = load_dataset(data, split)
+    # The main process fills the decode cache first; the others then read it instead of
+    # each decoding every file and writing a copy of its own.
+    with main_first(accelerator):
+        dataset = load_dataset(data, split)
     if loader == "ffcv":
         path = ffcv_file(data.beton if split == "train" else "", split, dataset, run_dir, accelerator)
         if data.beton and split == "train":
@@ -51,6 +56,19 @@ def loader_source(recipe: Recipe, split: str, run_dir: Path, accelerator):
             check_matches(path, dataset, f"the recipe's {split} split (data.name = {data.name!r})")
         return path, dataset
     return dataset, dataset
+
+
+@contextmanager
+def main_first(accelerator):
+    """The main process runs the block first, the others after it, even when it fails
+    there (then each meets the same error and says so, instead of waiting for it)."""
+    if not accelerator.is_main_process:
+        accelerator.wait_for_everyone()
+    try:
+        yield
+    finally:
+        if accelerator.is_main_process:
+            accelerator.wait_for_everyone()
 
 
 def report_skipped(data: dict, run_dir: Path, accelerator) -> None:

@@ -23,7 +23,7 @@ import torch
 # Exit status of a process whose peer is gone: EX_TEMPFAIL, "try again" (--resume auto).
 PEER_EXIT = 75
 # Words of the errors a collective raises when the other end has gone away.
-BROKEN = ("connection reset", "connection closed", "broken pipe", "timed out", "timeout", "nccl", "gloo")
+BROKEN = ("connection reset", "connection closed", "connection refused", "broken pipe")
 
 
 @dataclass(frozen=True)
@@ -72,12 +72,16 @@ def gone(processes: list[Process], me: int) -> list[Process]:
 
 
 def lost_message(processes: list[Process], me: int, error: BaseException, resume_hint: Callable[[], str]) -> str | None:
-    """The line a surviving process prints, or None when ``error`` is not about a peer."""
-    missing = gone(processes, me)
+    """The line a surviving process prints, or None when ``error`` is not a collective
+    broken by a peer (torch's distributed errors, or a connection the other end closed)."""
+    import torch.distributed as dist
+
     text = re.sub(r"^\[[^\]]*\]\s*", "", str(error).strip())  # gloo's "[file.cc:line] " prefix
     text = re.split(r"(?<=\.)\s", text, maxsplit=1)[0] if text else type(error).__name__
-    if not missing and not any(word in text.lower() for word in BROKEN):
+    distributed = (dist.DistBackendError, dist.DistNetworkError)
+    if not isinstance(error, distributed) and not any(word in str(error).lower() for word in BROKEN):
         return None
+    missing = gone(processes, me)
     if missing:
         who = ", ".join(f"process {p.rank} (pid {p.pid} on {p.host})" for p in missing)
         what = f"{who} {'is' if len(missing) == 1 else 'are'} gone"
@@ -98,7 +102,7 @@ def watching(processes: list[Process], me: int, resume_hint: Callable[[], str]):
         if message is None:
             raise
         signal.signal(signal.SIGTERM, signal.SIG_IGN)
-        raise PeerLost(message) from None
+        raise PeerLost(message) from e
 
 
 def broadcast_buffers(model, accelerator) -> None:

@@ -118,4 +118,4 @@ def normalize(images: torch.Tensor, mean: Sequence[float], std: Sequence[float])
     scale = 1.0 / (255.0 * torch.tensor(std, dtype=torch.float32, device=dev))
     shift = torch.tensor(mean, dtype=torch.float32, device=dev) * 255.0
     # One float buffer, updated in place: each fresh batch-sized buffer costs its page faults.
-    return images.float().sub_(shift[:, None, None]).mul_(scale[:, None, None])
+    return images.to(torch.float32, copy=True).sub_(shift[:, None, None]).mul_(scale[:, None, None])

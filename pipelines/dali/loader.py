@@ -33,6 +33,9 @@ from pipelines.spec import LoaderSpec
 from pipelines.system import usable_cores
 from pipelines.views import Localizable, apply_ops, finish_view, native_prefix
 
+# Batches the pipeline prepares ahead of the one handed over.
+PREFETCH = 2
+
 
 def _array_batches(images: np.ndarray, order: torch.Tensor, batch_size: int):
     idx = order.numpy()
@@ -113,7 +116,9 @@ class DaliLoader:
                 except RuntimeError as e:
                     if not self._files:
                         raise
-                    raise unreadable_file(e, self._shard_files(epoch)[i * self.batch_size:]) from None
+                    # The failing batch, or one the pipeline was reading ahead.
+                    ahead = self._shard_files(epoch)[i * self.batch_size:(i + 1 + PREFETCH) * self.batch_size]
+                    raise unreadable_file(e, ahead) from None
                 # Reader batches are whole; past this shard's share they repeat its last file.
                 keep = min(self.batch_size, share - i * self.batch_size) if self._files else None
                 yield self._batch(outputs, keep, gen)
@@ -133,7 +138,7 @@ class DaliLoader:
         kwargs = dict(
             views={name: opts for name, (opts, _) in self.plans.items()}, batch_size=self.batch_size,
             num_threads=self.num_threads, device_id=_cuda_index(self.device) if self.device.type == "cuda" else None,
-            seed=derive_seed(s.seed, "dali", s.shard_id, epoch) % (1 << 31), prefetch_queue_depth=2,
+            seed=derive_seed(s.seed, "dali", s.shard_id, epoch) % (1 << 31), prefetch_queue_depth=PREFETCH,
         )
         n = len(self.dataset)
         if self._files:
@@ -162,17 +167,22 @@ class DaliLoader:
 
 
 def unreadable_file(error: RuntimeError, upcoming: list[str]) -> Exception:
-    """A UserError naming the file behind DALI's ``error``, found by reading ``upcoming``
-    (the files of the failing batch onwards: the pipeline reads ahead) with PIL; the
-    file DALI's message names when PIL reads them all; else ``error`` itself."""
-    from pipelines.datasets.decode import SKIP_HINT, first_unreadable, shown
+    """A UserError naming the file behind DALI's ``error``: the file its message names,
+    else the first of ``upcoming`` (the batches it was reading) PIL cannot read either;
+    ``error`` itself when it is about no file (out of memory, say)."""
+    from pipelines.datasets.decode import SKIP_HINT, first_unreadable, read_rgb, shown
 
-    found = first_unreadable(upcoming)
-    if found is None:
-        named = re.search(r"(?:Failed to decode sample #\d+ : |File mapping failed: )(\S+)", str(error))
-        if named is None:
+    named = re.search(r"(?:Failed to decode sample #\d+ : |File mapping failed: )(\S+)", str(error))
+    if named is not None:
+        try:
+            read_rgb(named.group(1), 1)
+            found = (named.group(1), "cannot be decoded by DALI")
+        except ValueError as e:
+            found = (named.group(1), str(e))
+    else:
+        found = first_unreadable(upcoming) if "decod" in str(error).lower() or "codec" in str(error).lower() else None
+        if found is None:
             return error
-        found = (named.group(1), "cannot be decoded by DALI")
     return UserError(f"cannot read image {shown(found[0])}: it {found[1]}; {SKIP_HINT}")
 
 

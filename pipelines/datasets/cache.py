@@ -49,10 +49,14 @@ def entry_key(files: FileList, image_size: int) -> str:
     return _digest(FORMAT.encode(), str(image_size).encode(), "\0".join(files.paths).encode("utf-8"))
 
 
-def stamp(files: FileList, on_corrupt: str) -> str:
+def stamp(files: FileList, on_corrupt: str) -> str | None:
     """A hash of every file's size and modification time and of ``on_corrupt``: any
-    file changed, replaced or touched since the entry was written makes it stale."""
-    stats = [os.stat(p) for p in files.paths]
+    file changed, replaced or touched since the entry was written makes it stale.
+    None when a file cannot be stat-ed (the decoder then says which)."""
+    try:
+        stats = [os.stat(p) for p in files.paths]
+    except OSError:
+        return None
     table = np.asarray([(s.st_size, s.st_mtime_ns) for s in stats], dtype=np.int64).reshape(-1, 2)
     return _digest(on_corrupt.encode(), table.tobytes())
 
@@ -70,10 +74,12 @@ def cached_decode(files: FileList, image_size: int, on_corrupt: str, cache_dir,
     key = entry_key(files, image_size)
     data_path, info_path = folder / f"{key}.npy", folder / f"{key}.json"
     current = stamp(files, on_corrupt)
-    found = _read(data_path, info_path, current, files, image_size)
+    found = _read(data_path, info_path, current, files, image_size) if current else None
     if found is not None:
         return found
     dataset = decode()
+    if current is None:
+        return dataset
     try:
         folder.mkdir(parents=True, exist_ok=True)
         write_atomic(data_path, lambda f: np.save(f, dataset.images, allow_pickle=False))
@@ -96,15 +102,15 @@ def _read(data_path: Path, info_path: Path, current: str, files: FileList, image
         if info.get("format") != FORMAT or info.get("stamp") != current:
             return None
         images = np.load(data_path, allow_pickle=False)
-    except (OSError, ValueError, EOFError):
+        shape = (info["count"], image_size, image_size, 3)
+        if images.dtype != np.uint8 or images.shape != shape or checksum(images) != info["checksum"]:
+            return None
+        keep = np.setdiff1d(np.arange(len(files)), np.asarray(info["skipped_at"], dtype=np.int64))
+        skipped = files.skipped + tuple((str(p), str(why)) for p, why in info["skipped"])
+    except (OSError, ValueError, EOFError, KeyError, TypeError, AttributeError):  # damaged: decode again
         return None
-    shape = (info["count"], image_size, image_size, 3)
-    if images.dtype != np.uint8 or images.shape != shape or checksum(images) != info["checksum"]:
-        return None
-    keep = np.setdiff1d(np.arange(len(files)), np.asarray(info["skipped_at"], dtype=np.int64))
     if len(keep) != info["count"]:
         return None
-    skipped = files.skipped + tuple(tuple(s) for s in info["skipped"])
     return ArrayDataset(images, files.labels[keep], files.classes, IMAGENET_MEAN, IMAGENET_STD, skipped=skipped)
 
 
@@ -117,14 +123,16 @@ def cached_screen(files: FileList, cache_dir, screen: Callable[[FileList], FileL
     current = stamp(files, "skip")
     try:
         info = json.loads(info_path.read_text())
-        if info.get("format") == FORMAT and info.get("stamp") == current:
+        if current and info.get("format") == FORMAT and info.get("stamp") == current:
             bad = set(info["skipped_at"])
             keep = [i for i in range(len(files)) if i not in bad]
             return FileList(tuple(files.paths[i] for i in keep), files.labels[keep], files.classes,
-                            files.skipped + tuple(tuple(s) for s in info["skipped"]))
-    except (OSError, ValueError, KeyError, TypeError):
+                            files.skipped + tuple((str(p), str(why)) for p, why in info["skipped"]))
+    except (OSError, ValueError, KeyError, TypeError, AttributeError):  # damaged: screen again
         pass
     screened = screen(files)
+    if current is None:
+        return screened
     new = screened.skipped[len(files.skipped):]
     position = {p: i for i, p in enumerate(files.paths)}
     info = {"format": FORMAT, "stamp": current, "skipped_at": [position[p] for p, _ in new],

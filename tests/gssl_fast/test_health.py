@@ -44,7 +44,8 @@ def test_a_diverging_run_stops_with_status_2_and_no_checkpoint(tmp_path, capsys)
 
 
 class Poisoned:
-    """Makes the supervised step's loss NaN at the given (0-based) steps of a run."""
+    """Makes the supervised step's loss NaN (and its BatchNorm statistics) at the given
+    (0-based) batches of a run."""
 
     def __init__(self, monkeypatch, bad_steps):
         from gssl_fast.methods.supervised import Supervised
@@ -53,8 +54,11 @@ class Poisoned:
 
         def training_step(method, model, batches, *, accelerator):
             out = real(method, model, batches, accelerator=accelerator)
-            if self.step in self.bad:
+            if self.step in self.bad:  # as an overflowing forward: a NaN loss, broken BatchNorm statistics
                 out["loss"] = out["loss"] * float("nan")
+                for m in method.model.modules():
+                    if isinstance(m, torch.nn.BatchNorm2d):
+                        m.running_mean.data.fill_(float("nan"))  # .data: not a change autograd sees
             self.step += 1
             return out
 
@@ -81,3 +85,14 @@ def test_skip_stops_when_every_step_of_an_epoch_is_skipped(tmp_path, monkeypatch
     recipe = write_tiny(tmp_path, after='steps_per_epoch = 3\nnonfinite = "skip"')
     assert main([str(recipe), "--out", str(tmp_path / "run")]) == 2
     assert "every step of epoch 1 had gradients that are not finite" in capsys.readouterr().err
+
+
+def test_skip_leaves_out_a_whole_accumulation_window(tmp_path, monkeypatch):
+    import json
+
+    Poisoned(monkeypatch, bad_steps={3})  # the second batch of the second window
+    recipe = write_tiny(tmp_path, after='steps_per_epoch = 3\ngrad_accum_steps = 2\nnonfinite = "skip"')
+    out = tmp_path / "run"
+    assert main([str(recipe), "--out", str(out), "--set", "train.batch_size=16"]) == 0
+    row = json.loads((out / "metrics.jsonl").read_text())
+    assert row["nonfinite_steps"] == 2 and math.isfinite(row["train_loss"])  # batches of the skipped step

@@ -115,3 +115,12 @@ def test_apply_localizable_in_place_matches_reference(dtype):
     assert torch.equal(y, expect)
     with pytest.raises(ValueError, match="contiguous"):
         apply_localizable_(x.transpose(2, 3), **kw)
+
+
+def test_normalize_leaves_a_float_input_alone():
+    from pipelines.augment import normalize
+
+    floats = torch.rand(2, 3, 4, 4) * 255
+    before = floats.clone()
+    out = normalize(floats, (0.5, 0.5, 0.5), (0.2, 0.2, 0.2))
+    assert torch.equal(floats, before) and torch.allclose(out, (before / 255 - 0.5) / 0.2, atol=1e-5)

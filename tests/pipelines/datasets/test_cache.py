@@ -1,5 +1,6 @@
 """The decode cache: a second read decodes nothing; a stale or damaged entry is rebuilt."""
 
+import json
 import os
 
 import numpy as np
@@ -52,7 +53,8 @@ def test_a_second_read_comes_from_the_cache(tmp_path, counted):
     assert same(first, uncached) and counted == [6, 6]
 
 
-@pytest.mark.parametrize("damage", ["touched", "replaced", "flipped_byte", "truncated", "no_info", "bad_info"])
+@pytest.mark.parametrize("damage", ["touched", "replaced", "flipped_byte", "truncated", "no_info", "bad_info",
+                                    "info_not_an_object", "info_without_checksum"])
 def test_a_stale_or_damaged_entry_is_rebuilt(tmp_path, counted, damage):
     root, cfg, read = setup(tmp_path)
     first = read()
@@ -71,6 +73,12 @@ def test_a_stale_or_damaged_entry_is_rebuilt(tmp_path, counted, damage):
         os.truncate(data, 100)
     elif damage == "no_info":
         os.unlink(info)
+    elif damage == "info_not_an_object":
+        open(info, "w").write("[1, 2]")
+    elif damage == "info_without_checksum":
+        content = json.loads(open(info).read())
+        del content["checksum"]
+        open(info, "w").write(json.dumps(content))
     else:
         open(info, "w").write("{not json")
     again = read()

@@ -151,3 +151,14 @@ def test_listing_errors_name_the_file_in_every_backend(tmp_path, backend):
 
                 convert(root, tmp_path / "x.beton", split=split)
         assert expected[case] in str(err.value) and "\n" not in str(err.value), case
+
+
+def test_a_dali_error_about_no_file_stays_itself(tmp_path):
+    pytest.importorskip("nvidia.dali")
+    from pipelines.dali.loader import unreadable_file
+
+    bad = write_unreadable(tmp_path / "bad.jpg", "truncated")
+    oom = RuntimeError("Critical error in pipeline: CUDA out of memory")
+    assert unreadable_file(oom, [str(bad)]) is oom  # not blamed on a file, nothing decoded
+    named = unreadable_file(RuntimeError(f"Failed to decode sample #3 : {bad}"), [])
+    assert isinstance(named, UserError) and f"cannot read image {bad}: it is truncated" in str(named)
