@@ -131,18 +131,11 @@ def train_one_epoch(method, model, optimizer, scheduler, loaders: dict, *, epoch
     sums = None if done.sums is None else done.sums.to(accelerator.device)  # a checkpoint's are on the CPU
     guard = LossGuard(names, epoch=epoch, accelerator=accelerator) if names else None
     try:
-        for _ in range(done.step):  # the batches the stopped run already trained on
-            for stream in streams.values():
-                next(stream)
-        if done.rng is not None:
-            from gssl_fast.checkpoint import set_rng_state
-
-            set_rng_state(done.rng)
-        pending: list = []  # (step, row) of the accumulation window in progress
+        replay(streams, done)
+        window = Window(method.model, keep_buffers=skip_nonfinite)
         for step in range(done.step, steps):
             batches = {name: next(stream) for name, stream in streams.items()}
-            if skip_nonfinite and not pending:  # a skipped window must not leave its BatchNorm statistics
-                kept = [b.detach().clone() for b in method.model.buffers()]
+            window.open()
             with accelerator.accumulate(model):
                 out = method.training_step(model, batches, accelerator=accelerator)
                 accelerator.backward(out["loss"])
@@ -151,19 +144,11 @@ def train_one_epoch(method, model, optimizer, scheduler, loaders: dict, *, epoch
             if names is None:
                 names = list(out) + ([NONFINITE] if skip_nonfinite else [])
                 guard = LossGuard(names, epoch=epoch, accelerator=accelerator)
-            pending.append((step, torch.stack([torch.as_tensor(out.get(k, 0.0), device=accelerator.device).detach()
-                                               .float().reshape(()) for k in names])))
+            window.add(step, torch.stack([torch.as_tensor(out.get(k, 0.0), device=accelerator.device).detach()
+                                          .float().reshape(()) for k in names]))
             if accelerator.sync_gradients:
-                if skip:
-                    restore_if_broken(method.model, kept)
-                for at, row in pending:
-                    if skip:
-                        row = torch.zeros_like(row)
-                        row[names.index(NONFINITE)] = 1.0
-                    else:
-                        guard.observe(at, row)
-                    sums = row if sums is None else sums + row
-                pending = []
+                total = window.close(skip, names, guard)
+                sums = total if sums is None else sums + total
             images += batches[main]["labels"].shape[0]
             progress.update(batches[main]["labels"].shape[0] * accelerator.num_processes,
                             lambda: {"loss": out["loss"].item()})
@@ -179,6 +164,51 @@ def train_one_epoch(method, model, optimizer, scheduler, loaders: dict, *, epoch
         for stream in streams.values():
             stream.close()
     return names, sums, images
+
+
+def replay(streams: dict, done: Partial) -> None:
+    """Draws the batches a stopped run already trained on, then puts back its random state."""
+    for _ in range(done.step):
+        for stream in streams.values():
+            next(stream)
+    if done.rng is not None:
+        from gssl_fast.checkpoint import set_rng_state
+
+        set_rng_state(done.rng)
+
+
+class Window:
+    """The step rows of one accumulation window, summed when its optimizer step is
+    taken; when it is skipped, each row counts one ``NONFINITE`` batch and nothing else,
+    and the buffers (BatchNorm statistics) its forward passes left non-finite are put
+    back (``keep_buffers``: snapshot them as a window opens)."""
+
+    def __init__(self, model, *, keep_buffers: bool):
+        self.model, self.keep_buffers = model, keep_buffers
+        self.rows: list = []
+        self.kept: list = []
+
+    def open(self) -> None:
+        if self.keep_buffers and not self.rows:
+            self.kept = [b.detach().clone() for b in self.model.buffers()]
+
+    def add(self, step: int, row: torch.Tensor) -> None:
+        self.rows.append((step, row))
+
+    def close(self, skip: bool, names: list[str], guard: LossGuard) -> torch.Tensor:
+        """The window's summed ``[S]`` rows (observed by ``guard`` unless skipped)."""
+        if skip:
+            restore_if_broken(self.model, self.kept)
+        total = None
+        for step, row in self.rows:
+            if skip:
+                row = torch.zeros_like(row)
+                row[names.index(NONFINITE)] = 1.0
+            else:
+                guard.observe(step, row)
+            total = row if total is None else total + row
+        self.rows = []
+        return total
 
 
 def optimizer_step(method, model, optimizer, scheduler, accelerator, skip_nonfinite: bool) -> bool:
