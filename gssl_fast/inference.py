@@ -18,7 +18,7 @@ from torch import nn
 
 from gssl_fast import checkpoint
 from gssl_fast.errors import UserError
-from gssl_fast.stages import STAGES_DIR, stage_dir
+from gssl_fast.stages import STAGES_DIR, run_folder_of, stage_dir
 
 
 class Classifier(nn.Module):
@@ -77,7 +77,7 @@ def load_run(path: str | os.PathLike):
         raise UserError(f"{file} carries no recipe: it was not written by this version of gssl_fast.train")
     recipe = recipe_from_dict(tomllib.loads(state["recipe"]), f"the recipe inside {file}")
     c = state["context"]
-    run_dir = file.parent.parent.parent.parent if stage else file.parent.parent
+    run_dir = run_folder_of(file.parent.parent, stage)  # <run>[/stages/<stage>]/checkpoints/<file>
     method = build_method(recipe.method, MethodContext.of(recipe, c["class_counts"], c["mean"], c["std"],
                                                           run_dir=run_dir))
     if stage:

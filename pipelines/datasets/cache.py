@@ -83,11 +83,10 @@ def cached_decode(files: FileList, image_size: int, on_corrupt: str, cache_dir,
     try:
         folder.mkdir(parents=True, exist_ok=True)
         write_atomic(data_path, lambda f: np.save(f, dataset.images, allow_pickle=False))
-        position = {p: i for i, p in enumerate(files.paths)} if dataset.skipped else {}
-        skipped_at = [position[p] for p, _ in dataset.skipped[len(files.skipped):]]
+        new = dataset.skipped[len(files.skipped):]
         info = {"format": FORMAT, "count": len(dataset), "image_size": image_size, "stamp": current,
-                "checksum": checksum(dataset.images), "skipped_at": skipped_at,
-                "skipped": [list(s) for s in dataset.skipped[len(files.skipped):]]}
+                "checksum": checksum(dataset.images), "skipped_at": files.positions(new),
+                "skipped": [list(s) for s in new]}
         write_atomic(info_path, lambda f: f.write(json.dumps(info).encode()))
     except OSError as e:
         warnings.warn(f"could not keep the decoded images in {folder} ({e}); they will be decoded again next run",
@@ -105,13 +104,17 @@ def _read(data_path: Path, info_path: Path, current: str, files: FileList, image
         shape = (info["count"], image_size, image_size, 3)
         if images.dtype != np.uint8 or images.shape != shape or checksum(images) != info["checksum"]:
             return None
-        keep = np.setdiff1d(np.arange(len(files)), np.asarray(info["skipped_at"], dtype=np.int64))
-        skipped = files.skipped + tuple((str(p), str(why)) for p, why in info["skipped"])
-    except (OSError, ValueError, EOFError, KeyError, TypeError, AttributeError):  # damaged: decode again
+        _, kept = files.without(_remembered(info))
+    except (OSError, ValueError, EOFError, KeyError, TypeError, AttributeError, IndexError):  # damaged: decode again
         return None
-    if len(keep) != info["count"]:
+    if len(kept) != info["count"]:
         return None
-    return ArrayDataset(images, files.labels[keep], files.classes, IMAGENET_MEAN, IMAGENET_STD, skipped=skipped)
+    return ArrayDataset(images, kept.labels, kept.classes, IMAGENET_MEAN, IMAGENET_STD, skipped=kept.skipped)
+
+
+def _remembered(info: dict) -> dict[int, str]:
+    """``{position: what is wrong}`` of the files an entry left out."""
+    return {int(i): str(why) for i, (_, why) in zip(info["skipped_at"], info["skipped"], strict=True)}
 
 
 def cached_screen(files: FileList, cache_dir, screen: Callable[[FileList], FileList]) -> FileList:
@@ -124,19 +127,14 @@ def cached_screen(files: FileList, cache_dir, screen: Callable[[FileList], FileL
     try:
         info = json.loads(info_path.read_text())
         if current and info.get("format") == FORMAT and info.get("stamp") == current:
-            bad = set(info["skipped_at"])
-            keep = [i for i in range(len(files)) if i not in bad]
-            return FileList(tuple(files.paths[i] for i in keep), files.labels[keep], files.classes,
-                            files.skipped + tuple((str(p), str(why)) for p, why in info["skipped"]))
-    except (OSError, ValueError, KeyError, TypeError, AttributeError):  # damaged: screen again
+            return files.without(_remembered(info))[1]
+    except (OSError, ValueError, KeyError, TypeError, AttributeError, IndexError):  # damaged: screen again
         pass
     screened = screen(files)
     if current is None:
         return screened
     new = screened.skipped[len(files.skipped):]
-    position = {p: i for i, p in enumerate(files.paths)}
-    info = {"format": FORMAT, "stamp": current, "skipped_at": [position[p] for p, _ in new],
-            "skipped": [list(s) for s in new]}
+    info = {"format": FORMAT, "stamp": current, "skipped_at": files.positions(new), "skipped": [list(s) for s in new]}
     try:
         folder.mkdir(parents=True, exist_ok=True)
         write_atomic(info_path, lambda f: f.write(json.dumps(info).encode()))

@@ -11,7 +11,6 @@ from __future__ import annotations
 
 import os
 from concurrent.futures import ThreadPoolExecutor
-from dataclasses import replace
 
 import numpy as np
 from PIL import Image
@@ -24,6 +23,8 @@ from pipelines.system import usable_cores
 # data.on_corrupt: what an unreadable image file does.
 ON_CORRUPT = {"error": "stop with a one-line error naming the file", "skip": "leave it out and count it"}
 SKIP_HINT = 'fix or remove the file, or set data.on_corrupt = "skip" to leave out unreadable images'
+# What PIL raises on a file it cannot read.
+PIL_ERRORS = (OSError, ValueError, SyntaxError, Image.DecompressionBombError)
 # PIL modes holding more than 8 bits per value: scaled to 0..255 instead of clipped.
 WIDE_MODES = ("I;16", "I;16B", "I;16L", "I;16N", "I", "F")
 
@@ -49,7 +50,7 @@ def read_rgb(path: str, image_size: int) -> np.ndarray:
     try:
         with Image.open(path) as image:
             return np.asarray(resize_image(to_rgb(image), image_size))
-    except (OSError, ValueError, SyntaxError, Image.DecompressionBombError) as e:
+    except PIL_ERRORS as e:
         raise ValueError(problem(path, e)) from None
 
 
@@ -75,6 +76,19 @@ def shown(path: str) -> str:
     return os.fsencode(path).decode("utf-8", "backslashreplace")
 
 
+def _each(n: int, fn, workers: int) -> None:
+    """``fn(i)`` for ``i`` in ``0..n-1`` on ``workers`` threads (PIL releases the GIL
+    while decoding); 0 = the cores this process may use, 1 = no thread pool."""
+    workers = workers or usable_cores()
+    if workers == 1 or n < 2:
+        for i in range(n):
+            fn(i)
+        return
+    with ThreadPoolExecutor(workers) as pool:
+        for _ in pool.map(fn, range(n)):
+            pass
+
+
 def _decode_all(paths, image_size: int, workers: int) -> tuple[np.ndarray, dict[int, str]]:
     """``([N, S, S, 3]`` uint8, ``{index: what is wrong}``) of every file of ``paths``."""
     out = np.zeros((len(paths), image_size, image_size, 3), dtype=np.uint8)
@@ -86,14 +100,7 @@ def _decode_all(paths, image_size: int, workers: int) -> tuple[np.ndarray, dict[
         except ValueError as e:
             bad[i] = str(e)
 
-    workers = workers or usable_cores()
-    if workers == 1 or len(paths) < 2:
-        for i in range(len(paths)):
-            decode(i)
-    else:
-        with ThreadPoolExecutor(workers) as pool:  # PIL releases the GIL while decoding
-            for _ in pool.map(decode, range(len(paths))):
-                pass
+    _each(len(paths), decode, workers)
     return out, bad
 
 
@@ -113,11 +120,9 @@ def decode_files(files: FileList, image_size: int, *, workers: int = 0, on_corru
     if bad and on_corrupt == "error":
         first = min(bad)
         raise UserError(f"cannot read image {shown(files.paths[first])}: it {bad[first]}; {SKIP_HINT}")
-    keep = np.setdiff1d(np.arange(len(files)), np.fromiter(bad, dtype=np.int64, count=len(bad)))
-    if bad:
-        images = images[keep]
-    skipped = files.skipped + tuple((files.paths[i], bad[i]) for i in sorted(bad))
-    return ArrayDataset(images, files.labels[keep], files.classes, IMAGENET_MEAN, IMAGENET_STD, skipped=skipped)
+    keep, kept = files.without(bad)
+    images = images[keep] if bad else images
+    return ArrayDataset(images, kept.labels, kept.classes, IMAGENET_MEAN, IMAGENET_STD, skipped=kept.skipped)
 
 
 def screen_files(files: FileList, *, workers: int = 0, image_size: int = 8) -> FileList:
@@ -132,17 +137,11 @@ def screen_files(files: FileList, *, workers: int = 0, image_size: int = 8) -> F
             with Image.open(path) as image:
                 image.draft("RGB", (image_size, image_size))
                 image.load()
-        except (OSError, ValueError, SyntaxError, Image.DecompressionBombError) as e:
+        except PIL_ERRORS as e:
             bad[i] = problem(path, e)
 
-    with ThreadPoolExecutor(workers or usable_cores()) as pool:
-        for _ in pool.map(check, range(len(files))):
-            pass
-    if not bad:
-        return files
-    keep = [i for i in range(len(files)) if i not in bad]
-    return replace(files, paths=tuple(files.paths[i] for i in keep), labels=files.labels[keep],
-                   skipped=files.skipped + tuple((files.paths[i], bad[i]) for i in sorted(bad)))
+    _each(len(files), check, workers)
+    return files.without(bad)[1] if bad else files
 
 
 def first_unreadable(paths) -> tuple[str, str] | None:

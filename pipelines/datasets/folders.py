@@ -62,6 +62,18 @@ class FileList:
     def __len__(self) -> int:
         return len(self.paths)
 
+    def without(self, bad: dict[int, str]) -> tuple[np.ndarray, FileList]:
+        """``(keep, files)``: the positions kept (``[M]`` int64, in order) and this list
+        less the positions of ``bad``, which join ``skipped`` with what is wrong."""
+        keep = np.setdiff1d(np.arange(len(self)), np.fromiter(bad, dtype=np.int64, count=len(bad)))
+        skipped = self.skipped + tuple((self.paths[i], str(bad[i])) for i in sorted(bad))
+        return keep, FileList(tuple(self.paths[i] for i in keep), self.labels[keep], self.classes, skipped)
+
+    def positions(self, skipped) -> list[int]:
+        """The positions in this list of the paths of ``skipped`` (``(path, why)`` pairs)."""
+        index = {p: i for i, p in enumerate(self.paths)}
+        return [index[p] for p, _ in skipped]
+
 
 def _is_image(path: Path) -> bool:
     return path.suffix.lower() in IMAGE_EXTENSIONS and path.is_file()
