@@ -112,10 +112,16 @@ def flip_images(images: torch.Tensor, flip: torch.Tensor) -> torch.Tensor:
     return crop_flip(images, zeros, zeros, flip, 0)
 
 
+_NORMALIZE: dict[tuple, tuple[torch.Tensor, torch.Tensor]] = {}
+
+
 def normalize(images: torch.Tensor, mean: Sequence[float], std: Sequence[float]) -> torch.Tensor:
     """``[B, 3, H, W]`` uint8 (0..255) -> float32 ``(x / 255 - mean) / std``."""
-    dev = images.device
-    scale = 1.0 / (255.0 * torch.tensor(std, dtype=torch.float32, device=dev))
-    shift = torch.tensor(mean, dtype=torch.float32, device=dev) * 255.0
+    key = (tuple(mean), tuple(std), str(images.device))
+    if key not in _NORMALIZE:  # [3, 1, 1] float32 each: x - 255 mean, then * 1 / (255 std)
+        scale = 1.0 / (255.0 * torch.tensor(std, dtype=torch.float32))
+        shift = torch.tensor(mean, dtype=torch.float32) * 255.0
+        _NORMALIZE[key] = shift[:, None, None].to(images.device), scale[:, None, None].to(images.device)
+    shift, scale = _NORMALIZE[key]
     # One float buffer, updated in place: each fresh batch-sized buffer costs its page faults.
-    return images.to(torch.float32, copy=True).sub_(shift[:, None, None]).mul_(scale[:, None, None])
+    return images.to(torch.float32, copy=True).sub_(shift).mul_(scale)

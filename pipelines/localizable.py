@@ -99,33 +99,63 @@ def pretext_targets(params: Mapping[str, torch.Tensor], tasks: Sequence[str]) ->
     return targets
 
 
-_TABLES: dict[tuple, tuple[torch.Tensor, torch.Tensor, torch.Tensor]] = {}
+_PIXELS: dict[tuple, torch.Tensor] = {}
+_ROWS: dict[tuple, torch.Tensor] = {}
+
+# Inverse permutations: row ``p`` gives, for each input channel, the output channel that
+# permutation ``p`` moves it to.
+_INVERSE = tuple(tuple(p.index(c) for c in range(3)) for p in PERMUTATIONS)
+
+# Element types by byte width. The write-back moves each row of a quadrant as the widest
+# of these that the row's length and the batch's alignment allow (one 16-byte element
+# for a 16-pixel uint8 row): a CPU copy costs per element far more than per byte.
+_UNITS = {16: torch.complex128, 8: torch.int64, 4: torch.int32, 2: torch.int16, 1: torch.uint8}
 
 
-def _index_tables(side: int, flip_axis: str, device: torch.device) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
-    """Pixel tables of the transform for images of ``side x side``.
+def _unit_width(row_bytes: int, *tensors: torch.Tensor) -> int:
+    """The widest ``_UNITS`` width dividing ``row_bytes`` and every tensor's offset and address."""
+    return next(u for u in _UNITS if row_bytes % u == 0 and all(
+        t.data_ptr() % u == 0 and t.storage_offset() * t.element_size() % u == 0 for t in tensors))
 
-    ``src``: ``[32, r * r]`` int64; row ``8 * q + 4 * f + k`` lists, for every output
-    pixel of quadrant ``q``, the flat position (in one ``H * W`` channel plane) of the
-    input pixel it copies. Built by applying the reference ops to a grid of positions,
-    so the semantics are torch's own ``flip`` and ``rot90``.
-    ``dst``: ``[4, r * r]`` int64, the plane positions of each quadrant's pixels.
-    ``channels``: ``[6, 3]`` int64, the permutations.
-    """
+
+def _as_units(t: torch.Tensor, width: int) -> torch.Tensor:
+    """The bytes of a contiguous tensor as a flat tensor of ``width``-byte elements."""
+    return t.view(-1).view(torch.uint8).view(_UNITS[width])
+
+
+def _pixel_table(side: int, flip_axis: str, device: torch.device) -> torch.Tensor:
+    """``[32, r * r]`` int64 for images of ``side x side``: row ``8 * q + 4 * f + k`` lists,
+    for every output pixel of quadrant ``q``, the flat position (in one ``H * W`` channel
+    plane) of the input pixel it copies. Built by applying the reference ops to a grid of
+    positions, so the semantics are torch's own ``flip`` and ``rot90``."""
     key = (side, flip_axis, str(device))
-    if key not in _TABLES:
+    if key not in _PIXELS:
         r, dim = side // 2, FLIP_AXES[flip_axis]
         grid = torch.arange(side * side, dtype=torch.int64).view(side, side)
-        src, dst = [], []
+        src = []
         for q in range(4):
             quad = grid[(q // 2) * r : (q // 2 + 1) * r, (q % 2) * r : (q % 2 + 1) * r]
-            dst.append(quad.reshape(-1))
             for f in range(2):
                 g = quad.flip(dim) if f else quad
                 src.extend(torch.rot90(g, k, dims=(-2, -1)).reshape(-1) for k in range(4))
-        channels = torch.tensor(PERMUTATIONS, dtype=torch.int64)
-        _TABLES[key] = (torch.stack(src).to(device), torch.stack(dst).to(device), channels.to(device))
-    return _TABLES[key]
+        _PIXELS[key] = torch.stack(src).to(device)
+    return _PIXELS[key]
+
+
+def _row_table(side: int, device: torch.device, itemsize: int, width: int) -> torch.Tensor:
+    """``[4 * 6, 3, r, r * itemsize / width]`` int64 for images of ``side x side`` of
+    ``itemsize``-byte elements: row ``6 * q + p`` gives, for each input channel and row
+    of quadrant ``q``, where that row goes under permutation ``p`` (its output channel's
+    plane, its place in quadrant ``q``), counted in ``width``-byte units from the image's
+    start."""
+    key = (side, str(device), itemsize, width)
+    if key not in _ROWS:
+        r, per_row, plane = side // 2, side // 2 * itemsize // width, side * side * itemsize // width
+        starts = torch.tensor([[((q // 2) * r + i) * side + (q % 2) * r for i in range(r)] for q in range(4)])
+        rows = starts[:, :, None] * itemsize // width + torch.arange(per_row)  # [4, r, per_row]
+        channel = torch.tensor(_INVERSE) * plane  # [6, 3]
+        _ROWS[key] = (rows[:, None, None, :, :] + channel[None, :, :, None, None]).flatten(0, 1).to(device)
+    return _ROWS[key]
 
 
 def apply_localizable(
@@ -164,27 +194,27 @@ def apply_localizable_(
     crop, say: no copy of the batch); returns ``images``.
 
     A fixed number of tensor ops whatever the batch size: one gather reads the quadrant
-    already flipped, rotated and channel-permuted (its index combines the pixel table of
-    ``(q, f, k)`` with the source channel of each output channel), one scatter writes it
-    back. Table rows are picked with ``index_select`` (a row copy; advanced indexing is
-    several times slower on the CPU).
+    of every channel already flipped and rotated (the pixel table of ``(q, f, k)``), then
+    one ``index_copy_`` writes its rows back, each to the channel the permutation sends
+    it to, as whole-row elements (``_UNITS``). Table rows are picked with
+    ``index_select`` (a row copy; advanced indexing is several times slower on the CPU).
     """
     if flip_axis not in FLIP_AXES:
         raise unknown_name("flip_axis", flip_axis, FLIP_AXES)
     r = check_image_batch(images)
     if not images.is_contiguous():
         raise ValueError("apply_localizable_ needs a contiguous batch; use apply_localizable")
-    b, plane, n = images.shape[0], 4 * r * r, r * r
-    device = images.device
-    src, dst, channels = _index_tables(2 * r, flip_axis, device)
+    b, n, size, device = images.shape[0], r * r, images.element_size(), images.device
     quadrant, flip, rotation, perm = (t.to(device=device, dtype=torch.int64) for t in (quadrant, flip, rotation, perm))
 
-    flat = images.view(b, 3 * plane)
-    # Output channel c of the quadrant reads plane channels[perm][c]: [B, 3, r*r] positions.
-    pixels = src.index_select(0, 8 * quadrant + 4 * flip + rotation)  # [B, r*r]
-    index = (channels.index_select(0, perm) * plane)[:, :, None] + pixels[:, None, :]
-    values = flat.gather(1, index.view(b, 3 * n)).view(b, 3, n)
-    flat.view(b, 3, plane).scatter_(2, dst.index_select(0, quadrant)[:, None, :].expand(b, 3, n), values)
+    pixels = _pixel_table(2 * r, flip_axis, device).index_select(0, 8 * quadrant + 4 * flip + rotation)
+    # [B, 3, r*r]: every input channel's quadrant, transformed; read whole before any write.
+    values = images.view(b, 3, 4 * n).gather(2, pixels[:, None, :].expand(b, 3, n))
+    width = _unit_width(r * size, images, values)
+    # [B, 3, r, units per row]: where each row of each input channel's quadrant goes.
+    image = torch.arange(0, b * 12 * n * size // width, 12 * n * size // width, device=device)
+    dest = _row_table(2 * r, device, size, width).index_select(0, 6 * quadrant + perm) + image[:, None, None, None]
+    _as_units(images, width).index_copy_(0, dest.view(-1), _as_units(values, width))
     return images
 
 
