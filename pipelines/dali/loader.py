@@ -123,7 +123,12 @@ class DaliLoader:
                 keep = min(self.batch_size, share - i * self.batch_size) if self._files else None
                 yield self._batch(outputs, keep, gen)
         finally:
-            del pipe  # frees DALI's threads and buffers before the next epoch builds its own
+            # Stop DALI's threads and free its buffers now, before the next epoch builds its
+            # own. Left to the garbage collector (the pipeline object sits in reference
+            # cycles), the shutdown runs wherever a collection happens to start, and one
+            # starting inside numba's compiler (an FFCV loader's first epoch) segfaults.
+            pipe._shutdown()
+            del pipe
 
     def _shard_files(self, epoch: int) -> list[str]:
         """The files this shard reads in ``epoch``, in order (:meth:`_build`'s slice)."""
