@@ -1,7 +1,7 @@
 """Batched augmentation on the device: random crop with padding, whole-image flip,
 normalization. Each op works on a whole ``[B, 3, H, W]`` batch with a fixed number of
 tensor ops, so on CUDA a batch costs a handful of kernel launches. The crop and the flip
-are one op, :func:`crop_flip` (one gather); ``crop_with_padding`` and ``flip_images`` are
+are one op, :func:`crop_flip` (one row copy); ``crop_with_padding`` and ``flip_images`` are
 its two halves, kept as the references other backends are tested against.
 
 The ops of a loader's views and their order (crop and flip, the localizable transform;
