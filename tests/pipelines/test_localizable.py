@@ -76,19 +76,20 @@ def test_non_contiguous_input():
 
 @pytest.mark.parametrize("offset", [0, 1, 2, 4, 8])
 @pytest.mark.parametrize("side", [32, 64])
-def test_in_place_write_back_at_any_alignment(offset, side):
+def test_in_place_write_back_at_any_alignment(offset, side, device):
     """The quadrant rows go back as the widest elements the batch's address allows (16
     bytes for an aligned 32x32 uint8 batch, single bytes at an odd offset); every width
-    moves the bytes unchanged, also those that read as NaN in a float element."""
+    moves the bytes unchanged, also those that read as NaN in a float element; on the
+    training device (CUDA where there is one)."""
     b, g = 6, torch.Generator().manual_seed(offset)
     storage = torch.randint(0, 256, (offset + b * 3 * side * side,), generator=g, dtype=torch.uint8)
     storage[offset::7] = 0xFF  # NaN bit patterns in every 8-byte word
-    x = storage[offset:].view(b, 3, side, side)
+    x = storage.to(device)[offset:].view(b, 3, side, side)
     params = draw_localizable(b, generator=g)
     kw = {k: params[k] for k in PARAM_KEYS}
-    expect = reference_localizable(x, **kw)
+    expect = reference_localizable(x.cpu(), **kw)
     assert apply_localizable_(x, **kw) is x
-    assert torch.equal(x, expect)
+    assert torch.equal(x.cpu(), expect)
 
 
 @pytest.mark.parametrize("shape", [(2, 3, 8, 6), (2, 3, 7, 7), (2, 1, 8, 8), (3, 8, 8)])
