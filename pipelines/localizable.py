@@ -204,12 +204,15 @@ def apply_localizable_(
     r = check_image_batch(images)
     if not images.is_contiguous():
         raise ValueError("apply_localizable_ needs a contiguous batch; use apply_localizable")
+    if images.requires_grad and torch.is_grad_enabled():
+        raise ValueError("the localizable transform moves pixels and has no gradient; apply it to images.detach()")
     b, n, size, device = images.shape[0], r * r, images.element_size(), images.device
     quadrant, flip, rotation, perm = (t.to(device=device, dtype=torch.int64) for t in (quadrant, flip, rotation, perm))
 
     pixels = _pixel_table(2 * r, flip_axis, device).index_select(0, 8 * quadrant + 4 * flip + rotation)
     # [B, 3, r*r]: every input channel's quadrant, transformed; read whole before any write.
-    values = images.view(b, 3, 4 * n).gather(2, pixels[:, None, :].expand(b, 3, n))
+    # Moved as integers of the same width: a float16 gather on the CPU alters signalling NaNs.
+    values = _as_units(images, size).view(b, 3, 4 * n).gather(2, pixels[:, None, :].expand(b, 3, n))
     width = _unit_width(r * size, images, values)
     # [B, 3, r, units per row]: where each row of each input channel's quadrant goes.
     image = torch.arange(0, b * 12 * n * size // width, 12 * n * size // width, device=device)

@@ -127,11 +127,12 @@ class DaliLoader:
             # own. Left to the garbage collector (the pipeline object sits in reference
             # cycles), the shutdown runs wherever a collection happens to start, and one
             # starting inside numba's compiler (an FFCV loader's first epoch) segfaults.
-            # The last batch's copy out of DALI's GPU buffers may still be queued.
-            if self.device.type == "cuda":
-                torch.cuda.current_stream(self.device).synchronize()
-            pipe._shutdown()
-            del pipe
+            try:  # the last batch's copy out of DALI's GPU buffers may still be queued
+                if self.device.type == "cuda":
+                    torch.cuda.synchronize(self.device)
+            finally:
+                pipe._shutdown()
+                del pipe
 
     def _shard_files(self, epoch: int) -> list[str]:
         """The files this shard reads in ``epoch``, in order (:meth:`_build`'s slice)."""

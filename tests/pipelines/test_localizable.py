@@ -79,17 +79,42 @@ def test_non_contiguous_input():
 def test_in_place_write_back_at_any_alignment(offset, side, device):
     """The quadrant rows go back as the widest elements the batch's address allows (16
     bytes for an aligned 32x32 uint8 batch, single bytes at an odd offset); every width
-    moves the bytes unchanged, also those that read as NaN in a float element; on the
-    training device (CUDA where there is one)."""
+    moves the bytes unchanged, also runs of 0xFF bytes (NaN when read as a float element);
+    on the training device (CUDA where there is one)."""
     b, g = 6, torch.Generator().manual_seed(offset)
     storage = torch.randint(0, 256, (offset + b * 3 * side * side,), generator=g, dtype=torch.uint8)
-    storage[offset::7] = 0xFF  # NaN bit patterns in every 8-byte word
+    storage[offset : offset + 3 * side * side] = 0xFF  # the whole first image
     x = storage.to(device)[offset:].view(b, 3, side, side)
     params = draw_localizable(b, generator=g)
     kw = {k: params[k] for k in PARAM_KEYS}
     expect = reference_localizable(x.cpu(), **kw)
     assert apply_localizable_(x, **kw) is x
     assert torch.equal(x.cpu(), expect)
+
+
+@pytest.mark.parametrize("dtype", [torch.float16, torch.bfloat16, torch.float32, torch.float64])
+def test_every_float_bit_pattern_is_moved_unchanged(dtype):
+    """Float batches holding every bit pattern of their width (signalling NaNs included):
+    the transform moves bits, it does no float arithmetic."""
+    bits = {2: torch.int16, 4: torch.int32, 8: torch.int64}[dtype.itemsize]
+    g = torch.Generator().manual_seed(1)
+    if dtype.itemsize == 2:
+        patterns = torch.arange(-(1 << 15), 1 << 15, dtype=torch.int32).to(bits)
+    else:  # every sign / exponent with random mantissas, the quiet bit on and off
+        patterns = torch.randint(-(1 << 62), 1 << 62, (1 << 16,), generator=g).to(bits)
+    b, side = patterns.numel() // (3 * 16 * 16), 16
+    x = patterns[: b * 3 * side * side].view(dtype).view(b, 3, side, side).clone()
+    params = draw_localizable(b, generator=g)
+    kw = {k: params[k] for k in PARAM_KEYS}
+    expect = reference_localizable(x, **kw)
+    assert torch.equal(apply_localizable(x, **kw).view(bits), expect.view(bits))
+
+
+def test_a_tensor_that_requires_grad_is_refused():
+    x = torch.rand(2, 3, 8, 8, requires_grad=True)
+    z = torch.zeros(2, dtype=torch.int64)
+    with pytest.raises(ValueError, match="detach"):
+        apply_localizable(x, quadrant=z, flip=z, rotation=z, perm=z)
 
 
 @pytest.mark.parametrize("shape", [(2, 3, 8, 6), (2, 3, 7, 7), (2, 1, 8, 8), (3, 8, 8)])
