@@ -61,7 +61,8 @@ def loader_source(recipe: Recipe, split: str, run_dir: Path, accelerator):
 @contextmanager
 def main_first(accelerator):
     """The main process runs the block first, the others after it, even when it fails
-    there (then each meets the same error and says so, instead of waiting for it)."""
+    there (then each meets the same error and says so, instead of waiting for it, as they
+    would under Accelerate's ``main_process_first``)."""
     if not accelerator.is_main_process:
         accelerator.wait_for_everyone()
     try:

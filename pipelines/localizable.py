@@ -123,6 +123,13 @@ def _as_units(t: torch.Tensor, width: int) -> torch.Tensor:
     return t.view(-1).view(torch.uint8).view(_UNITS[width])
 
 
+def _quadrant(grid: torch.Tensor, q: int) -> torch.Tensor:
+    """Quadrant ``q`` (0 top left, 1 top right, 2 bottom left, 3 bottom right) of a square
+    ``[side, side]`` grid, as a view."""
+    r = grid.shape[0] // 2
+    return grid[(q // 2) * r : (q // 2 + 1) * r, (q % 2) * r : (q % 2 + 1) * r]
+
+
 def _pixel_table(side: int, flip_axis: str, device: torch.device) -> torch.Tensor:
     """``[32, r * r]`` int64 for images of ``side x side``: row ``8 * q + 4 * f + k`` lists,
     for every output pixel of quadrant ``q``, the flat position (in one ``H * W`` channel
@@ -130,11 +137,11 @@ def _pixel_table(side: int, flip_axis: str, device: torch.device) -> torch.Tenso
     positions, so the semantics are torch's own ``flip`` and ``rot90``."""
     key = (side, flip_axis, str(device))
     if key not in _PIXELS:
-        r, dim = side // 2, FLIP_AXES[flip_axis]
+        dim = FLIP_AXES[flip_axis]
         grid = torch.arange(side * side, dtype=torch.int64).view(side, side)
         src = []
         for q in range(4):
-            quad = grid[(q // 2) * r : (q // 2 + 1) * r, (q % 2) * r : (q % 2 + 1) * r]
+            quad = _quadrant(grid, q)
             for f in range(2):
                 g = quad.flip(dim) if f else quad
                 src.extend(torch.rot90(g, k, dims=(-2, -1)).reshape(-1) for k in range(4))
@@ -150,8 +157,9 @@ def _row_table(side: int, device: torch.device, itemsize: int, width: int) -> to
     start."""
     key = (side, str(device), itemsize, width)
     if key not in _ROWS:
-        r, per_row, plane = side // 2, side // 2 * itemsize // width, side * side * itemsize // width
-        starts = torch.tensor([[((q // 2) * r + i) * side + (q % 2) * r for i in range(r)] for q in range(4)])
+        per_row, plane = side // 2 * itemsize // width, side * side * itemsize // width
+        grid = torch.arange(side * side, dtype=torch.int64).view(side, side)
+        starts = torch.stack([_quadrant(grid, q)[:, 0] for q in range(4)])  # [4, r]: each row's first pixel
         rows = starts[:, :, None] * itemsize // width + torch.arange(per_row)  # [4, r, per_row]
         channel = torch.tensor(_INVERSE) * plane  # [6, 3]
         _ROWS[key] = (rows[:, None, None, :, :] + channel[None, :, :, None, None]).flatten(0, 1).to(device)
@@ -215,7 +223,8 @@ def apply_localizable_(
     values = _as_units(images, size).view(b, 3, 4 * n).gather(2, pixels[:, None, :].expand(b, 3, n))
     width = _unit_width(r * size, images, values)
     # [B, 3, r, units per row]: where each row of each input channel's quadrant goes.
-    image = torch.arange(0, b * 12 * n * size // width, 12 * n * size // width, device=device)
+    per_image = 3 * 4 * n * size // width
+    image = torch.arange(0, b * per_image, per_image, device=device)
     dest = _row_table(2 * r, device, size, width).index_select(0, 6 * quadrant + perm) + image[:, None, None, None]
     _as_units(images, width).index_copy_(0, dest.view(-1), _as_units(values, width))
     return images

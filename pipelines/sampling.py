@@ -61,9 +61,6 @@ def epoch_indices(
     return share[: keep * batch_size] if drop_last else share
 
 
-# ---------------------------------------------------------------- G-SimCLR: batches guided by pseudo-labels
-
-
 def held_out_positions(labels, fraction: float, seed: int) -> np.ndarray:
     """Sorted int64 positions of a seeded ``fraction`` of each class of ``labels`` ``[N]``,
     held out for validation: ``round(fraction * n)`` of a class of ``n``, at least one and
@@ -78,6 +75,9 @@ def held_out_positions(labels, fraction: float, seed: int) -> np.ndarray:
         k = min(len(members) - 1, max(1, round(fraction * len(members))))
         held.append(rng.permutation(members)[:k])
     return np.sort(np.concatenate(held or [np.zeros(0, np.int64)])).astype(np.int64)
+
+
+# ---------------------------------------------------------------- G-SimCLR: batches guided by pseudo-labels
 
 
 def _cluster_counts(pseudo_labels, batch_size: int) -> np.ndarray:
