@@ -11,13 +11,16 @@ from __future__ import annotations
 
 import signal
 import warnings
+from contextlib import contextmanager
 from dataclasses import dataclass
+from typing import Callable, Iterator
 
 import torch
 
 from gssl_fast.errors import UserError
 from gssl_fast.faults import crash_point
 from gssl_fast.health import LossGuard
+from gssl_fast.peers import Process, watching
 
 # Steps between two looks, agreed by every process, at whether a stop was asked for.
 AGREE_EVERY = 10
@@ -81,8 +84,11 @@ class Preemption:
         return self
 
     def __exit__(self, *exc) -> None:
+        # A handler set since (a lost peer's SIG_IGN, peers.watching) stays: the process
+        # is stopping, and the launcher's SIGTERM must not kill it before it says why.
         for sig, handler in self.previous.items():
-            signal.signal(sig, handler)
+            if signal.getsignal(sig) == self._ask:
+                signal.signal(sig, handler)
 
     def _ask(self, signum, frame) -> None:
         if self.signum:  # asked twice: stop now, as the signal would have
@@ -98,6 +104,16 @@ class Preemption:
             return 0
         flag = torch.tensor(self.signum, device=accelerator.device)
         return int(accelerator.reduce(flag, reduction="max"))
+
+
+@contextmanager
+def stopping(processes: list[Process], me: int, resume_hint: Callable[[], str]) -> Iterator[Preemption]:
+    """How the loop stops: at an agreed step boundary on SIGTERM or SIGINT (the
+    :class:`Preemption` yielded), with one line naming a lost peer (``peers.watching``).
+    Watching runs inside Preemption, so that the launcher's SIGTERM to the survivors of a
+    lost peer meets a handler at every moment: Preemption's, until watching ignores it."""
+    with Preemption() as preemption, watching(processes, me, resume_hint):
+        yield preemption
 
 
 class Stopped(Exception):

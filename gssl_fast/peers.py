@@ -94,7 +94,8 @@ def lost_message(processes: list[Process], me: int, error: BaseException, resume
 def watching(processes: list[Process], me: int, resume_hint: Callable[[], str]):
     """Raises :class:`PeerLost` in place of a collective's failure caused by a process
     that is gone. SIGTERM is ignored from then on: the launcher sends it to the survivors
-    of a failed process, and this one is already stopping."""
+    of a failed process, and this one is already stopping (``epoch.stopping`` puts this
+    inside ``epoch.Preemption``, whose handler covers the moments before)."""
     try:
         yield
     except RuntimeError as e:

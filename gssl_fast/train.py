@@ -30,16 +30,9 @@ import torch
 
 from gssl_fast import checkpoint
 from gssl_fast.config import Recipe, load_recipe, recipe_to_toml, save_recipe
-from gssl_fast.epoch import Partial, Preemption, Stopped, epoch_row, train_one_epoch
+from gssl_fast.epoch import Partial, Stopped, epoch_row, stopping, train_one_epoch
 from gssl_fast.faults import crash_point
-from gssl_fast.peers import (
-    PEER_EXIT,
-    PeerLost,
-    broadcast_buffers,
-    register,
-    replicas_in_sync,
-    watching,
-)
+from gssl_fast.peers import PEER_EXIT, PeerLost, broadcast_buffers, register, replicas_in_sync
 from pipelines.errors import UserError
 
 USAGE_EXIT = 2
@@ -308,8 +301,7 @@ def run_epochs(recipe, method, model, optimizer, scheduler, loaders, val_loader,
         kept = checkpoint.list_checkpoints(run_dir)
         return f"{'the newest checkpoint is ' + str(kept[-1]) if kept else 'no checkpoint yet'}: rerun with --resume auto"
 
-    # watching outside Preemption: a lost peer's SIGTERM from the launcher finds this process stopping.
-    with watching(register(accelerator), accelerator.process_index, resume_hint), Preemption() as preemption:
+    with stopping(register(accelerator), accelerator.process_index, resume_hint) as preemption:
         _run_epochs(recipe, method, model, optimizer, scheduler, loaders, val_loader, accelerator, run_dir=run_dir,
                     first_epoch=first_epoch, plan=plan, threads=threads, stage=stage, partial=partial,
                     preemption=preemption)

@@ -4,6 +4,7 @@ two-process run stops mid-epoch at an agreed step; both resume bit-exact."""
 from __future__ import annotations
 
 import os
+import signal
 import subprocess
 import sys
 import time
@@ -11,7 +12,8 @@ import time
 import pytest
 import torch.distributed
 
-from bench.crash_points import final, same, train
+from bench.crash_points import ROOT, final, same, train
+from gssl_fast.epoch import Preemption
 from gssl_fast.peers import PEER_EXIT, Process, alive, lost_message
 from tests.gssl_fast.tiny import write_tiny
 
@@ -83,3 +85,51 @@ def test_only_a_collective_broken_by_a_peer_becomes_a_peer_error():
     assert lost_message(living, 0, RuntimeError("NCCL error: unhandled system error"), hint) is None
     timeout = torch.distributed.DistBackendError("NCCL watchdog thread terminated with exception: timed out")
     assert "another process stopped answering" in lost_message(living, 0, timeout, hint)
+
+
+# The launcher's SIGTERM reaches a survivor at any moment of its stop: here while it reads
+# the collective's error (str() of it), and again after it has said why it stops.
+SIGTERM_WHILE_STOPPING = """
+import os, signal, sys
+from gssl_fast.epoch import stopping
+from gssl_fast.peers import PeerLost, Process
+
+class Reset(RuntimeError):
+    sent = False
+
+    def __str__(self):
+        if not Reset.sent:
+            Reset.sent = True
+            os.kill(os.getpid(), signal.SIGTERM)
+        return "Read error: Connection reset by peer."
+
+host = os.uname().nodename
+processes = [Process(0, host, os.getpid()), Process(1, host, int(sys.argv[1]))]
+try:
+    with stopping(processes, 0, lambda: "rerun with --resume auto"):
+        raise Reset()
+except PeerLost as e:
+    print(e, flush=True)
+os.kill(os.getpid(), signal.SIGTERM)
+print("still running")
+"""
+
+
+def test_the_launchers_sigterm_never_kills_a_survivor_before_it_names_the_lost_peer():
+    child = subprocess.Popen([sys.executable, "-c", "pass"])
+    child.wait()
+    run = subprocess.run([sys.executable, "-c", SIGTERM_WHILE_STOPPING, str(child.pid)], cwd=ROOT,
+                         capture_output=True, text=True, timeout=120)
+    assert run.returncode == 0, (run.returncode, run.stderr[-2000:])
+    lines = run.stdout.splitlines()
+    assert len(lines) == 2 and f"process 1 (pid {child.pid} on" in lines[0] and lines[1] == "still running", lines
+
+
+def test_preemption_restores_the_signal_handlers_it_replaced():
+    before = signal.getsignal(signal.SIGTERM)
+    with Preemption():
+        assert signal.getsignal(signal.SIGTERM) != before
+    assert signal.getsignal(signal.SIGTERM) == before
+    with pytest.raises(ValueError), Preemption():
+        raise ValueError("a bug stays a bug")
+    assert signal.getsignal(signal.SIGTERM) == before
