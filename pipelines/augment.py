@@ -1,8 +1,9 @@
 """Batched augmentation on the device: random crop with padding, whole-image flip,
 normalization. Each op works on a whole ``[B, 3, H, W]`` batch with a fixed number of
 tensor ops, so on CUDA a batch costs a handful of kernel launches. The crop and the flip
-are one op, :func:`crop_flip` (one row copy); ``crop_with_padding`` and ``flip_images`` are
-its two halves, kept as the references other backends are tested against.
+are one op, :func:`crop_flip` (one copy per channel of each image); ``crop_with_padding``
+and ``flip_images`` are its two halves, kept as the references other backends are tested
+against.
 
 The ops of a loader's views and their order (crop and flip, the localizable transform;
 docs/method.md section 1) are ``pipelines.views``; normalization follows the last op.
@@ -50,48 +51,55 @@ def pad_and_mirror(images: torch.Tensor, padding: int, *, mirrored: bool, mode: 
     return staged
 
 
-_ROW_OFFSETS: dict[tuple, torch.Tensor] = {}
+_PLANE_OFFSETS: dict[tuple, torch.Tensor] = {}
 
 
 def read_windows(staged: torch.Tensor, src: torch.Tensor, top: torch.Tensor, left: torch.Tensor,
                  flip: torch.Tensor, size: tuple[int, int]) -> torch.Tensor:
     """``[B, C, h, w]``: the ``h x w`` window at ``(top, left)`` of the padded image
-    ``src[i]`` of ``staged`` (:func:`pad_and_mirror`), mirrored where ``flip`` is 1.
+    ``src[i]`` of ``staged`` (:func:`pad_and_mirror`), mirrored where ``flip`` is 1; a
+    fresh batch whose rows are contiguous, not the batch itself: strides
+    ``(C * L, L, Wp, 1)`` with ``L = (h - 1) * Wp + w``.
 
-    A crop is a shift and a flip a mirror, so every row of every window is ``w``
-    consecutive elements of ``staged``: one ``index_select`` of ``B x C x h`` row starts,
-    through an overlapping ``[*, w]`` view, copies them all; no per-pixel index. A
-    mirrored window starts at column ``Wp - w - left`` of the mirror image.
+    A crop is a shift and a flip a mirror (a mirrored window starts at column
+    ``Wp - w - left`` of the mirror image), so the ``h`` rows of one channel of one
+    window are ``Wp`` apart in one run of ``L`` consecutive elements of ``staged``: one
+    ``index_select`` of the ``B x C`` run starts, through an overlapping ``[*, L]`` view,
+    copies every window as ``B x C`` whole runs (a contiguous copy each, where rows
+    would cost a copy call per row), and the windows are a strided view of the runs.
     """
     _, n, c, hp, wp = staged.shape
     h, w = size
     dev = staged.device
     src, top, left, flip = (t.to(device=dev, dtype=torch.int64) for t in (src, top, left, flip))
-    key = (c, h, hp, wp, str(dev))
-    if key not in _ROW_OFFSETS:  # [C, h]: where row y of channel ch starts in one staged image
-        _ROW_OFFSETS[key] = (torch.arange(c)[:, None] * (hp * wp) + torch.arange(h)[None, :] * wp).to(dev)
+    key = (c, hp * wp, str(dev))
+    if key not in _PLANE_OFFSETS:  # [C]: where channel ch starts in one staged image
+        _PLANE_OFFSETS[key] = (torch.arange(c) * (hp * wp)).to(dev)
+    run = (h - 1) * wp + w
     column = torch.where(flip.bool(), wp - w - left, left)
     base = (flip * n + src) * (c * hp * wp) + top * wp + column  # [B]
     flat = staged.reshape(-1)
-    rows = flat.as_strided((flat.numel() - w + 1, w), (1, 1))  # rows[i] = flat[i : i + w]
-    return rows.index_select(0, (base[:, None, None] + _ROW_OFFSETS[key]).view(-1)).view(len(src), c, h, w)
+    runs = flat.as_strided((flat.numel() - run + 1, run), (1, 1))  # runs[i] = flat[i : i + run]
+    out = runs.index_select(0, (base[:, None] + _PLANE_OFFSETS[key]).view(-1))
+    return out.as_strided((len(src), c, h, w), (c * run, run, wp, 1))
 
 
 def crop_flip(
     images: torch.Tensor, crop_y: torch.Tensor, crop_x: torch.Tensor, hflip: torch.Tensor, padding: int,
     mode: str = "zeros",
 ) -> torch.Tensor:
-    """Random crop with zero (or ``mode="reflect"``) padding, then the whole-image flip, as whole-row copies.
+    """Random crop with zero (or ``mode="reflect"``) padding, then the whole-image flip, as whole-run copies.
 
     images: ``[B, C, H, W]`` any dtype; crop_y, crop_x: ``[B]`` int in ``[0, 2 * padding]``;
     hflip: ``[B]`` int in {0, 1}. Returns a new ``[B, C, H, W]`` tensor of the same dtype:
     ``flip_images(crop_with_padding(images, crop_y, crop_x, padding), hflip)``, i.e.
     torchvision's ``RandomCrop(H, padding)`` at those offsets, then ``hflip`` where 1.
-    The batch is padded and mirrored into one buffer, then :func:`read_windows`.
+    The batch is padded and mirrored into one buffer, then :func:`read_windows`, made
+    contiguous.
     """
     b, _, h, w = images.shape
     staged = pad_and_mirror(images, padding, mirrored=True, mode=mode)
-    return read_windows(staged, torch.arange(b), crop_y, crop_x, hflip, (h, w))
+    return read_windows(staged, torch.arange(b), crop_y, crop_x, hflip, (h, w)).contiguous()
 
 
 def crop_with_padding(images: torch.Tensor, crop_y: torch.Tensor, crop_x: torch.Tensor, padding: int) -> torch.Tensor:
@@ -116,7 +124,7 @@ _NORMALIZE: dict[tuple, tuple[torch.Tensor, torch.Tensor]] = {}
 
 
 def normalize(images: torch.Tensor, mean: Sequence[float], std: Sequence[float]) -> torch.Tensor:
-    """``[B, 3, H, W]`` uint8 (0..255) -> float32 ``(x / 255 - mean) / std``."""
+    """``[B, 3, H, W]`` uint8 (0..255), any strides -> contiguous float32 ``(x / 255 - mean) / std``."""
     key = (tuple(mean), tuple(std), str(images.device))
     if key not in _NORMALIZE:  # [3, 1, 1] float32 each: x - 255 mean, then * 1 / (255 std)
         scale = 1.0 / (255.0 * torch.tensor(std, dtype=torch.float32))
@@ -124,4 +132,4 @@ def normalize(images: torch.Tensor, mean: Sequence[float], std: Sequence[float])
         _NORMALIZE[key] = shift[:, None, None].to(images.device), scale[:, None, None].to(images.device)
     shift, scale = _NORMALIZE[key]
     # One float buffer, updated in place: each fresh batch-sized buffer costs its page faults.
-    return images.to(torch.float32, copy=True).sub_(shift).mul_(scale)
+    return images.to(torch.float32, memory_format=torch.contiguous_format, copy=True).sub_(shift).mul_(scale)

@@ -107,20 +107,35 @@ _ROWS: dict[tuple, torch.Tensor] = {}
 _INVERSE = tuple(tuple(p.index(c) for c in range(3)) for p in PERMUTATIONS)
 
 # Element types by byte width. The write-back moves each row of a quadrant as the widest
-# of these that the row's length and the batch's alignment allow (one 16-byte element
-# for a 16-pixel uint8 row): a CPU copy costs per element far more than per byte.
+# of these that the row's length and the batch's layout allow (one 16-byte element for a
+# 16-pixel uint8 row): a CPU copy costs per element far more than per byte.
 _UNITS = {16: torch.complex128, 8: torch.int64, 4: torch.int32, 2: torch.int16, 1: torch.uint8}
 
 
-def _unit_width(row_bytes: int, *tensors: torch.Tensor) -> int:
-    """The widest ``_UNITS`` width dividing ``row_bytes`` and every tensor's offset and address."""
-    return next(u for u in _UNITS if row_bytes % u == 0 and all(
+def _unit_width(byte_counts: Sequence[int], *tensors: torch.Tensor) -> int:
+    """The widest ``_UNITS`` width dividing every count and every tensor's offset and address."""
+    return next(u for u in _UNITS if all(n % u == 0 for n in byte_counts) and all(
         t.data_ptr() % u == 0 and t.storage_offset() * t.element_size() % u == 0 for t in tensors))
 
 
 def _as_units(t: torch.Tensor, width: int) -> torch.Tensor:
     """The bytes of a contiguous tensor as a flat tensor of ``width``-byte elements."""
     return t.view(-1).view(torch.uint8).view(_UNITS[width])
+
+
+def row_strides(images: torch.Tensor) -> tuple[int, int, int] | None:
+    """``(image, channel, row)`` strides of a ``[B, C, H, W]`` batch whose rows are
+    contiguous and whose rows, channels and images do not overlap (a contiguous batch,
+    or windows of a wider buffer such as ``pipelines.augment.read_windows`` makes);
+    None for any other layout."""
+    b, c, h, w = images.shape
+    sb, sc, sh, sw = images.stride()
+    if sw != 1 and w > 1:
+        return None
+    plane = (h - 1) * sh + w  # elements from a channel's first pixel to past its last
+    if (h > 1 and sh < w) or (c > 1 and sc < plane) or (b > 1 and sb < (c - 1) * sc + plane):
+        return None
+    return sb, sc, sh
 
 
 def _quadrant(grid: torch.Tensor, q: int) -> torch.Tensor:
@@ -130,15 +145,20 @@ def _quadrant(grid: torch.Tensor, q: int) -> torch.Tensor:
     return grid[(q // 2) * r : (q // 2 + 1) * r, (q % 2) * r : (q % 2 + 1) * r]
 
 
-def _pixel_table(side: int, flip_axis: str, device: torch.device) -> torch.Tensor:
-    """``[32, r * r]`` int64 for images of ``side x side``: row ``8 * q + 4 * f + k`` lists,
-    for every output pixel of quadrant ``q``, the flat position (in one ``H * W`` channel
-    plane) of the input pixel it copies. Built by applying the reference ops to a grid of
-    positions, so the semantics are torch's own ``flip`` and ``rot90``."""
-    key = (side, flip_axis, str(device))
+def _positions(side: int, row_stride: int) -> torch.Tensor:
+    """``[side, side]`` int64: where each pixel of a channel plane lies, rows ``row_stride`` apart."""
+    return (torch.arange(side)[:, None] * row_stride + torch.arange(side)).to(torch.int64)
+
+
+def _pixel_table(side: int, row_stride: int, flip_axis: str, device: torch.device) -> torch.Tensor:
+    """``[32, r * r]`` int64 for images of ``side x side`` with rows ``row_stride`` apart:
+    row ``8 * q + 4 * f + k`` lists, for every output pixel of quadrant ``q``, the position
+    (in one channel plane) of the input pixel it copies. Built by applying the reference
+    ops to a grid of positions, so the semantics are torch's own ``flip`` and ``rot90``."""
+    key = (side, row_stride, flip_axis, str(device))
     if key not in _PIXELS:
         dim = FLIP_AXES[flip_axis]
-        grid = torch.arange(side * side, dtype=torch.int64).view(side, side)
+        grid = _positions(side, row_stride)
         src = []
         for q in range(4):
             quad = _quadrant(grid, q)
@@ -149,19 +169,20 @@ def _pixel_table(side: int, flip_axis: str, device: torch.device) -> torch.Tenso
     return _PIXELS[key]
 
 
-def _row_table(side: int, device: torch.device, itemsize: int, width: int) -> torch.Tensor:
+def _row_table(side: int, strides: tuple[int, int], device: torch.device, itemsize: int, width: int) -> torch.Tensor:
     """``[4 * 6, 3, r, r * itemsize / width]`` int64 for images of ``side x side`` of
-    ``itemsize``-byte elements: row ``6 * q + p`` gives, for each input channel and row
-    of quadrant ``q``, where that row goes under permutation ``p`` (its output channel's
-    plane, its place in quadrant ``q``), counted in ``width``-byte units from the image's
-    start."""
-    key = (side, str(device), itemsize, width)
+    ``itemsize``-byte elements, channels and rows ``strides`` elements apart: row
+    ``6 * q + p`` gives, for each input channel and row of quadrant ``q``, where that row
+    goes under permutation ``p`` (its output channel's plane, its place in quadrant
+    ``q``), counted in ``width``-byte units from the image's start."""
+    channel_stride, row_stride = strides
+    key = (side, strides, str(device), itemsize, width)
     if key not in _ROWS:
-        per_row, plane = side // 2 * itemsize // width, side * side * itemsize // width
-        grid = torch.arange(side * side, dtype=torch.int64).view(side, side)
+        per_row = side // 2 * itemsize // width
+        grid = _positions(side, row_stride)
         starts = torch.stack([_quadrant(grid, q)[:, 0] for q in range(4)])  # [4, r]: each row's first pixel
         rows = starts[:, :, None] * itemsize // width + torch.arange(per_row)  # [4, r, per_row]
-        channel = torch.tensor(_INVERSE) * plane  # [6, 3]
+        channel = torch.tensor(_INVERSE) * (channel_stride * itemsize // width)  # [6, 3]
         _ROWS[key] = (rows[:, None, None, :, :] + channel[None, :, :, None, None]).flatten(0, 1).to(device)
     return _ROWS[key]
 
@@ -198,8 +219,9 @@ def apply_localizable_(
     perm: torch.Tensor,
     flip_axis: str = "horizontal",
 ) -> torch.Tensor:
-    """In-place :func:`apply_localizable` on a contiguous batch the caller owns (a fresh
-    crop, say: no copy of the batch); returns ``images``.
+    """In-place :func:`apply_localizable` on a batch the caller owns (a fresh crop, say:
+    no copy of the batch) whose rows are contiguous (:func:`row_strides`: a contiguous
+    batch, or the windows ``read_windows`` makes); returns ``images``.
 
     A fixed number of tensor ops whatever the batch size: one gather reads the quadrant
     of every channel already flipped and rotated (the pixel table of ``(q, f, k)``), then
@@ -210,23 +232,29 @@ def apply_localizable_(
     if flip_axis not in FLIP_AXES:
         raise unknown_name("flip_axis", flip_axis, FLIP_AXES)
     r = check_image_batch(images)
-    if not images.is_contiguous():
-        raise ValueError("apply_localizable_ needs a contiguous batch; use apply_localizable")
+    strides = row_strides(images)
+    if strides is None:
+        raise ValueError("apply_localizable_ needs a batch with contiguous rows, e.g. a contiguous one; "
+                         "use apply_localizable")
     if images.requires_grad and torch.is_grad_enabled():
         raise ValueError("the localizable transform moves pixels and has no gradient; apply it to images.detach()")
-    b, n, size, device = images.shape[0], r * r, images.element_size(), images.device
+    (b, _, side, _), size, device = images.shape, images.element_size(), images.device
+    sb, sc, sh = strides
     quadrant, flip, rotation, perm = (t.to(device=device, dtype=torch.int64) for t in (quadrant, flip, rotation, perm))
 
-    pixels = _pixel_table(2 * r, flip_axis, device).index_select(0, 8 * quadrant + 4 * flip + rotation)
-    # [B, 3, r*r]: every input channel's quadrant, transformed; read whole before any write.
+    pixels = _pixel_table(side, sh, flip_axis, device).index_select(0, 8 * quadrant + 4 * flip + rotation)
     # Moved as integers of the same width: a float16 gather on the CPU alters signalling NaNs.
-    values = _as_units(images, size).view(b, 3, 4 * n).gather(2, pixels[:, None, :].expand(b, 3, n))
-    width = _unit_width(r * size, images, values)
+    elements = images.view(_UNITS[size])
+    planes = elements.as_strided((b, 3, (side - 1) * sh + side), (sb, sc, 1))
+    # [B, 3, r*r]: every input channel's quadrant, transformed; read whole before any write.
+    values = planes.gather(2, pixels[:, None, :].expand(b, 3, r * r))
+    span = (b - 1) * sb + 2 * sc + (side - 1) * sh + side  # elements from the first to past the last
+    width = _unit_width([n * size for n in (r, sb, sc, sh, span)], images, values)
     # [B, 3, r, units per row]: where each row of each input channel's quadrant goes.
-    per_image = 3 * 4 * n * size // width
-    image = torch.arange(0, b * per_image, per_image, device=device)
-    dest = _row_table(2 * r, device, size, width).index_select(0, 6 * quadrant + perm) + image[:, None, None, None]
-    _as_units(images, width).index_copy_(0, dest.view(-1), _as_units(values, width))
+    image = torch.arange(0, b * sb * size // width, sb * size // width, device=device)
+    dest = _row_table(side, (sc, sh), device, size, width).index_select(0, 6 * quadrant + perm)
+    batch = elements.as_strided((span,), (1,)).view(torch.uint8).view(_UNITS[width])
+    batch.index_copy_(0, (dest + image[:, None, None, None]).view(-1), _as_units(values, width))
     return images
 
 

@@ -167,9 +167,9 @@ class Cutout(Op):
     def windows(self, images: torch.Tensor, params: Mapping[str, torch.Tensor]) -> tuple[torch.Tensor, torch.Tensor]:
         """``(keep, paint)``, each ``[B, 1, H, W]`` uint8: 0 and ``fill`` on the square, 1
         and 0 elsewhere, so the cut image is ``images * keep + paint``. Both are windows
-        (:func:`~pipelines.augment.read_windows`, one row gather) of a ``2H x 2W`` canvas
-        with the square at ``(H, W)``: the window at ``(H - y0, W - x0)`` puts it at
-        ``(y0, x0)``, cut by the border like PIL's."""
+        (:func:`~pipelines.augment.read_windows`, one run copied per channel) of a
+        ``2H x 2W`` canvas with the square at ``(H, W)``: the window at
+        ``(H - y0, W - x0)`` puts it at ``(y0, x0)``, cut by the border like PIL's."""
         _, _, h, w = images.shape
         v, dev = int(self.fraction * min(h, w)), images.device
         canvas = _cutout_canvas(h, w, v, self.fill, dev)

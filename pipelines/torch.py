@@ -40,11 +40,13 @@ class TorchLoader:
     ``labels`` and ``indices``, all on ``spec.device``.
 
     The dataset is staged once, zero-padded by the largest crop padding of the views and
-    mirrored beside itself when a view flips, so that a view's crop and flip cost no
-    more than taking the batch: every row of every cropped, flipped image is one run of
-    ``W`` pixels of the staged data, and one ``index_select`` of ``B x 3 x H`` row starts
-    copies them. The view's other ops then run batched on the device, the first of them
-    in place on that fresh batch.
+    mirrored beside itself when a view flips, so that a view's crop and flip cost little
+    more than taking the batch: each channel of each cropped, flipped image is one run of
+    the staged data (its rows, a padded row apart), and one ``index_select`` of ``B x 3``
+    run starts copies them (``pipelines.augment.read_windows``). The view's other ops
+    then run batched on the device, the first of them in place on that fresh batch (the
+    localizable transform works on its rows where they lie); the batch handed over is
+    contiguous.
     """
 
     def __init__(self, dataset: ArrayDataset, spec: LoaderSpec):
@@ -96,9 +98,9 @@ class TorchLoader:
         return out
 
     def _windows(self, src: torch.Tensor, top, left, flip) -> torch.Tensor:
-        """``[B, 3, H, W]`` uint8 windows of the staged images ``src``: at ``(top, left)``
-        of the padded image, mirrored where ``flip`` is 1; the images as they are when
-        ``top`` is None."""
+        """``[B, 3, H, W]`` uint8 windows of the staged images ``src`` (rows contiguous,
+        ``read_windows``): at ``(top, left)`` of the padded image, mirrored where ``flip``
+        is 1; the images as they are when ``top`` is None."""
         size = self.dataset.images.shape[1:3]
         if top is None:
             if not self.padding:

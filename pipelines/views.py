@@ -34,6 +34,7 @@ from pipelines.localizable import (
     apply_localizable_,
     check_tasks,
     draw_localizable,
+    row_strides,
 )
 
 DEFAULT_VIEW = "images"
@@ -49,7 +50,8 @@ class Op:
         raise NotImplementedError
 
     def apply(self, images: torch.Tensor, params: Mapping[str, torch.Tensor]) -> torch.Tensor:
-        """``[B, 3, H, W]`` uint8 -> a new ``[B, 3, H, W]`` uint8 batch."""
+        """``[B, 3, H, W]`` uint8 of any strides (a loader's crop hands over windows with
+        gaps between their rows) -> a new ``[B, 3, H, W]`` uint8 batch."""
         raise NotImplementedError
 
     def apply_(self, images: torch.Tensor, params: Mapping[str, torch.Tensor]) -> torch.Tensor:
@@ -111,7 +113,7 @@ class Localizable(Op):
         return apply_localizable(images, **{k: params[k] for k in PARAM_KEYS}, flip_axis=self.flip_axis)
 
     def apply_(self, images, params):
-        if not images.is_contiguous():
+        if row_strides(images) is None:
             return self.apply(images, params)
         return apply_localizable_(images, **{k: params[k] for k in PARAM_KEYS}, flip_axis=self.flip_axis)
 
@@ -214,6 +216,7 @@ def finish_view(view: str, images: torch.Tensor, params: Mapping[str, torch.Tens
     when it drew none."""
     if normalize_to is not None and images.dtype == torch.uint8:
         images = normalize(images, *normalize_to)
+    images = images.contiguous()  # an op may leave a strided batch (read_windows: contiguous rows only)
     missing = [k for k in PARAM_KEYS if k not in params]
     zeros = {k: torch.zeros(images.shape[0], dtype=torch.int64, device=images.device) for k in missing}
     return {view: images, **{view_key(view, k): v for k, v in {**params, **zeros}.items()}}

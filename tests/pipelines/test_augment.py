@@ -8,6 +8,8 @@ from pipelines.augment import (
     draw_crop_flip,
     flip_images,
     normalize,
+    pad_and_mirror,
+    read_windows,
 )
 from pipelines.localizable import (
     PARAM_KEYS,
@@ -79,6 +81,23 @@ def test_crop_flip_channels_last_and_non_contiguous_inputs():
     no_crop = (torch.zeros(12, dtype=torch.int64),) * 2 + (p["hflip"],)
     assert torch.equal(crop_flip(x.contiguous(memory_format=torch.channels_last), *no_crop, 0),
                        reference_crop_flip(x, *no_crop, 0))
+
+
+@pytest.mark.parametrize("padding", [0, 3])
+def test_read_windows_hands_over_runs_of_the_staged_rows(padding, device):
+    """The windows of a staged (padded, mirrored) dataset at drawn offsets are the crops
+    and flips of the chosen images, a view of one run of ``L = (h - 1) * Wp + w``
+    elements per channel: strides ``(C * L, L, Wp, 1)``."""
+    images = batch(12, 10, seed=4)
+    staged = pad_and_mirror(images.to(device), padding, mirrored=True)
+    g = torch.Generator().manual_seed(5)
+    src = torch.randint(12, (20,), generator=g)
+    p = draw_crop_flip(20, padding=padding, generator=g)
+    out = read_windows(staged, src, p["crop_y"], p["crop_x"], p["hflip"], (10, 10))
+    wp, run = 10 + 2 * padding, 9 * (10 + 2 * padding) + 10
+    assert out.stride() == (3 * run, run, wp, 1) and out.untyped_storage().nbytes() == 20 * 3 * run
+    chosen = images.index_select(0, src)
+    assert torch.equal(out.cpu(), flip_images(crop_with_padding(chosen, p["crop_y"], p["crop_x"], padding), p["hflip"]))
 
 
 def test_crop_offsets_cover_range():

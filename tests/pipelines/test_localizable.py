@@ -182,3 +182,33 @@ def test_operator_count_does_not_grow_with_batch():
             apply_localizable(x, **{k: p[k] for k in PARAM_KEYS})
         counts.append(c.n)
     assert counts[0] == counts[1] == counts[2], counts
+
+
+@pytest.mark.parametrize("dtype", [torch.uint8, torch.float16, torch.float32])
+@pytest.mark.parametrize("gap", [1, 8, 24])
+def test_in_place_on_windows_of_a_wider_buffer(dtype, gap, device):
+    """A batch whose rows are contiguous but ``gap`` elements apart (channels and images
+    one row apart more), as the torch loader's crop hands over: the quadrant rows go back
+    as wide elements where the gaps allow, single ones where not, and no element between
+    the rows changes; on the training device (CUDA where there is one)."""
+    b, side = 10, 16
+    x = random_batch(b, side, dtype, seed=gap)
+    wide = torch.full((b, 3, side + 1, side + gap), 7, dtype=dtype, device=device)
+    windows = wide[:, :, :side, :side]
+    windows.copy_(x)
+    params = draw_localizable(b, generator=torch.Generator().manual_seed(gap))
+    kw = {k: params[k] for k in PARAM_KEYS}
+    assert apply_localizable_(windows, **kw) is windows
+    assert torch.equal(windows.cpu(), reference_localizable(x, **kw))
+    outside = torch.ones(wide.shape, dtype=torch.bool)
+    outside[:, :, :side, :side] = False
+    assert (wide.cpu()[outside] == 7).all()
+
+
+def test_in_place_refuses_overlapping_or_transposed_rows():
+    x = random_batch(2, 8, torch.uint8)
+    params = draw_localizable(2, generator=torch.Generator().manual_seed(0))
+    kw = {k: params[k] for k in PARAM_KEYS}
+    for bad in (x.transpose(2, 3), x.as_strided(x.shape, (0, 64, 8, 1)), x.as_strided(x.shape, (192, 4, 8, 1))):
+        with pytest.raises(ValueError, match="contiguous rows"):
+            apply_localizable_(bad, **kw)

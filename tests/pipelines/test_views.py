@@ -86,3 +86,48 @@ def test_bad_ops_and_views():
         Localizable(("rotate",))
     with pytest.raises(TypeError, match="not an op"):
         check_views({"a": ("crop",)})
+
+
+def strided_copy(images: torch.Tensor, gap: int = 5) -> torch.Tensor:
+    """The same pixels as a batch whose rows are contiguous but ``gap`` elements apart,
+    channels and images with gaps too (the layout ``read_windows`` hands over)."""
+    b, c, h, w = images.shape
+    wide = torch.full((b, c, h + 1, w + gap), 77, dtype=images.dtype)
+    wide[:, :, :h, :w] = images
+    return wide[:, :, :h, :w]
+
+
+def every_op():
+    from pipelines.randaugment import Cutout, RandAugment
+    from pipelines.resized_crop import RandomResizedCrop
+    from pipelines.simclr_ops import ColorJitter
+
+    return [CropFlip(4), CropFlip(2, mode="reflect"), Localizable(), Localizable(("perm",), "vertical"),
+            Grayscale(0.5), ColorJitter(0.5, 1.0), RandAugment(), Cutout(), RandomResizedCrop(input_size=16)]
+
+
+@pytest.mark.parametrize("op", every_op(), ids=lambda op: type(op).__name__)
+def test_every_op_takes_a_batch_with_gaps_between_its_rows(op):
+    """``apply`` and ``apply_`` on a row-strided batch equal ``apply`` on its contiguous copy;
+    ``apply`` leaves its input alone, and ``apply_`` writes no byte between the rows."""
+    x = batch(b=9, side=16, seed=8)
+    params = op.draw(9, torch.Generator().manual_seed(2))
+    expect = op.apply(x, params)
+    strided = strided_copy(x)
+    assert not strided.is_contiguous()
+    assert torch.equal(op.apply(strided, params), expect)
+    assert torch.equal(strided, x)
+    wide = strided_copy(x)
+    buffer = wide.as_strided((wide.untyped_storage().nbytes(),), (1,), 0)
+    assert torch.equal(op.apply_(wide, params), expect)
+    outside = torch.ones_like(buffer, dtype=torch.bool)
+    outside.as_strided(wide.shape, wide.stride(), 0).fill_(False)
+    assert (buffer[outside] == 77).all()
+
+
+def test_finish_view_hands_over_contiguous_batches():
+    strided = strided_copy(batch())
+    out = finish_view("images", strided, {})
+    assert out["images"].is_contiguous() and torch.equal(out["images"], strided)
+    normalized = finish_view("images", strided, {}, normalize_to=((0.5,) * 3, (0.25,) * 3))["images"]
+    assert normalized.is_contiguous() and normalized.dtype == torch.float32
