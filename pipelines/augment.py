@@ -76,8 +76,12 @@ def read_windows(staged: torch.Tensor, src: torch.Tensor, top: torch.Tensor, lef
     if key not in _PLANE_OFFSETS:  # [C]: where channel ch starts in one staged image
         _PLANE_OFFSETS[key] = (torch.arange(c) * (hp * wp)).to(dev)
     run = (h - 1) * wp + w
-    column = torch.where(flip.bool(), wp - w - left, left)
-    base = (flip * n + src) * (c * hp * wp) + top * wp + column  # [B]
+    image = c * hp * wp
+    # [B]: src * image + top * wp + left, and where flipped, the mirror image's window at
+    # column wp - w - left, n * image + (wp - w - 2 * left) further; in place, as each
+    # small op costs a batch far more than its arithmetic
+    base = left.mul(-2).add_(n * image + wp - w).mul_(flip)
+    base.add_(src, alpha=image).add_(top, alpha=wp).add_(left)
     flat = staged.reshape(-1)
     runs = flat.as_strided((flat.numel() - run + 1, run), (1, 1))  # runs[i] = flat[i : i + run]
     out = runs.index_select(0, (base[:, None] + _PLANE_OFFSETS[key]).view(-1))

@@ -75,14 +75,16 @@ def draw_localizable(
     def draw(high: int) -> torch.Tensor:
         return torch.randint(high, (batch_size,), generator=generator, device=gen_device)
 
-    zeros = torch.zeros(batch_size, dtype=torch.int64, device=gen_device)
+    def zeros() -> torch.Tensor:
+        return torch.zeros(batch_size, dtype=torch.int64, device=gen_device)
+
     # Draw the quadrant first and always, then one tensor per enabled task in the
     # canonical order, so the stream of random numbers is fixed by the task set.
     params = {
         "quadrant": draw(4),
-        "rotation": draw(4) if "rotation" in tasks else zeros,
-        "flip": draw(2) if "flip" in tasks else zeros,
-        "perm": draw(6) if "perm" in tasks else zeros.clone(),
+        "rotation": draw(4) if "rotation" in tasks else zeros(),
+        "flip": draw(2) if "flip" in tasks else zeros(),
+        "perm": draw(6) if "perm" in tasks else zeros(),
     }
     params.update(pretext_targets(params, tasks))
     return {k: v.to(device) if device is not None else v for k, v in params.items()}
@@ -93,7 +95,7 @@ def pretext_targets(params: Mapping[str, torch.Tensor], tasks: Sequence[str]) ->
     targets = {}
     for task in check_tasks(tasks):
         if task == "rotation":
-            targets["target_rotation"] = 4 * params["quadrant"] + params["rotation"]
+            targets["target_rotation"] = params["rotation"].add(params["quadrant"], alpha=4)
         else:
             targets[f"target_{task}"] = params[task].clone()
     return targets
@@ -119,8 +121,9 @@ def _unit_width(byte_counts: Sequence[int], *tensors: torch.Tensor) -> int:
 
 
 def _as_units(t: torch.Tensor, width: int) -> torch.Tensor:
-    """The bytes of a contiguous tensor as a flat tensor of ``width``-byte elements."""
-    return t.view(-1).view(torch.uint8).view(_UNITS[width])
+    """The bytes of a flat contiguous tensor as ``width``-byte elements (itself when they
+    are its own: every view is one more operator per batch)."""
+    return t if t.dtype == _UNITS[width] else t.view(_UNITS[width])
 
 
 def row_strides(images: torch.Tensor) -> tuple[int, int, int] | None:
@@ -151,7 +154,7 @@ def _positions(side: int, row_stride: int) -> torch.Tensor:
 
 
 def _pixel_table(side: int, row_stride: int, flip_axis: str, device: torch.device) -> torch.Tensor:
-    """``[32, r * r]`` int64 for images of ``side x side`` with rows ``row_stride`` apart:
+    """``[32, 1, r * r]`` int64 for images of ``side x side`` with rows ``row_stride`` apart:
     row ``8 * q + 4 * f + k`` lists, for every output pixel of quadrant ``q``, the position
     (in one channel plane) of the input pixel it copies. Built by applying the reference
     ops to a grid of positions, so the semantics are torch's own ``flip`` and ``rot90``."""
@@ -165,7 +168,7 @@ def _pixel_table(side: int, row_stride: int, flip_axis: str, device: torch.devic
             for f in range(2):
                 g = quad.flip(dim) if f else quad
                 src.extend(torch.rot90(g, k, dims=(-2, -1)).reshape(-1) for k in range(4))
-        _PIXELS[key] = torch.stack(src).to(device)
+        _PIXELS[key] = torch.stack(src)[:, None, :].to(device)
     return _PIXELS[key]
 
 
@@ -242,19 +245,21 @@ def apply_localizable_(
     sb, sc, sh = strides
     quadrant, flip, rotation, perm = (t.to(device=device, dtype=torch.int64) for t in (quadrant, flip, rotation, perm))
 
-    pixels = _pixel_table(side, sh, flip_axis, device).index_select(0, 8 * quadrant + 4 * flip + rotation)
+    code = rotation.add(quadrant, alpha=8).add_(flip, alpha=4)  # 8 q + 4 f + k
+    pixels = _pixel_table(side, sh, flip_axis, device).index_select(0, code)  # [B, 1, r*r]
     # Moved as integers of the same width: a float16 gather on the CPU alters signalling NaNs.
-    elements = images.view(_UNITS[size])
+    elements = images if images.dtype == _UNITS[size] else images.view(_UNITS[size])
     planes = elements.as_strided((b, 3, (side - 1) * sh + side), (sb, sc, 1))
     # [B, 3, r*r]: every input channel's quadrant, transformed; read whole before any write.
-    values = planes.gather(2, pixels[:, None, :].expand(b, 3, r * r))
+    values = planes.gather(2, pixels.expand(b, 3, r * r))
     span = (b - 1) * sb + 2 * sc + (side - 1) * sh + side  # elements from the first to past the last
     width = _unit_width([n * size for n in (r, sb, sc, sh, span)], images, values)
     # [B, 3, r, units per row]: where each row of each input channel's quadrant goes.
-    image = torch.arange(0, b * sb * size // width, sb * size // width, device=device)
-    dest = _row_table(side, (sc, sh), device, size, width).index_select(0, 6 * quadrant + perm)
-    batch = elements.as_strided((span,), (1,)).view(torch.uint8).view(_UNITS[width])
-    batch.index_copy_(0, (dest + image[:, None, None, None]).view(-1), _as_units(values, width))
+    step = sb * size // width
+    image = torch.arange(0, b * step, step, device=device).view(b, 1, 1, 1)
+    dest = _row_table(side, (sc, sh), device, size, width).index_select(0, perm.add(quadrant, alpha=6)).add_(image)
+    batch = _as_units(elements.as_strided((span,), (1,)), width)
+    batch.index_copy_(0, dest.view(-1), _as_units(values.view(-1), width))
     return images
 
 

@@ -88,8 +88,10 @@ class TorchLoader:
             params, rest = {}, view
             if view and isinstance(view[0], CropFlip) and view[0].mode == self.mode:
                 params, rest = view[0].draw(len(idx), gen), view[1:]
-                shift = self.padding - view[0].padding  # the view's window in the staged padding
-                images = self._windows(src, params["crop_y"] + shift, params["crop_x"] + shift, params["hflip"])
+                top, left, shift = params["crop_y"], params["crop_x"], self.padding - view[0].padding
+                if shift:  # the view's window in the staged padding
+                    top, left = top + shift, left + shift
+                images = self._windows(src, top, left, params["hflip"])
                 params = {k: v.to(dev) for k, v in params.items()}
             else:
                 images = self._windows(src, None, None, None)
