@@ -10,27 +10,38 @@ are not run. Each row is an ordinary run folder ``DIR/<row>`` (default DIR:
 interrupted one continues with ``--resume auto``. ``--launch`` passes settings to
 ``accelerate launch`` (without it each row runs as one process). At the end, and after
 every row, ``DIR/table.md`` and ``DIR/table.csv`` hold, per metric: the paper's number,
-this run's best and final values, and the gap (best - paper). ``--dry-run`` prints one
-line per row: its name, the paper's numbers, and the command it would run.
+this run's best and final values, the gap (best - paper) and the ``--set`` overrides the
+row ran with; rows run on other data than the paper's (``--set data.name=shapes``) retitle
+the table after that data. ``--dry-run`` prints one line per row: its name, the paper's
+numbers, and the command it would run.
+
+Every row's recipe is loaded with its overrides before any row runs: a recipe error
+stops the ladder (exit status 2), said once when every row has it. A row that fails with
+a recipe or data error is not "continued" by a rerun; at the end, rows that all failed
+with the same such error are summed up in one line (exit status 2).
 """
 
 from __future__ import annotations
 
 import argparse
+import codecs
 import csv
 import json
 import math
+import re
 import shlex
 import subprocess
 import sys
 from dataclasses import dataclass
 from pathlib import Path
 
-from gssl_fast.config import tomllib
+from gssl_fast.config import load_recipe, tomllib
 from gssl_fast.errors import UserError
 
 FINISHED = "finished"
+RECORD = "ladder.json"  # in a row's run folder: the --set overrides of its latest start
 USAGE_EXIT = 2
+TAIL_CHARS = 1 << 16  # of a row's stderr, kept to find its "error: " line
 
 
 @dataclass(frozen=True)
@@ -117,22 +128,62 @@ def _fmt(v) -> str:
     return "" if v is None else f"{v:.2f}"
 
 
+def _data_words(data) -> str:
+    """What a ``DataConfig`` trains on, in words: ``cifar10 32px, long-tailed (exp, rho 0.01)``."""
+    words = f"{data.name} {data.image_size}px"
+    return words + (f", long-tailed ({data.longtail}, rho {data.imbalance_ratio:g})" if data.longtail != "none" else "")
+
+
+def _data_of(path: Path, overrides=()) -> str | None:
+    try:
+        return _data_words(load_recipe(path, overrides).data)
+    except (UserError, OSError):  # an unreadable or older recipe: nothing to compare
+        return None
+
+
+def title_lines(table: Table, out: Path) -> list[str]:
+    """The heading of ``table.md``: the table file's title when every row that ran used
+    the paper's data, else the data the rows ran on, so that a run on ``shapes`` is not
+    headed "long-tailed CIFAR" (its gap to the paper's number compares different data)."""
+    ran = {row.name: _data_of(out / row.name / "config.toml") for row in table.rows if not row.cited}
+    other = {row.name: ran[row.name] for row in table.rows if ran.get(row.name)
+             and ran[row.name] != _data_of(recipe_path(table, row), row.set)}
+    if not other:
+        return [f"# {table.title}"]
+    some = "" if len(other) == sum(1 for words in ran.values() if words) else "some "
+    return [f"# {table.path.stem} rows, {some}run on {'; '.join(sorted(set(other.values())))}", "",
+            f"Not the paper's data: the paper's numbers are those of \"{table.title}\", so the gaps of the rows run "
+            f"on other data ({', '.join(other)}) compare different data."]
+
+
+def ran_with(run_dir: Path) -> list[str]:
+    """The ``--set`` overrides of the row's latest start (the table's and the ladder's);
+    none for a row that has not run."""
+    try:
+        return list(json.loads((run_dir / RECORD).read_text())["set"])
+    except (OSError, ValueError, KeyError, TypeError):
+        return []
+
+
 def write_table(table: Table, out: Path) -> None:
-    """``out/table.md`` and ``out/table.csv``: per row and metric, paper / best / final / gap."""
-    header = ["row"] + [f"{m} {c}" for m in table.metrics for c in ("paper", "best", "final", "gap")]
-    lines = []
+    """``out/table.md`` and ``out/table.csv``: per row and metric, paper / best / final /
+    gap, and the overrides the row ran with."""
+    header = ["row"] + [f"{m} {c}" for m in table.metrics for c in ("paper", "best", "final", "gap")] + ["overrides"]
+    lines, md_sets = [], []
     for row in table.rows:
         cells = [row.name + (" (cited)" if row.cited else "")]
         for metric, paper in zip(table.metrics, row.paper):
             best, final = (None, None) if row.cited else results(out / row.name, metric)
             gap = best - paper if best is not None and paper is not None else None
             cells += [_fmt(paper), _fmt(best), _fmt(final), _fmt(gap)]
-        lines.append(cells)
+        items = [] if row.cited else ran_with(out / row.name)
+        lines.append([*cells, shlex.join(items)])
+        md_sets.append([*cells, " ".join(f"`{item}`".replace("|", "\\|") for item in items)])
     out.mkdir(parents=True, exist_ok=True)
     with open(out / "table.csv", "w", newline="") as f:
         csv.writer(f).writerows([header, *lines])
-    md = [f"# {table.title}", "", "| " + " | ".join(header) + " |", "|" + "---|" * len(header)]
-    md += ["| " + " | ".join(cells) + " |" for cells in lines]
+    md = [*title_lines(table, out), "", "| " + " | ".join(header) + " |", "|" + "---|" * len(header)]
+    md += ["| " + " | ".join(cells) + " |" for cells in md_sets]
     (out / "table.md").write_text("\n".join(md) + "\n")
 
 
@@ -158,16 +209,109 @@ def main(argv=None) -> int:
         if unknown:
             raise UserError(f"--rows {unknown[0]!r} is not a row of {args.table}; rows: {', '.join(sorted(known))}")
         out = Path(args.out) if args.out else Path("runs") / "tables" / table.path.stem
-        failed = run_rows(table, out, args)
+        todo = [row for row in table.rows if not row.cited and (not args.rows or row.name in args.rows)
+                and not (out / row.name / FINISHED).exists()]
+        if say_errors(recipe_errors(table, todo, args.set, out), ran=False):
+            return USAGE_EXIT
+        ran, failed = run_rows(table, out, args)
     except UserError as e:
         print(f"error: {e}", file=sys.stderr)
         return USAGE_EXIT
+    if failed and len(failed) == len(ran) and say_errors(failed, ran=True):
+        return USAGE_EXIT
+    if failed:
+        print(f"{len(failed)} of {len(ran)} rows failed: {', '.join(f.row for f in failed)}", file=sys.stderr)
     return 1 if failed else 0
 
 
-def run_rows(table: Table, out: Path, args) -> list[str]:
-    """Runs (or with ``--dry-run`` prints) the selected rows; returns the names that failed."""
-    failed = []
+@dataclass(frozen=True)
+class Failure:
+    row: str
+    message: str | None  # a recipe or data error (the "error: " line of train); None: crashed or interrupted
+    same_as: str | None = None  # the message without what names the row, to tell one error from many
+
+
+def _without_row(message: str, table: Table, row: Row, out: Path) -> str:
+    """``message`` less the words that name ``row`` (its recipe, its own overrides, its run
+    folder): the same mistake in every row then reads the same."""
+    for word in sorted({str(recipe_path(table, row)), str(out / row.name), *row.set}, key=len, reverse=True):
+        message = message.replace(word, "\u2026")
+    return re.sub("\u2026(\\s+\u2026)+", "\u2026", message)
+
+
+def recipe_errors(table: Table, rows: list[Row], overrides, out: Path) -> list[Failure]:
+    """Each row's recipe loaded with its overrides as its run will load it: the rows
+    whose recipe is in error, with the error."""
+    errors = []
+    for row in rows:
+        try:
+            load_recipe(recipe_path(table, row), [*row.set, *overrides])
+        except UserError as e:
+            errors.append(Failure(row.name, str(e), _without_row(str(e), table, row, out)))
+    return errors
+
+
+def say_errors(errors: list[Failure], *, ran: bool) -> bool:
+    """Prints recipe or data errors: once when every row has the same one. False (nothing
+    said) when one of ``errors`` is not such an error, as a crash is not."""
+    if not errors or any(e.message is None for e in errors):
+        return False
+    first = f"({errors[0].row}: {errors[0].message})"
+    if len(errors) > 1 and len({e.same_as for e in errors}) == 1:
+        said = "failed with the same error" if ran else "has the same recipe error, so no row ran"
+        print(f"error: every row {said} {first}", file=sys.stderr)
+        return True
+    for e in errors:
+        print(f"error: {e.row}: {e.message}", file=sys.stderr)
+    if not ran and len(errors) > 1:
+        print(f"error: {len(errors)} rows have recipe errors, so no row ran", file=sys.stderr)
+    return True
+
+
+def run_command(cmd: list[str]) -> tuple[int, str | None]:
+    """Runs ``cmd`` with its stderr passed on as it comes; returns its exit status and the
+    message of its last ``error: `` line (train's one line for a recipe or data error)."""
+    decode, tail = codecs.getincrementaldecoder("utf-8")(errors="replace"), ""
+    with subprocess.Popen(cmd, stderr=subprocess.PIPE) as proc:
+        try:
+            for chunk in iter(lambda: proc.stderr.read1(1 << 14), b""):
+                text = decode.decode(chunk)
+                sys.stderr.write(text)
+                sys.stderr.flush()
+                tail = (tail + text)[-TAIL_CHARS:]
+        except KeyboardInterrupt:
+            # The row got the same SIGINT and is writing its checkpoint: a closed stderr would break that.
+            for chunk in iter(lambda: proc.stderr.read1(1 << 14), b""):
+                sys.stderr.write(decode.decode(chunk))
+            proc.wait()
+            raise
+    errors = [line[len("error: "):] for line in tail.splitlines() if line.startswith("error: ")]
+    return proc.returncode, errors[-1] if errors else None
+
+
+def run_row(table: Table, row: Row, out: Path, args) -> Failure | None:
+    """Trains one row; None when it finished, else how it failed."""
+    run_dir = out / row.name
+    cmd = command(table, row, run_dir, args.set, args.launch)
+    print(f"{row.name}: {shlex.join(cmd)}", flush=True)
+    try:
+        status, message = run_command(cmd)
+    finally:
+        if (run_dir / "config.toml").is_file():  # train recorded a recipe: the row started
+            (run_dir / RECORD).write_text(json.dumps({"set": [*row.set, *args.set]}) + "\n")
+    if status == 0:
+        (run_dir / FINISHED).touch()
+        return None
+    # One process exits USAGE_EXIT on a recipe or data error; `accelerate launch` turns every failure into 1.
+    if message is not None and (status == USAGE_EXIT or args.launch is not None):
+        return Failure(row.name, message, _without_row(message, table, row, out))
+    return Failure(row.name, None)
+
+
+def run_rows(table: Table, out: Path, args) -> tuple[list[str], list[Failure]]:
+    """Runs (or with ``--dry-run`` prints) the selected rows; returns the rows that ran and
+    those that failed."""
+    ran, failed = [], []
     for row in table.rows:
         if args.rows and row.name not in args.rows:
             continue
@@ -175,25 +319,26 @@ def run_rows(table: Table, out: Path, args) -> list[str]:
         if row.cited:
             print(f"{row.name}  paper {paper}  cited, not run", flush=True)
             continue
-        run_dir = out / row.name
-        cmd = command(table, row, run_dir, args.set, args.launch)
         if args.dry_run:
+            cmd = command(table, row, out / row.name, args.set, args.launch)
             print(f"{row.name}  paper {paper}  {shlex.join(cmd)}", flush=True)
             continue
-        if (run_dir / FINISHED).exists():
+        if (out / row.name / FINISHED).exists():
             print(f"{row.name}: finished, skipped", flush=True)
             continue
-        print(f"{row.name}: {shlex.join(cmd)}", flush=True)
-        if subprocess.run(cmd).returncode == 0:
-            (run_dir / FINISHED).touch()
-        else:
-            failed.append(row.name)
-            print(f"{row.name}: failed; rerun the ladder to continue it", file=sys.stderr, flush=True)
+        ran.append(row.name)
+        failure = run_row(table, row, out, args)
+        if failure is not None:
+            failed.append(failure)
+            earlier = next((f.row for f in failed[:-1] if f.same_as and f.same_as == failure.same_as), None)
+            why = ("; rerun the ladder to continue it" if failure.message is None else
+                   f" with the same error as {earlier}" if earlier else " with the error above")
+            print(f"{row.name}: failed{why}", file=sys.stderr, flush=True)
         write_table(table, out)
     if not args.dry_run:
         write_table(table, out)
         print(f"table: {out / 'table.md'}", flush=True)
-    return failed
+    return ran, failed
 
 
 if __name__ == "__main__":

@@ -6,19 +6,24 @@
   epoch (the long paper's Figure 6); each pretext head's accuracy; robust accuracy when the
   runs have it; per-class accuracy of the last epoch, and the shot groups of long-tailed runs;
 - Grad-CAM (the ``grad-cam`` package) on the last conv layer of each run's backbone, for a
-  fixed set of validation images, one column per run (Figure 7);
+  fixed set of validation images, one column per run (Figure 7); runs whose validation
+  images differ (another dataset, seed or size) get a grid each, so that a row is one image;
 - t-SNE (scikit-learn) of the pooled validation features, coloured by class (Figure 8);
 - a side-by-side table of the runs, with many / medium / few-shot accuracy of long-tailed
   runs and, with ``--table`` (a ladder table file), the paper's number of each run whose
   folder is named after a row (as the ladder names them).
-Works offline on any run folder; the default output folder is ``<first run>/report``.
+Each figure has a heading and a one-line caption on the page. Works offline on any run
+folder; the default output folder is ``<first run>/report``.
 """
 
 from __future__ import annotations
 
 import argparse
+import hashlib
 import html
 import sys
+import textwrap
+from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
@@ -26,6 +31,15 @@ import torch
 
 from gssl_fast.errors import UserError
 from gssl_fast.metrics import MetricsLog
+
+
+@dataclass(frozen=True)
+class PageFigure:
+    """A PNG of the report with the heading and the one-line caption the page shows it with."""
+
+    file: str
+    heading: str
+    caption: str
 
 
 def _plt():
@@ -43,12 +57,12 @@ def _series(rows: list[dict], key: str, sub: str | None = None) -> tuple[list[in
     return [p[0] for p in pairs], [p[1] for p in pairs]
 
 
-def curve_figures(logs: dict[str, list[dict]], out: Path) -> list[str]:
-    """PNG files of the per-epoch curves; returns their names."""
+def curve_figures(logs: dict[str, list[dict]], out: Path) -> list[PageFigure]:
+    """PNG files of the per-epoch curves, those the runs have data for."""
     plt = _plt()
-    names = []
+    figures = []
 
-    def panel(name: str, title: str, lines: list[tuple[str, str, str | None]]):
+    def panel(figure: PageFigure, title: str, lines: list[tuple[str, str, str | None]]):
         fig, ax = plt.subplots(figsize=(6, 3.6))
         drawn = False
         for label, key, sub in lines:
@@ -59,24 +73,32 @@ def curve_figures(logs: dict[str, list[dict]], out: Path) -> list[str]:
         if drawn:
             ax.set_title(title), ax.set_xlabel("epoch"), ax.legend(fontsize=7), ax.grid(alpha=0.3)
             fig.tight_layout()
-            fig.savefig(out / name, dpi=100)
-            names.append(name)
+            fig.savefig(out / figure.file, dpi=100)
+            figures.append(figure)
         plt.close(fig)
 
     runs = list(logs)
     tasks = sorted({t for rows in logs.values() for r in rows for t in r.get("gate", {})})
-    panel("loss.png", "training loss", [(run, "train_loss", None) for run in runs])
-    panel("accuracy.png", "validation top-1 %", [(run, "val_acc1", None) for run in runs])
-    panel("gates.png", "gate value per task (Figure 6)", [(f"{run} | {t}", "gate", t) for run in runs for t in tasks])
-    panel("pretext.png", "pretext head accuracy %", [(f"{run} | {t}", "pretext_acc", t) for run in runs for t in tasks])
+    panel(PageFigure("loss.png", "Training loss", "Training loss per epoch (the mean over its steps), a line per "
+                     "run."), "training loss", [(run, "train_loss", None) for run in runs])
+    panel(PageFigure("accuracy.png", "Validation accuracy", "Validation top-1 accuracy (%) after each epoch, a line "
+                     "per run."), "validation top-1 %", [(run, "val_acc1", None) for run in runs])
+    panel(PageFigure("gates.png", "Gate values (Figure 6)", "The gate's weight on each pretext task's loss per epoch, "
+                     "a line per run and task."), "gate value per task (Figure 6)",
+          [(f"{run} | {t}", "gate", t) for run in runs for t in tasks])
+    panel(PageFigure("pretext.png", "Pretext heads", "Accuracy (%) of each pretext head on its pseudo-labels per "
+                     "epoch, a line per run and task."), "pretext head accuracy %",
+          [(f"{run} | {t}", "pretext_acc", t) for run in runs for t in tasks])
     robust = sorted({k for rows in logs.values() for r in rows for k in r if k.startswith("val_pgd")
                      and k.endswith("_acc1")})
-    panel("robust.png", "robust top-1 %", [(f"{run} | {k[4:-5]}", k, None) for run in runs for k in robust])
-    names += per_class_figure(logs, out, plt)
-    return names
+    panel(PageFigure("robust.png", "Robust accuracy", "Validation top-1 accuracy (%) under each PGD attack per epoch, "
+                     "a line per run and attack."), "robust top-1 %",
+          [(f"{run} | {k[4:-5]}", k, None) for run in runs for k in robust])
+    figures += per_class_figure(logs, out, plt)
+    return figures
 
 
-def per_class_figure(logs: dict[str, list[dict]], out: Path, plt) -> list[str]:
+def per_class_figure(logs: dict[str, list[dict]], out: Path, plt) -> list[PageFigure]:
     last = {run: rows[-1] for run, rows in logs.items() if rows and rows[-1].get("val_per_class")}
     if not last:
         return []
@@ -89,7 +111,8 @@ def per_class_figure(logs: dict[str, list[dict]], out: Path, plt) -> list[str]:
     fig.tight_layout()
     fig.savefig(out / "per_class.png", dpi=100)
     plt.close(fig)
-    return ["per_class.png"]
+    return [PageFigure("per_class.png", "Per-class accuracy", "Validation top-1 accuracy (%) of each class at the "
+                       "last epoch, a bar colour per run.")]
 
 
 def _load(run: Path):
@@ -99,43 +122,104 @@ def _load(run: Path):
     return recipe, model, val
 
 
-def gradcam_figure(runs: list[Path], out: Path, count: int) -> str:
-    """Grad-CAM of the true class on the last conv layer, ``count`` validation images
-    (the same for every run, spread over the split), one column per run (Figure 7)."""
+@dataclass(frozen=True)
+class CamColumn:
+    """One run's Grad-CAM: ``images`` uint8 [N, H, W, 3], the validation images it was
+    computed on, their ``labels`` int [N] (indices of ``classes``), ``maps`` float [N, H, W]
+    in [0, 1]."""
+
+    run: str
+    images: np.ndarray
+    labels: np.ndarray
+    classes: list[str]
+    maps: np.ndarray
+
+    def image_key(self) -> str:
+        """The same for two columns exactly when they show the same images with the same labels."""
+        digest = hashlib.sha1(repr((self.images.shape, list(self.classes))).encode())
+        digest.update(np.ascontiguousarray(self.images).tobytes())
+        digest.update(np.asarray(self.labels, dtype=np.int64).tobytes())
+        return digest.hexdigest()
+
+
+def gradcam_column(run: Path, count: int) -> CamColumn:
+    """Grad-CAM of the true class on the last conv layer of ``run``'s model for ``count``
+    validation images spread over its split."""
     from pytorch_grad_cam import GradCAM
     from pytorch_grad_cam.utils.model_targets import ClassifierOutputTarget
 
     from gssl_fast.inference import Classifier
     from gssl_fast.models import last_conv_name
 
+    _, model, val = _load(run)
+    idx = np.linspace(0, len(val.labels) - 1, count).astype(int)
+    pixels = torch.from_numpy(val.images[idx]).permute(0, 3, 1, 2).float() / 255.0
+    layer = dict(model.backbone.named_modules())[last_conv_name(model.backbone)]
+    with GradCAM(model=Classifier(model), target_layers=[layer]) as cam:
+        maps = cam(input_tensor=pixels, targets=[ClassifierOutputTarget(int(y)) for y in val.labels[idx]])
+    return CamColumn(run.name, val.images[idx], val.labels[idx], list(val.classes), maps)
+
+
+def _wrap(text: str, width: int) -> str:
+    # Run names are long and hyphenated (c10-rho0.01-gssl-rot-flip): broken over lines, never cut short.
+    return textwrap.fill(text, width, break_on_hyphens=True, break_long_words=True) or text
+
+
+def draw_gradcam(columns: list[CamColumn]):
+    """A grid of the images of ``columns`` (which must share them): one row per image,
+    the image and its class first, then each run's Grad-CAM over it. Returns the figure."""
     plt = _plt()
-    fig, axes = plt.subplots(count, len(runs) + 1, figsize=(1.6 * (len(runs) + 1), 1.6 * count), squeeze=False)
-    for col, run in enumerate(runs):
-        _, model, val = _load(run)
-        idx = np.linspace(0, len(val.labels) - 1, count).astype(int)
-        pixels = torch.from_numpy(val.images[idx]).permute(0, 3, 1, 2).float() / 255.0
-        layer = dict(model.backbone.named_modules())[last_conv_name(model.backbone)]
-        with GradCAM(model=Classifier(model), target_layers=[layer]) as cam:
-            maps = cam(input_tensor=pixels, targets=[ClassifierOutputTarget(int(y)) for y in val.labels[idx]])
-        for row in range(count):
-            image = val.images[idx[row]] / 255.0
-            if col == 0:
-                axes[row, 0].imshow(image)
-                axes[row, 0].set_title(val.classes[val.labels[idx[row]]][:12], fontsize=6)
-            axes[row, col + 1].imshow(image)
-            axes[row, col + 1].imshow(maps[row], cmap="jet", alpha=0.45)
-            if row == 0:
-                axes[0, col + 1].set_title(run.name[:14], fontsize=7)
+    first, wide = columns[0], 16  # characters a 1.6-inch column holds at 7 points
+    count, titles = len(first.labels), [_wrap(c.run, wide) for c in columns]
+    lines = max(t.count("\n") + 1 for t in titles)
+    fig, axes = plt.subplots(count, len(columns) + 1, figsize=(1.6 * (len(columns) + 1), 1.6 * count + 0.15 * lines),
+                             squeeze=False)
+    for row in range(count):
+        image = first.images[row] / 255.0
+        axes[row, 0].imshow(image)
+        axes[row, 0].set_title(_wrap(first.classes[first.labels[row]], wide + 2), fontsize=6)
+        for col, column in enumerate(columns, start=1):
+            axes[row, col].imshow(image)
+            axes[row, col].imshow(column.maps[row], cmap="jet", alpha=0.45)
+    for col, title in enumerate(titles, start=1):
+        axes[0, col].set_title(title, fontsize=7)
     for ax in axes.flat:
         ax.axis("off")
     fig.tight_layout()
-    fig.savefig(out / "gradcam.png", dpi=100)
-    plt.close(fig)
-    return "gradcam.png"
+    return fig
+
+
+def gradcam_figures(runs: list[Path], out: Path, count: int) -> tuple[list[PageFigure], str]:
+    """Grad-CAM grids (Figure 7): one of every run when their validation images are the
+    same, else one per set of runs that share them. Returns the figures and a note for
+    the page ("" when there is one grid)."""
+    plt = _plt()
+    groups: dict[str, list[CamColumn]] = {}
+    for run in runs:
+        column = gradcam_column(run, count)
+        groups.setdefault(column.image_key(), []).append(column)
+    figures = []
+    for i, group in enumerate(groups.values(), start=1):
+        names = ", ".join(c.run for c in group)
+        figure = PageFigure("gradcam.png" if len(groups) == 1 else f"gradcam_{i}.png",
+                            f"Grad-CAM: {names}" if len(groups) > 1 else "Grad-CAM",
+                            f"Grad-CAM of the true class on the last conv layer for {len(group[0].labels)} validation "
+                            f"images, one per row: the image, then a column per run ({names}).")
+        fig = draw_gradcam(group)
+        fig.savefig(out / figure.file, dpi=100)
+        plt.close(fig)
+        figures.append(figure)
+    if len(groups) == 1:
+        return figures, ""
+    sets = "; ".join(", ".join(c.run for c in group) for group in groups.values())
+    note = (f"The runs' validation images differ (another dataset, seed, size or split), so each set of runs that "
+            f"share them has a grid of its own and a row shows one image: {sets}.")
+    print(f"note: {note}", file=sys.stderr)
+    return figures, note
 
 
 @torch.no_grad()
-def tsne_figure(run: Path, out: Path, count: int, name: str) -> str:
+def tsne_figure(run: Path, out: Path, count: int, name: str) -> PageFigure:
     """t-SNE of the pooled features of ``count`` validation images, coloured by class (Figure 8)."""
     from sklearn.manifold import TSNE
     from tqdm import tqdm
@@ -156,7 +240,8 @@ def tsne_figure(run: Path, out: Path, count: int, name: str) -> str:
     fig.tight_layout()
     fig.savefig(out / name, dpi=100)
     plt.close(fig)
-    return name
+    return PageFigure(name, f"t-SNE: {run.name}", f"t-SNE of the pooled backbone features of {len(idx)} validation "
+                      f"images of {run.name}, a colour per class.")
 
 
 def runs_table(runs: list[Path], logs: dict[str, list[dict]], papers: dict[str, float | None]) -> str:
@@ -191,6 +276,17 @@ def table_papers(path: str | None) -> dict[str, float | None]:
     return {row.name: row.paper[0] for row in load_table(path).rows}
 
 
+def _figure_html(figure: PageFigure) -> str:
+    caption = html.escape(figure.caption)
+    return (f'<figure><h3>{html.escape(figure.heading)}</h3><img src="{html.escape(figure.file)}" alt="{caption}">'
+            f"<figcaption>{caption}</figcaption></figure>")
+
+
+def _section(heading: str, figures: list[PageFigure], note: str = "") -> str:
+    note = f"<p>{html.escape(note)}</p>" if note else ""
+    return f"<h2>{heading}</h2>{note}\n" + "\n".join(map(_figure_html, figures)) if figures else ""
+
+
 def write_report(runs: list[Path], out: Path, *, images: int = 8, tsne: int = 500, table: str | None = None) -> Path:
     """Writes the figures and ``index.html`` into ``out``; returns the page."""
     for run in runs:
@@ -198,17 +294,19 @@ def write_report(runs: list[Path], out: Path, *, images: int = 8, tsne: int = 50
             raise UserError(f"{run} is not a run folder (no metrics.jsonl); give the folder a training run wrote")
     out.mkdir(parents=True, exist_ok=True)
     logs = {run.name: MetricsLog(run / "metrics.jsonl").read() for run in runs}
-    figures = curve_figures(logs, out)
-    figures.append(gradcam_figure(runs, out, images))
-    figures += [tsne_figure(run, out, tsne, f"tsne_{i}.png") for i, run in enumerate(runs)]
-    imgs = "\n".join(f'<figure><img src="{name}" alt="{name}"><figcaption>{name}</figcaption></figure>'
-                     for name in figures)
+    curves = curve_figures(logs, out)
+    cams, note = gradcam_figures(runs, out, images)
+    points = [tsne_figure(run, out, tsne, f"tsne_{i}.png") for i, run in enumerate(runs)]
+    sections = "\n".join([_section("Training curves", curves), _section("Grad-CAM (Figure 7)", cams, note),
+                          _section("t-SNE of the validation features (Figure 8)", points)])
     page = out / "index.html"
     page.write_text(f"""<!doctype html><html><head><meta charset="utf-8"><title>gssl_fast report</title>
 <style>body{{font-family:sans-serif;margin:2em}}table{{border-collapse:collapse}}td,th{{border:1px solid #999;
-padding:4px 8px}}figure{{display:inline-block;margin:8px}}img{{max-width:640px}}</style></head><body>
-<h1>gssl_fast report</h1>{runs_table(runs, logs, table_papers(table))}
-{imgs}
+padding:4px 8px}}figure{{display:inline-block;vertical-align:top;margin:8px}}figure h3{{margin:0 0 4px;font-size:1em}}
+figcaption{{max-width:640px;font-size:.9em}}img{{max-width:640px}}</style></head><body>
+<h1>gssl_fast report</h1><p>Runs: {html.escape(", ".join(run.name for run in runs))}.</p>
+<h2>The runs side by side</h2>{runs_table(runs, logs, table_papers(table))}
+{sections}
 </body></html>
 """)
     return page
