@@ -9,6 +9,7 @@ A checkpoint is one ``torch.save`` dict of tensors and plain values (loadable wi
 from __future__ import annotations
 
 import re
+import tomllib
 from pathlib import Path
 
 import torch
@@ -54,8 +55,15 @@ def remove_partial_writes(run_dir: Path) -> int:
 
 
 def prune(run_dir: Path, keep: int) -> None:
-    """Removes all but the newest ``keep`` checkpoints."""
-    for old in list_checkpoints(run_dir)[:-keep]:
+    """Removes the step checkpoints that a newer checkpoint supersedes, then all but the
+    newest ``keep`` checkpoints."""
+    found = list_checkpoints(run_dir)
+    # A step checkpoint (a preempted epoch) is only there to resume from; once a later step
+    # or the epoch's end is written, nothing resumes from it, and it must not take the place
+    # of an epoch checkpoint among the ``keep`` newest.
+    superseded = [p for p in found[:-1] if _NAME.match(p.name).group(2)]
+    kept = [p for p in found if p not in superseded]
+    for old in superseded + kept[:-keep]:
         old.unlink(missing_ok=True)
 
 
@@ -128,7 +136,8 @@ def save_checkpoint(run_dir, epochs_done, recipe_toml: str, method, optimizer, s
             "scaler": accelerator.scaler.state_dict() if accelerator.scaler is not None else None,
             "rng": rng_state(),
             "recipe": recipe_toml,
-            "context": {"class_counts": list(ctx.class_counts), "mean": list(ctx.mean), "std": list(ctx.std)},
+            "context": {"class_counts": list(ctx.class_counts), "mean": list(ctx.mean), "std": list(ctx.std),
+                        "classes": list(class_names(ctx))},
             "partial": partial,
         }
         try:
@@ -143,22 +152,63 @@ def save_checkpoint(run_dir, epochs_done, recipe_toml: str, method, optimizer, s
     return path
 
 
+# --resume with --overwrite is refused (one continues a run, the other deletes it), so the
+# advice names them apart.
+RESUME_ADVICE = ("resume with the recipe it was written with (config.toml of its run), train this recipe in "
+                 "another folder with --out, or start over in this one with --overwrite (without --resume)")
+
+
+def class_names(ctx) -> tuple[str, ...]:
+    """The class names of the training data (``ctx.classes``); () where the context was
+    built without them, and the classes are then compared by count alone."""
+    return tuple(str(c) for c in ctx.classes)
+
+
+def _classes_text(count: int, names, data: dict) -> str:
+    """``10 classes ('circle', 'square', 'triangle', ...) of data.name = 'shapes'``."""
+    shown = ", ".join(map(repr, names[:3])) + (", ..." if len(names) > 3 else "")
+    where = ", ".join(f"data.{k} = {data[k]!r}" for k in ("name", "root") if data.get(k))
+    return f"{count} classes" + (f" ({shown})" if names else "") + (f" of {where}" if where else "")
+
+
+def check_classes(path: Path, state: dict, ctx) -> None:
+    """UserError when the checkpoint was trained on other classes than ``ctx``'s data:
+    its class head (and the class counts a loss reads) cannot go on with them."""
+    saved = state.get("context") or {}
+    if ctx is None or "class_counts" not in saved:
+        return  # nothing to compare; the weights' shapes are still checked on loading
+    old_names, new_names = tuple(saved.get("classes") or ()), class_names(ctx)
+    same_count = len(saved["class_counts"]) == len(ctx.class_counts)
+    if same_count and (not old_names or not new_names or old_names == new_names):
+        return
+    try:
+        old_data = tomllib.loads(state.get("recipe") or "").get("data", {})
+    except tomllib.TOMLDecodeError:
+        old_data = {}
+    new_data = {"name": ctx.data.name, "root": ctx.data.root} if getattr(ctx, "data", None) else {}
+    raise UserError(f"checkpoint {path} was trained on {_classes_text(len(saved['class_counts']), old_names, old_data)}"
+                    f", but this recipe's data has {_classes_text(len(ctx.class_counts), new_names, new_data)}; "
+                    f"{RESUME_ADVICE}")
+
+
 def restore(path: Path, method, optimizer, scheduler, accelerator) -> tuple[int, dict | None, dict]:
     """Loads a checkpoint into the method's model and state and the optimizer; returns
     the finished epochs, where the next epoch stopped (None: at its start) and the
     random state the checkpoint holds."""
     state = load(path)
+    check_classes(path, state, getattr(method, "ctx", None))
     lr = [g["initial_lr"] for g in optimizer.param_groups]  # this recipe's, before the saved state
     try:
         method.model.load_state_dict(state["model"])
         method.load_state_dict(state.get("method", {}))
         optimizer.load_state_dict(state["optimizer"])
     except (RuntimeError, ValueError, KeyError) as e:
-        # torch lists every missing, unexpected and mis-shaped weight: name the first few.
+        # torch lists every missing, unexpected and mis-shaped weight: name the first few,
+        # whole, so that the advice after them is never cut off.
         lines = [ln.strip() for ln in str(e).splitlines()[1:] if ln.strip()] or [str(e)]
-        detail = "; ".join(lines)[:400]
-        raise UserError(f"checkpoint {path} does not fit this recipe's model ({detail}); resume with the recipe "
-                        "it was written with (config.toml of its run), or start over with --overwrite") from None
+        more = f"; and {len(lines) - 3} more" if len(lines) > 3 else ""
+        raise UserError(f"checkpoint {path} does not fit this recipe's model ({'; '.join(lines[:3])}{more}); "
+                        f"{RESUME_ADVICE}") from None
     scheduler.load_state_dict(state["scheduler"])
     # The recipe of the resumed run sets the peak lr (a changed optim.lr is named by the loop).
     scheduler.base_lrs = lr

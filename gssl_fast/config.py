@@ -76,13 +76,42 @@ ALL_SECTIONS = (METHOD_SECTION, *SECTIONS)
 def _check_section(section: str, source: str) -> None:
     if section not in ALL_SECTIONS:
         valid = ", ".join(f"[{s}]" for s in ALL_SECTIONS)
-        raise UserError(f"unknown section [{section}] in {source}; valid sections: {valid}")
+        close = difflib.get_close_matches(section, ALL_SECTIONS, n=1)
+        hint = f"; did you mean [{close[0]}]?" if close else ""
+        raise UserError(f"unknown section [{section}] in {source}; valid sections: {valid}{hint}")
 
 
-def _check_key(section: str, key: str, valid: Sequence[str], source: str) -> None:
+def _keys_by_section(d: dict) -> dict[str, tuple[str, ...]]:
+    """The TOML keys of every section of the TOML-shaped dict ``d``; [method]'s are
+    those of the method it names (none while that name is not a method's)."""
+    table = d.get(METHOD_SECTION, {})
+    name = table.get("name", DEFAULT_METHOD) if isinstance(table, dict) else None
+    method = section_keys(METHOD_SECTION, METHODS[name].Config) if isinstance(name, str) and name in METHODS else ()
+    return {METHOD_SECTION: method, **VALID_KEYS}
+
+
+def _suggest(section: str, key: str, known: dict[str, Sequence[str]]) -> list[str]:
+    """``section.key`` names to suggest for an unknown ``key`` of ``section``."""
+    # The same key in another section first (train.lr is optim.lr): a close spelling in
+    # its own section would hide it (data.batch_size is close to data.image_size).
+    elsewhere = [f"{s}.{key}" for s, keys in known.items() if s != section and key in keys]
+    if elsewhere:
+        return elsewhere
+    close = difflib.get_close_matches(key, known.get(section, ()), n=1)
+    if close:
+        return [f"{section}.{close[0]}"]
+    others = {k: s for s, keys in known.items() if s != section for k in keys}
+    return [f"{others[k]}.{k}" for k in difflib.get_close_matches(key, list(others), n=1)]
+
+
+def _did_you_mean(names: Sequence[str]) -> str:
+    return f"; did you mean {' or '.join(repr(n) for n in names)}?" if names else ""
+
+
+def _check_key(section: str, key: str, known: dict[str, Sequence[str]], source: str) -> None:
+    valid = known[section]
     if key not in valid:
-        close = difflib.get_close_matches(key, valid, n=1)
-        hint = f"; did you mean '{section}.{close[0]}'?" if close else ""
+        hint = _did_you_mean(_suggest(section, key, known))
         raise UserError(f"unknown key '{section}.{key}' in {source}; valid keys of [{section}]: {', '.join(valid)}{hint}")
 
 
@@ -91,16 +120,18 @@ def _check_layout(d: dict, source: str) -> None:
     for section, table in d.items():
         if section not in ALL_SECTIONS and not isinstance(table, dict):
             valid = ", ".join(f"[{s}]" for s in ALL_SECTIONS)
-            raise UserError(f"key '{section}' in {source} is outside any section; move it under one of {valid}")
+            owners = [s for s, keys in _keys_by_section(d).items() if section in keys]
+            where = " or ".join(f"[{s}]" for s in owners) if owners else f"one of {valid}"
+            raise UserError(f"key '{section}' in {source} is outside any section; move it under {where}")
         _check_section(section, source)
         if not isinstance(table, dict):
             raise UserError(
                 f"{section} = {show(table)} in {source} must be a table: "
                 f"write [{section}] on its own line, then one key = value per line"
             )
-        valid = section_keys(section, section_class(section, d, source))
+        known = {**_keys_by_section(d), section: section_keys(section, section_class(section, d, source))}
         for key in table:
-            _check_key(section, key, valid, source)
+            _check_key(section, key, known, source)
 
 
 # TOML has str, int, float, bool and arrays; the fields are str, int, float, bool and
@@ -210,7 +241,7 @@ def apply_overrides(d: dict, overrides: Sequence[str]) -> dict:
         # [method]'s keys depend on method.name, which a later --set may change: they
         # are checked with the merged recipe.
         if section != METHOD_SECTION:
-            _check_key(section, key, VALID_KEYS[section], where)
+            _check_key(section, key, _keys_by_section(merged), where)
             if _field_type(SECTIONS[section], section, key) is str and not isinstance(value, str):
                 value = text
         table = merged.setdefault(section, {})

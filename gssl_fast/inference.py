@@ -79,7 +79,7 @@ def load_run(path: str | os.PathLike):
     c = state["context"]
     run_dir = run_folder_of(file.parent.parent, stage)  # <run>[/stages/<stage>]/checkpoints/<file>
     method = build_method(recipe.method, MethodContext.of(recipe, c["class_counts"], c["mean"], c["std"],
-                                                          run_dir=run_dir))
+                                                          classes=tuple(c.get("classes", ())), run_dir=run_dir))
     if stage:
         method = dict(method.stages())[stage]()
     method.model.load_state_dict(state["model"])

@@ -13,13 +13,13 @@ from typing import Any
 
 @dataclass(frozen=True)
 class DataConfig:
-    name: str = "shapes"  # a key of pipelines.datasets.DATASETS
+    name: str = "shapes"  # dataset: a key of pipelines.datasets.DATASETS (the README's table of datasets)
     root: str = ""  # dataset folder (CIFAR batches, Tiny-ImageNet, ImageFolder); unused by shapes
     image_size: int = 32  # side in pixels after resizing; even when a pretext task is on
     crop_padding: int = 4  # pixels of zero padding of the random crop; 0 disables the crop
     hflip: bool = True  # random whole-image horizontal flip of training images
-    mean: tuple[float, ...] = ()  # per-channel normalization mean in [0, 1]; () = dataset default
-    std: tuple[float, ...] = ()  # per-channel std in [0, 1]; () = dataset default
+    mean: tuple[float, ...] = ()  # per-channel mean in [0, 1], subtracted in the model's first layer; [] = dataset default
+    std: tuple[float, ...] = ()  # per-channel std in [0, 1]; [] = dataset default
     longtail: str = "none"  # "none" | "exp" | "step": long-tailed subsampling of the train split
     imbalance_ratio: float = 0.01  # rho = n_min / n_max of the long-tailed train split, in (0, 1]
     train_size: int = 10000  # images of the built-in dataset's train split
@@ -34,27 +34,28 @@ class DataConfig:
 
 @dataclass(frozen=True)
 class ModelConfig:
-    backbone: str = "resnet32_cifar"  # any timm.create_model name, plus gssl_fast.models' CIFAR nets
-    pretrained: bool = False  # timm pretrained weights (must already be in the local cache)
+    backbone: str = "resnet32_cifar"  # timm.create_model name; or resnet8/20/32/44/56_cifar, wrn28_2, wrn40_2, resnet18_cifar
+    pretrained: bool = False  # timm weights from the local Hugging Face cache only (HF_HUB_OFFLINE=0: may download)
     drop_rate: float = 0.0  # dropout before the heads
-    channels_last: bool = False  # memory format of images and weights (faster on recent GPUs)
-    init: str = "default"  # "default" (timm's) | "kaiming": kaiming-normal on every Linear and Conv weight
+    channels_last: bool = False  # channels-last memory format of images and weights (faster on recent GPUs)
+    init: str = "default"  # "default" (timm's) | "kaiming": kaiming-normal on every Linear and Conv weight (authors' LT)
     kwargs: dict[str, Any] = field(default_factory=dict)  # extra keyword arguments of the backbone, e.g. { leaky_slope = 0.1 }
 
 
 @dataclass(frozen=True)
 class PretextConfig:
-    tasks: tuple[str, ...] = ("rotation", "flip", "perm")  # subset of pipelines.localizable.TASKS; () = supervised only
-    gate: str = "reference"  # "reference" (authors' code) | "learned" (paper text)
+    tasks: tuple[str, ...] = ("rotation", "flip", "perm")  # subset of pipelines.localizable.TASKS; [] = supervised only
+    gate: str = "reference"  # "reference": batch-mean softmax, detached (authors' code) | "learned": per image (paper text)
     gate_pool: str = "probs"  # reference gate over the batch: "probs" mean of softmaxes | "logits" softmax of the mean
-    combine: str = "gated"  # "gated" | "sum" | "mean"
-    lam: float = 0.1  # TOML key "lambda": weight of the pretext loss, >= 0
+    combine: str = "gated"  # how the task losses add up: "gated" | "sum" | "mean"
+    # TOML key "lambda" (a Python keyword; gssl_fast.sections.KEY_ALIASES).
+    lam: float = 0.1  # weight of the pretext loss, >= 0
     flip_axis: str = "horizontal"  # "horizontal" (left-right) | "vertical" (the LT-CIFAR script)
 
 
 @dataclass(frozen=True)
 class LossConfig:
-    name: str = "ce"  # "ce" | "ldam"
+    name: str = "ce"  # class loss: "ce" | "ldam" (cosine heads)
     ldam_max_margin: float = 0.5  # largest per-class margin of LDAM
     ldam_scale: float = 30.0  # logit scale s of LDAM (cosine logits times s)
     drw: bool = False  # deferred re-weighting with class-balanced weights
@@ -65,13 +66,13 @@ class LossConfig:
 
 @dataclass(frozen=True)
 class OptimConfig:
-    name: str = "sgd"  # "sgd" | "adam"
+    name: str = "sgd"  # optimizer: "sgd" | "adam"
     lr: float = 0.1  # peak learning rate (for the whole batch, no scaling rule)
-    momentum: float = 0.9
-    nesterov: bool = False
-    weight_decay: float = 5e-4
+    momentum: float = 0.9  # SGD momentum (Adam ignores it)
+    nesterov: bool = False  # Nesterov momentum (SGD only)
+    weight_decay: float = 5e-4  # L2 term added to the gradient (SGD and Adam)
     decay_bias_and_norm: bool = True  # false: no weight decay on biases and normalization weights (FixMatch)
-    schedule: str = "cosine"  # "cosine" | "step" | "constant" | "fixmatch_cosine", updated every optimizer step
+    schedule: str = "cosine"  # "cosine" | "step" | "constant" | "fixmatch_cosine" (cos(7 pi k / 16 K)), set every step
     warmup_epochs: float = 0.0  # linear warm-up from ~0 to lr
     milestones: tuple[int, ...] = (160, 180)  # "step": epochs at which the factor changes
     milestone_factors: tuple[float, ...] = (0.01, 0.0001)  # "step": lr multiplier from each milestone on
@@ -79,22 +80,22 @@ class OptimConfig:
 
 @dataclass(frozen=True)
 class TrainConfig:
-    epochs: int = 30
-    batch_size: int = 128  # per process
-    eval_batch_size: int = 256  # per process
-    seed: int = 0
-    mixed_precision: str = "no"  # "no" | "fp16" | "bf16"
-    grad_accum_steps: int = 1
-    loader: str = "torch"  # "torch" | "dali" | "ffcv"
+    epochs: int = 30  # epochs of the run (train.steps, when > 0, counts instead)
+    batch_size: int = 128  # training batch per process; a step takes processes x batch_size x grad_accum_steps
+    eval_batch_size: int = 256  # evaluation batch per process
+    seed: int = 0  # model init, data order, augmentation and pretext draws
+    mixed_precision: str = "no"  # Accelerate's autocast: "no" | "fp16" | "bf16"
+    grad_accum_steps: int = 1  # batches whose gradients add up to one optimizer step
+    loader: str = "torch"  # loader backend: "torch" | "dali" | "ffcv"
     cpu: bool = False  # train on the CPU even where CUDA is present
     num_threads: int = 0  # torch threads per process; 0 = the cores this process may use
     steps_per_epoch: int = 0  # optimizer steps per epoch; 0 = one pass of the main stream (more: the streams cycle)
-    keep_checkpoints: int = 2  # newest checkpoints kept in the run folder
+    keep_checkpoints: int = 2  # newest epoch checkpoints kept (a preempted epoch's step checkpoint too, until it ends)
     steps: int = 0  # optimizer steps of the whole run; 0 = train.epochs epochs of the main stream
     compile: bool = False  # torch.compile the model for training (as timm's --torchcompile)
     global_batch_size: int = 0  # > 0: batch of all processes together; each takes its share (overrides batch_size)
     nonfinite: str = "stop"  # a step with a NaN / inf loss: "stop" the run, naming it | "skip" it (counted as nonfinite_steps)
-    log_with: str = "none"  # "none" | "tensorboard": every logged scalar also goes to Accelerate's tracker
+    log_with: str = "none"  # "none" | "tensorboard": every logged scalar also to the run folder's tensorboard/ (Accelerate)
 
 
 @dataclass(frozen=True)

@@ -32,7 +32,7 @@ from gssl_fast.task import pretext_batch_targets
 
 @dataclass(frozen=True)
 class AdversarialConfig:
-    name: str = "adversarial"
+    name: str = "adversarial"  # this method: PGD adversarial training with G-SSL
     eps_255: float = 8.0  # L-inf radius of the attacks in 0-255 pixel units (8/255)
     step_255: float = 2.0  # PGD step size of the training attack (2/255)
     steps: int = 10  # PGD steps of the training attack (PGD-10)

@@ -22,7 +22,7 @@ from gssl_fast.task import build_task, gssl_scalars, pretext_batch_targets
 
 @dataclass(frozen=True)
 class SupervisedConfig:
-    name: str = "supervised"
+    name: str = "supervised"  # this method (the default: a recipe without [method] trains it)
     mixup_alpha: float = 0.0  # Beta(alpha, alpha) of MixUp; 0 = off (timm Mixup)
     cutmix_alpha: float = 0.0  # Beta(alpha, alpha) of CutMix; 0 = off
     mix_prob: float = 1.0  # share of batches mixed

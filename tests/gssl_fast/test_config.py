@@ -354,3 +354,37 @@ def test_every_recipe_points_to_the_method_document():
         header = "".join(line for line in path.read_text().splitlines(True) if line.startswith("#"))
         assert "docs/method.md" in header, path.name
         load_recipe(path)  # and every recipe loads
+
+
+# (TOML text or --set override, the name the message must suggest)
+MISPLACED = [
+    ("[train]\nlr = 0.1", "did you mean 'optim.lr'?"),
+    ("[data]\nbatch_size = 64", "did you mean 'train.batch_size'?"),  # not the close data.image_size
+    ("[optim]\nepochs = 3", "did you mean 'train.epochs'?"),
+    ("[model]\nseed = 1", "did you mean 'data.seed' or 'train.seed'?"),
+    ("[method]\nlr = 0.1", "did you mean 'optim.lr'?"),
+    ("[method]\nname = 'simclr'\n[train]\nlinear_lr = 0.1", "did you mean 'method.linear_lr'?"),
+    ("[train]\nwarmup_epoch = 1", "did you mean 'optim.warmup_epochs'?"),
+    ("[pretext]\nlam = 0.5", "did you mean 'pretext.lambda'?"),
+    ("[traim]\nepochs = 3", "valid sections: [method], [data], [model], [pretext], [loss], [optim], [train]; "
+                            "did you mean [train]?"),
+    ("[optimizer]\nlr = 0.1", "did you mean [optim]?"),
+    ("epochs = 3", "is outside any section; move it under [train]"),
+]
+
+
+@pytest.mark.parametrize("text, hint", MISPLACED, ids=[t.replace("\n", " ") for t, _ in MISPLACED])
+def test_an_unknown_section_or_key_suggests_the_one_meant(tmp_path, text, hint):
+    test_bad_recipe(tmp_path, text, [hint])
+
+
+@pytest.mark.parametrize("override, hint", [
+    ("train.lr=0.1", "unknown key 'train.lr' in --set 'train.lr=0.1'; valid keys of [train]"),
+    ("train.lr=0.1", "did you mean 'optim.lr'?"),
+    ("trian.epochs=3", "unknown section [trian] in --set 'trian.epochs=3'"),
+    ("trian.epochs=3", "did you mean [train]?"),
+])
+def test_an_override_of_an_unknown_name_suggests_the_one_meant(tmp_path, override, hint):
+    with pytest.raises(UserError) as err:
+        load_recipe(write(tmp_path, "[train]\nepochs = 9\n"), [override])
+    assert hint in str(err.value)
