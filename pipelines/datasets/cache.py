@@ -117,12 +117,13 @@ def _remembered(info: dict) -> dict[int, str]:
     return {int(i): str(why) for i, (_, why) in zip(info["skipped_at"], info["skipped"], strict=True)}
 
 
-def cached_screen(files: FileList, cache_dir, screen: Callable[[FileList], FileList]) -> FileList:
+def cached_screen(files: FileList, cache_dir, screen: Callable[[FileList], FileList], *,
+                  name: str = "screen") -> FileList:
     """``screen(files)`` (the readable files, the others in ``skipped``), remembered in
     ``cache_dir`` under the same stamp as a decoded entry: a restart does not read every
-    file again to find the unreadable ones."""
+    file again to find the unreadable ones. ``name`` tells screens by other rules apart."""
     folder = Path(cache_dir).expanduser()
-    info_path = folder / f"{entry_key(files, 0)}.screen.json"
+    info_path = folder / f"{entry_key(files, 0)}.{name}.json"
     current = stamp(files, "skip")
     try:
         info = json.loads(info_path.read_text())

@@ -125,22 +125,26 @@ def decode_files(files: FileList, image_size: int, *, workers: int = 0, on_corru
     return ArrayDataset(images, kept.labels, kept.classes, IMAGENET_MEAN, IMAGENET_STD, skipped=kept.skipped)
 
 
-def screen_files(files: FileList, *, workers: int = 0, image_size: int = 8) -> FileList:
+def screen_files(files: FileList, *, workers: int = 0, image_size: int = 8, check=None) -> FileList:
     """``files`` less the ones PIL cannot read, which go to ``skipped``: for readers
-    that decode by themselves (DALI) under ``on_corrupt="skip"``. Every file is decoded
-    once (JPEGs at reduced scale, which still reads every byte)."""
+    that decode by themselves (DALI). Every file is decoded once (JPEGs at reduced
+    scale, which still reads every byte). ``check(path, image) -> str | None``: a reader's
+    own rule, what else is wrong with a file PIL read (None: nothing)."""
     bad: dict[int, str] = {}
 
-    def check(i: int) -> None:
+    def screen(i: int) -> None:
         path = files.paths[i]
         try:
             with Image.open(path) as image:
                 image.draft("RGB", (image_size, image_size))
                 image.load()
+                why = check(path, image) if check else None
         except PIL_ERRORS as e:
-            bad[i] = problem(path, e)
+            why = problem(path, e)
+        if why:
+            bad[i] = why
 
-    _each(len(files), check, workers)
+    _each(len(files), screen, workers)
     return files.without(bad)[1] if bad else files
 
 

@@ -1,0 +1,80 @@
+"""The files DALI's decoder is handed: whole images in a format it reads, checked once.
+
+DALI's CPU decoder does not always fail cleanly on a bad file: a text file, a run of
+zeros, a JPEG of markers only, a PNG without its end chunk or a GIF can kill the process
+with a segmentation fault instead of raising, depending on where the file falls in the
+pipeline's first batches. So a file list is screened before the pipeline sees it: each
+file must be readable by PIL (decoded at a reduced scale, which still reads every byte),
+in one of DALI's formats, and a PNG must end with its IEND chunk. The result is kept in
+the decode cache beside the list (same stamp), so a restart reads no file again.
+"""
+
+from __future__ import annotations
+
+import struct
+from functools import partial
+from pathlib import Path
+
+from pipelines.datasets.folders import FileList
+from pipelines.errors import UserError
+
+# PIL's names of the formats DALI's image decoder reads (JPEG, PNG, BMP, TIFF, PNM, JPEG
+# 2000, WebP); GIF, say, is not among them.
+DALI_FORMATS = frozenset({"JPEG", "MPO", "PNG", "BMP", "TIFF", "PPM", "JPEG2000", "WEBP"})
+PNG_SIGNATURE = b"\x89PNG\r\n\x1a\n"
+# The screen's name in the cache: a new rule gets a new name, so no list screened by
+# the old rules is taken for one screened by the new.
+SCREEN = "dali-screen-2"
+
+
+def png_unfinished(path: str) -> str | None:
+    """What is wrong with the chunks of the PNG file ``path`` (None: they run whole,
+    from the signature to IEND)."""
+    with open(path, "rb") as f:
+        if f.read(8) != PNG_SIGNATURE:
+            return "does not start with the PNG signature"
+        size = Path(path).stat().st_size
+        while True:
+            head = f.read(8)
+            if len(head) < 8:
+                return "is a PNG that ends before its IEND chunk (truncated)"
+            length, kind = struct.unpack(">I4s", head)
+            if kind == b"IEND":
+                return None
+            if f.tell() + length + 4 > size:
+                return f"is a PNG whose {kind.decode('latin-1')!r} chunk runs past the end of the file (truncated)"
+            f.seek(length + 4, 1)  # the chunk's data and CRC
+
+
+def dali_problem(path: str, image) -> str | None:
+    """What makes the file ``path`` (opened by PIL as ``image``) unsafe for DALI's
+    decoder; None when it is safe."""
+    if image.format not in DALI_FORMATS:
+        return (f"is a {image.format} image, which DALI's decoder does not read; convert it to PNG or JPEG, "
+                "or set train.loader = 'torch'")
+    if image.format == "PNG":
+        return png_unfinished(path)
+    return None
+
+
+def screened(files: FileList, *, on_corrupt: str = "error", cache_dir=None) -> FileList:
+    """``files`` less those DALI must not be handed. ``on_corrupt="error"`` raises
+    UserError naming the first of them (in list order); ``"skip"`` moves them to
+    ``skipped`` with what is wrong. ``cache_dir``: where the screen is remembered (None:
+    not remembered)."""
+    from pipelines.datasets.decode import SKIP_HINT, check_on_corrupt, screen_files, shown
+
+    check_on_corrupt(on_corrupt)
+    screen = partial(screen_files, check=dali_problem)
+    if cache_dir is None:
+        result = screen(files)
+    else:
+        from pipelines.datasets.cache import cached_screen
+
+        result = cached_screen(files, cache_dir, screen, name=SCREEN)
+    found = result.skipped[len(files.skipped):]
+    if found and on_corrupt == "error":
+        path, why = found[0]
+        more = f" ({len(found) - 1} more unreadable files)" if len(found) > 1 else ""
+        raise UserError(f"cannot read image {shown(path)}: it {why}{more}; {SKIP_HINT}")
+    return result
