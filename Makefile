@@ -1,4 +1,5 @@
-# Two commands on a fresh machine: `make demo` and `make test` (each installs first).
+# Two commands on a fresh machine: `make demo` and `make test` (each installs first);
+# `make test-all` is what CI runs.
 PYTHON ?= python3
 VENV ?= .venv
 BIN := $(VENV)/bin
@@ -9,7 +10,7 @@ STAMP := $(VENV)/.installed
 # ffcv builds against these Debian packages.
 FFCV_APT := libopencv-dev libturbojpeg0-dev pkg-config
 
-.PHONY: install ffcv-deps browser demo test bench gpu-check clean
+.PHONY: install ffcv-deps browser demo test test-all bench gpu-check clean
 
 install: $(STAMP)
 
@@ -36,12 +37,17 @@ browser:
 	fi
 
 demo: install
-	$(BIN)/accelerate launch --num_processes 1 --num_machines 1 --mixed_precision no --dynamo_backend no \
-		-m gssl_fast.train recipes/demo.toml --overwrite
-	@echo "report of this run: $(BIN)/python -m gssl_fast.report runs/demo   (writes runs/demo/report/index.html)"
+	$(BIN)/accelerate launch --config_file launch/one_process.yaml -q -m gssl_fast.train recipes/demo.toml --overwrite
+	@echo "the commands of the README run inside .venv: . $(BIN)/activate"
 
-test: install browser
-	$(BIN)/python -m pytest -q
+# The fast loop: everything but the tests marked slow (multi-process and kill-and-resume
+# runs, whole recipes, bench smoke runs), with the 15 slowest named.
+test: install
+	$(BIN)/python -m pytest -q -m "not slow" --durations=15
+
+# Everything (what CI runs): the fast loop and the slow tests, the report's page in a browser.
+test-all: install browser
+	$(BIN)/python -m pytest -q --durations=25
 
 bench: install
 	$(BIN)/python bench/transform.py --json bench/out/transform.json

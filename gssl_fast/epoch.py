@@ -9,7 +9,9 @@ step (their batches are a function of seed, epoch and step) and goes on from the
 
 from __future__ import annotations
 
+import os
 import signal
+import time
 import warnings
 from contextlib import contextmanager
 from dataclasses import dataclass
@@ -67,12 +69,21 @@ class Partial:
 
 class Preemption:
     """SIGTERM / SIGINT handlers that ask the loop to stop at the next step boundary
-    instead of dying in the middle of one; restores the previous handlers on exit."""
+    instead of dying in the middle of one; restores the previous handlers on exit.
+
+    One Ctrl-C reaches a process under ``accelerate launch`` twice: the terminal's
+    SIGINT to the foreground group, then the launcher's SIGTERM a few milliseconds later
+    (torchrun's workers, in a session of their own, get the launcher's copy alone). A
+    signal within ``SAME_REQUEST_S`` of the first is that same request; only a later one
+    (a deliberate second Ctrl-C) stops at once.
+    """
 
     SIGNALS = (signal.SIGTERM, signal.SIGINT)
+    SAME_REQUEST_S = 1.0
 
     def __init__(self):
         self.signum = 0
+        self.asked_at = 0.0
         self.previous = {}
 
     def __enter__(self) -> "Preemption":
@@ -91,9 +102,15 @@ class Preemption:
                 signal.signal(sig, handler)
 
     def _ask(self, signum, frame) -> None:
-        if self.signum:  # asked twice: stop now, as the signal would have
-            raise KeyboardInterrupt
-        self.signum = signum
+        now = time.monotonic()
+        if self.signum:
+            if now - self.asked_at < self.SAME_REQUEST_S:
+                return
+            raise KeyboardInterrupt  # asked again: stop now, as the signal would have
+        self.signum, self.asked_at = signum, now
+        if os.environ.get("RANK", "0") == "0":  # os.write: print is not safe inside a signal handler
+            os.write(2, f"\n{signal.Signals(signum).name}: stopping at the next step to write a checkpoint "
+                        f"(again, after a second, stops at once)\n".encode())
 
     def agreed(self, step: int, last: bool, accelerator) -> int:
         """The signal every process saw by now (0: none), looked at every

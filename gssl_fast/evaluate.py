@@ -14,7 +14,8 @@ USAGE = """Evaluates a finished run on its whole validation split, one line per 
     python -m gssl_fast.evaluate RUN_DIR [--attack pgd20] [--attack pgd100] [--limit N]
 
 RUN_DIR is a run folder (its newest checkpoint) or a checkpoint file; works on a run of
-any method. Prints ``acc1 93.10``, ``acc5 99.80`` and ``<attack>_acc1 43.21`` lines."""
+any method. Prints ``acc1 93.10``, ``acc5 99.80`` and ``<attack>_acc1 43.21`` lines; the
+progress of each pass goes to the terminal (a bar) or stderr (a line per ~10%)."""
 
 
 def parse_args(argv=None):
@@ -56,6 +57,7 @@ def evaluate_run(run, *, attacks=(), limit: int = 0, batch_size: int = 0, seed: 
 
     from gssl_fast.attacks import get_attack, robust_accuracy
     from gssl_fast.inference import load_for_evaluation
+    from gssl_fast.progress import progressed
     from pipelines.torch import make_loader
 
     recipe, method, model, dataset = load_for_evaluation(run)
@@ -63,10 +65,12 @@ def evaluate_run(run, *, attacks=(), limit: int = 0, batch_size: int = 0, seed: 
     model = model.to(accelerator.device)
     loader = make_loader(dataset, batch_size=batch_size or recipe.train.eval_batch_size, tasks=(), augment=False,
                          normalize=False, shuffle=False, device=accelerator.device)
-    report = evaluate(model, loader, accelerator=accelerator, num_classes=method.ctx.num_classes)
+    report = evaluate(model, progressed(loader, "clean"), accelerator=accelerator, num_classes=method.ctx.num_classes)
     result = {"acc1": report["val_acc1"], "acc5": report["val_acc5"]}
+    attacked = min(len(loader), -(-limit // loader.batch_size)) if limit else len(loader)
     for name in attacks:
-        robust = robust_accuracy(model, loader, get_attack(name), accelerator=accelerator, max_images=limit, seed=seed)
+        robust = robust_accuracy(model, progressed(loader, name, total=attacked), get_attack(name),
+                                 accelerator=accelerator, max_images=limit, seed=seed)
         result[f"{name}_acc1"] = robust["acc1"]
     return result
 

@@ -21,13 +21,13 @@ SKIPPED_FILE = "skipped_images.txt"
 
 
 def loader_source(recipe: Recipe, split: str, run_dir: Path, accelerator):
-    """``(source, dataset)`` for the loader of ``train.loader`` and ``split``.
+    """``(source, dataset)`` for the loader of ``train.loader`` and ``split``; writes
+    nothing into ``run_dir`` (:func:`written_sources` does, once the run folder is open).
 
     ``dataset`` has the ``labels`` and ``classes``; ``source`` is what the loader reads:
     the same ``ArrayDataset``; for DALI on a folder dataset the ``FileList`` (DALI
-    decodes the files; a long-tailed train split stays an array subset); for FFCV a
-    ``.beton`` file (``data.beton`` for the train split, else converted once into the
-    run folder).
+    decodes the files; a long-tailed train split stays an array subset); for FFCV the
+    ``ArrayDataset`` still, or ``data.beton`` for the train split (checked against it).
     """
     from pipelines.datasets import load_dataset
 
@@ -35,27 +35,35 @@ def loader_source(recipe: Recipe, split: str, run_dir: Path, accelerator):
     if loader == "dali" and data.name in FILE_DATASETS and (split == "val" or data.longtail == "none"):
         from pipelines.datasets.folders import list_folder
 
-        files = list_folder(data.root, split, val_fraction=data.val_fraction, seed=data.seed)
-        if data.on_corrupt == "skip":  # DALI cannot leave a file out once it has failed on it
-            from pipelines.datasets.cache import cached_screen, default_dir
-            from pipelines.datasets.decode import screen_files
+        from pipelines.dali.screen import screened
+        from pipelines.datasets.cache import default_dir
 
-            with main_first(accelerator):  # the others read what it remembered
-                files = (cached_screen(files, data.cache_dir or default_dir(), screen_files) if data.decode_cache
-                         else screen_files(files))
+        files = list_folder(data.root, split, val_fraction=data.val_fraction, seed=data.seed)
+        with main_first(accelerator):  # the others read what it remembered
+            files = screened(files, on_corrupt=data.on_corrupt,
+                             cache_dir=(data.cache_dir or default_dir()) if data.decode_cache else None)
         return files, files
     # The main process fills the decode cache first; the others then read it instead of
     # each decoding every file and writing a copy of its own.
     with main_first(accelerator):
         dataset = load_dataset(data, split)
-    if loader == "ffcv":
-        path = ffcv_file(data.beton if split == "train" else "", split, dataset, run_dir, accelerator)
-        if data.beton and split == "train":
-            from pipelines.ffcv.convert import check_matches
+    if loader == "ffcv" and data.beton and split == "train":
+        from pipelines.ffcv.convert import check_matches
 
-            check_matches(path, dataset, f"the recipe's {split} split (data.name = {data.name!r})")
+        path = ffcv_file(data.beton, split, dataset, run_dir, accelerator)
+        check_matches(path, dataset, f"the recipe's {split} split (data.name = {data.name!r})")
         return path, dataset
     return dataset, dataset
+
+
+def written_sources(recipe: Recipe, data: dict, run_dir: Path, accelerator) -> dict:
+    """``data`` (``{split: (source, dataset)}`` of :func:`loader_source`) with what the
+    loader reads written into the open run folder: FFCV's ``.beton`` of each split
+    without ``data.beton``, converted once."""
+    if recipe.train.loader != "ffcv":
+        return data
+    return {split: (source if isinstance(source, str) else ffcv_file("", split, dataset, run_dir, accelerator), dataset)
+            for split, (source, dataset) in data.items()}
 
 
 @contextmanager
@@ -165,6 +173,21 @@ def input_normalization(data, dataset) -> tuple[tuple[float, ...], tuple[float, 
     mean = data.mean or getattr(dataset, "mean", None) or IMAGENET_MEAN
     std = data.std or getattr(dataset, "std", None) or IMAGENET_STD
     return tuple(mean), tuple(std)
+
+
+def check_batches(check, processes: int) -> None:
+    """Refuses a ``BatchCheck`` (``gssl_fast.methods.base``) whose epoch would hold no
+    full optimizer step on ``processes`` processes, naming the stage, the images and the key."""
+    cfg = check.train
+    batches = (check.images // processes) // cfg.batch_size  # drop_last: every process the same count
+    if batches >= (1 if cfg.steps_per_epoch else cfg.grad_accum_steps):  # steps_per_epoch: the stream cycles
+        return
+    where = f"stage {check.stage}: " if check.stage else ""
+    images = f"{check.images} images ({check.images_from})" if check.images_from else f"{check.images} images"
+    raise UserError(
+        f"{where}{check.batch_key} = {cfg.batch_size} x train.grad_accum_steps = {cfg.grad_accum_steps} per process "
+        f"x {processes} process{'es' if processes > 1 else ''} leaves no full step in an epoch of {images}; "
+        f"lower {check.batch_key}" + (" or train.grad_accum_steps" if cfg.grad_accum_steps > 1 else ""))
 
 
 def steps_in_epoch(loader, cfg) -> int:

@@ -1,10 +1,22 @@
-"""Per-epoch progress display for the main process: a tqdm bar on a terminal, plain
-lines (about ten per epoch) in logs and CI, where carriage returns make a mess."""
+"""Progress display for the main process: a tqdm bar on a terminal, plain lines (about
+ten per epoch) in logs and CI, where carriage returns make a mess; the epoch line and
+the summary that ends a run."""
 
 from __future__ import annotations
 
 import sys
 import time
+from pathlib import Path
+
+
+def terminal_stream():
+    """The stream a bar is drawn on: stderr, or stdout when only stdout is a terminal
+    (``accelerate launch`` with one process pipes its child's stderr through itself);
+    None when neither is a terminal."""
+    for stream in (sys.stderr, sys.stdout):
+        if stream.isatty():
+            return stream
+    return None
 
 
 class Progress:
@@ -16,12 +28,13 @@ class Progress:
 
     def __init__(self, total_steps: int, *, desc: str, enabled: bool = True, stream=None):
         self.total, self.desc, self.enabled = total_steps, desc, enabled
-        self.stream = stream or sys.stderr
+        terminal = terminal_stream() if stream is None else (stream if stream.isatty() else None)
+        self.stream = terminal or stream or sys.stderr
         self.steps = self.images = 0
         self.start = time.perf_counter()
         self.bar = None
         self.next_line = max(total_steps // 10, 1)
-        if enabled and self.stream.isatty():
+        if enabled and terminal is not None:
             from tqdm import tqdm
 
             self.bar = tqdm(total=total_steps, desc=desc, file=self.stream, dynamic_ncols=True, leave=True)
@@ -76,10 +89,38 @@ def describe(recipe, accelerator, threads, train_ds, val_ds, method, plan, first
     )
 
 
-def summary_line(row: dict, epochs: int) -> str:
-    """One line per epoch: loss, validation accuracy (clean and robust), then each
-    group of per-task values the method logged (pretext accuracy, gate, ...)."""
-    parts = [f"epoch {row['epoch'] + 1}/{epochs}: loss {row['train_loss']:.4f}"]
+def progressed(loader, desc: str, *, total: int | None = None, enabled: bool = True):
+    """The batches of ``loader``, shown as they pass (a bar or about ten lines);
+    ``total``: batches expected, when fewer than ``len(loader)`` are taken."""
+    progress = Progress(len(loader) if total is None else total, desc=desc, enabled=enabled)
+    try:
+        for batch in loader:
+            try:
+                yield batch
+            finally:  # also when the consumer stops early: the batch it took was done
+                progress.update(len(batch["labels"]))
+    finally:
+        progress.close()
+
+
+def number(key: str, value) -> str:
+    """One format for every number of a line: accuracies (``*acc*``, percent) with two
+    decimals, whole numbers as such, anything else to four significant digits."""
+    if isinstance(value, int) or float(value).is_integer() and not key.endswith("acc1"):
+        return f"{int(value)}"
+    if "acc" in key:
+        return f"{value:.2f}"
+    return f"{value:.4g}"
+
+
+def summary_line(row: dict, epochs: int, train_keys=()) -> str:
+    """One line per epoch: loss and the method's other training scalars
+    (``train_keys``: FixMatch's loss_u, mask_rate, ...), validation accuracy (clean and
+    robust), then each group of per-task values the method logged (pretext accuracy, gate, ...)."""
+    parts = [f"epoch {row['epoch'] + 1}/{epochs}: loss {number('loss', row['train_loss'])}"]
+    trained = [f"{k} {number(k, row[k])}" for k in train_keys if k != "train_loss" and isinstance(row.get(k), float)]
+    if trained:
+        parts[0] += " (" + " ".join(trained) + ")"
     if "val_acc1" in row:
         parts[0] += f" val top-1 {row['val_acc1']:.2f}%"
     if "val_acc5" in row:
@@ -89,7 +130,7 @@ def summary_line(row: dict, epochs: int) -> str:
         parts.append("robust " + " ".join(robust))
     # Any other evaluation number a method reports (kNN accuracy, held-out accuracy, ...).
     shown = {"val_acc1", "val_acc5"}
-    other = [f"{k} {v:.{2 if k.endswith('acc1') else 4}f}" for k, v in row.items()
+    other = [f"{k} {number(k, v)}" for k, v in row.items()
              if k.startswith(("val_", "holdout_", "selected_")) and k not in shown and not k.startswith("val_pgd")
              and isinstance(v, float)]
     if other:
@@ -98,7 +139,7 @@ def summary_line(row: dict, epochs: int) -> str:
         if isinstance(values, dict) and values:
             unit = "%" if group.endswith("acc") else ""
             label = "pretext" if group == "pretext_acc" else group
-            parts.append(label + " " + " ".join(f"{k} {v:.{1 if unit else 3}f}{unit}" for k, v in values.items()))
+            parts.append(label + " " + " ".join(f"{k} {v:.{2 if unit else 3}f}{unit}" for k, v in values.items()))
     if row.get("nonfinite_steps"):
         parts.append(f"skipped {row['nonfinite_steps']} steps whose loss was not finite")
     parts.append(f"{row['images_per_s']:.0f} img/s, {row['seconds']:.1f}s")
@@ -122,3 +163,33 @@ def tracker_config(recipe) -> dict:
 
     return {f"{section}.{key}": value if isinstance(value, (int, float, str, bool)) else str(value)
             for section, table in recipe_to_dict(recipe).items() for key, value in table.items()}
+
+
+def run_summary(run_dir: Path, rows: list[dict], seconds: float) -> str:
+    """The lines that end a run: best and final validation accuracy (of the last stage
+    that has one, for a staged method), its epochs, the time this start took and the
+    training images per second, then where the run's files are and how to draw its report."""
+    scored = [r for r in rows if "val_acc1" in r]
+    stage = scored[-1].get("stage", "") if scored else ""
+    mine = [r for r in scored if r.get("stage", "") == stage]
+    head = f"finished {run_dir}"
+    if mine:
+        best = max(mine, key=lambda r: r["val_acc1"])
+        head += (f"{f' (stage {stage})' if stage else ''}: best val top-1 {best['val_acc1']:.2f}% at epoch "
+                 f"{best['epoch'] + 1}, final {mine[-1]['val_acc1']:.2f}% after {mine[-1]['epoch'] + 1} epochs")
+    trained = [r for r in rows if r.get("images_per_s")]
+    images = sum(r.get("train_images", 0) for r in trained)
+    busy = sum(r["train_images"] / r["images_per_s"] for r in trained if r.get("train_images"))
+    head += f" | {_duration(seconds)} this start" + (f", {images / busy:.0f} train img/s" if busy else "")
+    from gssl_fast import checkpoint
+
+    found = checkpoint.list_checkpoints(run_dir) or sorted(Path(run_dir).glob("stages/*/checkpoints/epoch_*.pt"))
+    lines = [head, f"  checkpoint  {found[-1] if found else '(none)'}", f"  metrics     {Path(run_dir) / 'metrics.jsonl'}",
+             f"  recipe      {Path(run_dir) / 'config.toml'}", f"  report      python -m gssl_fast.report {run_dir}"]
+    return "\n".join(lines)
+
+
+def _duration(seconds: float) -> str:
+    minutes, secs = divmod(int(round(seconds)), 60)
+    hours, minutes = divmod(minutes, 60)
+    return f"{hours}h{minutes:02d}m{secs:02d}s" if hours else f"{minutes}m{secs:02d}s" if minutes else f"{secs}s"

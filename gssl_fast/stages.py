@@ -6,7 +6,9 @@ Each stage is a method of its own (``Method.stages()``), trained by the ordinary
 (``trains = False``), run once. Every stage logs into the run's metrics.jsonl with a
 ``stage`` field. A finished stage leaves ``<run>/stages/<name>/done.json`` and is skipped
 by later runs; an interrupted one resumes from its newest checkpoint with
-``--resume auto``; ``--stage NAME`` runs one stage (the stages before it must be done).
+``--resume auto``; ``--stage NAME`` reruns one stage from its start (the stages before
+it must be done) and marks the ones after it as to be rerun (``--stage NAME --resume
+auto`` continues it instead). Each stage's folder keeps the recipe that trained it.
 """
 
 from __future__ import annotations
@@ -18,9 +20,9 @@ from pathlib import Path
 from gssl_fast import checkpoint
 from gssl_fast.errors import UserError
 from gssl_fast.faults import crash_point
+from gssl_fast.run_folder import CONFIG, METRICS, STAGES_DIR, record_recipe
 from pipelines.atomic import write_text_atomic
 
-STAGES_DIR = "stages"
 DONE = "done.json"
 
 
@@ -44,52 +46,102 @@ def mark_done(run_dir: Path, name: str, row: dict | None = None) -> None:
 
 def run_stages(recipe, method, run_dir: Path, run: dict, *, resume: str | None, only: str | None, train) -> None:
     """Every stage of ``method`` in order (or ``only``): skip the done ones, resume the
-    interrupted one, run the rest. ``run``: the loop's accelerator, threads and data;
-    ``train(recipe, method, folder, start_from, stage=..., **run)``: the loop's training run."""
+    interrupted one, run the rest. ``only`` without ``resume`` reruns that stage from its
+    start and marks the stages after it as to be rerun. ``run``: the loop's accelerator,
+    threads and data; ``train(recipe, method, folder, start_from, stage=..., **run)``: the
+    loop's training run. Each stage's folder keeps the recipe that trained it (config.toml)."""
+    accelerator = run["accelerator"]
+    stages = method.stages()
+    names = [name for name, _ in stages]
+    check_stage(method, run_dir, only)
+    rerun = only is not None and not resume
+    record_recipe(recipe, run_dir, accelerator, note=f"rerunning stage {only}" if rerun else "resuming")
+    if rerun:
+        reset_stages(run_dir, names[names.index(only):], accelerator)
+    for name, make in stages:
+        if only is not None and name != only:
+            continue
+        if is_done(run_dir, name):
+            if accelerator.is_main_process:
+                print(f"stage {name}: done, skipped{changed_since(run_dir, name, recipe)}", flush=True)
+            continue
+        _run_stage(recipe, run_dir, name, make, run, train)
+
+
+def check_stage(method, run_dir: Path, only: str | None) -> None:
+    """Refuses ``--stage only`` for a method without that stage, or before the stages
+    ahead of it are done; writes nothing."""
+    if only is None:
+        return
+    names = [name for name, _ in method.stages()]
+    if not names:
+        raise UserError(f"--stage {only}: method.name = {method.name!r} has no stages")
+    if only not in names:
+        raise UserError(f"--stage {only}: method {method.name!r} has the stages {', '.join(names)}")
+    missing = [n for n in names[:names.index(only)] if not is_done(run_dir, n)]
+    if missing:
+        raise UserError(f"stage {only} needs the stages before it; not done yet: {', '.join(missing)} "
+                        f"(continue the run with --resume auto, or --stage {missing[0]} first)")
+
+
+def _run_stage(recipe, run_dir: Path, name: str, make, run: dict, train) -> None:
+    """One stage, from its newest checkpoint if it has one; marks it done."""
     from accelerate.utils import set_seed
 
     from gssl_fast.metrics import MetricsLog
     from pipelines.sampling import derive_seed
 
     accelerator = run["accelerator"]
-    stages = method.stages()
-    names = [name for name, _ in stages]
-    if only is not None and only not in names:
-        raise UserError(f"--stage {only}: method {recipe.method.name!r} has the stages {', '.join(names)}")
-    for i, (name, make) in enumerate(stages):
-        if only is not None and name != only:
-            continue
-        if is_done(run_dir, name) and only is None:
-            if accelerator.is_main_process:
-                print(f"stage {name}: done, skipped", flush=True)
-            continue
-        missing = [n for n in names[:i] if not is_done(run_dir, n)]
-        if missing:
-            raise UserError(f"stage {name} needs the stages before it; not done yet: {', '.join(missing)} "
-                            f"(run without --stage, or --stage {missing[0]} first)")
-        folder = stage_dir(run_dir, name)
+    folder = stage_dir(run_dir, name)
+    if accelerator.is_main_process:
+        folder.mkdir(parents=True, exist_ok=True)
+    accelerator.wait_for_everyone()
+    # Each stage starts from a random state of its own: its weights do not depend on
+    # what the stages before it drew in this process (or whether they ran in it).
+    set_seed(derive_seed(recipe.train.seed, "stage", name) % (1 << 31))
+    stage = make()
+    record_recipe(recipe, folder, accelerator, note=f"stage {name}: resuming")
+    if stage.trains:
+        train(stage.stage_sections(recipe), stage, folder, checkpoint.resolve_resume("auto", folder), stage=name, **run)
+        stage.finish(accelerator)
+        row = {}
+    else:
+        row = {"stage": name, "epoch": 0, **stage.run(accelerator)}
         if accelerator.is_main_process:
-            folder.mkdir(parents=True, exist_ok=True)
-        accelerator.wait_for_everyone()
-        # Each stage starts from a random state of its own: its weights do not depend on
-        # what the stages before it drew in this process (or whether they ran in it).
-        set_seed(derive_seed(recipe.train.seed, "stage", name) % (1 << 31))
-        stage = make()
-        if stage.trains:
-            start = checkpoint.resolve_resume("auto" if resume or only else None, folder)
-            train(stage.stage_sections(recipe), stage, folder, start, stage=name, **run)
-            stage.finish(accelerator)
-            row = {}
-        else:
-            row = {"stage": name, "epoch": 0, **stage.run(accelerator)}
-            if accelerator.is_main_process:
-                print(f"stage {name}: " + ", ".join(f"{k} {v}" for k, v in row.items() if k not in ("stage", "epoch")),
-                      flush=True)
-                log = MetricsLog(Path(run_dir) / "metrics.jsonl", stage=name)
-                log.truncate_after(-1)
-                log.append(row)
-        accelerator.wait_for_everyone()
-        if accelerator.is_main_process:
-            mark_done(run_dir, name, {k: v for k, v in row.items() if isinstance(v, (int, float, str))})
-        accelerator.wait_for_everyone()
-        crash_point("stage")
+            print(f"stage {name}: " + ", ".join(f"{k} {v}" for k, v in row.items() if k not in ("stage", "epoch")),
+                  flush=True)
+            log = MetricsLog(Path(run_dir) / METRICS, stage=name)
+            log.truncate_after(-1)
+            log.append(row)
+    accelerator.wait_for_everyone()
+    if accelerator.is_main_process:
+        mark_done(run_dir, name, {k: v for k, v in row.items() if isinstance(v, (int, float, str))})
+    accelerator.wait_for_everyone()
+    crash_point("stage")
+
+
+def reset_stages(run_dir: Path, names: list[str], accelerator) -> None:
+    """Makes ``names`` (a stage and the ones after it) run again from their start: their
+    checkpoints, done markers, recorded recipes and metrics rows are removed."""
+    import shutil
+
+    from gssl_fast.metrics import MetricsLog
+
+    if accelerator.is_main_process:
+        for name in names:
+            folder = stage_dir(run_dir, name)
+            if folder.is_dir() and any(folder.iterdir()):
+                print(f"stage {name}: to be rerun from its start", flush=True)
+            shutil.rmtree(folder, ignore_errors=True)
+            MetricsLog(Path(run_dir) / METRICS, stage=name).truncate_after(-1)
+    accelerator.wait_for_everyone()
+
+
+def changed_since(run_dir: Path, name: str, recipe) -> str:
+    """`` (trained with other settings: ...; rerun it with --stage NAME)`` when the
+    recipe that trained stage ``name`` differs from ``recipe``, else ``""``."""
+    from gssl_fast.config import recipe_changes
+
+    path = stage_dir(run_dir, name) / CONFIG
+    changed = recipe_changes(path, recipe) if path.is_file() else []
+    return f" (trained with other settings: {'; '.join(changed)}; rerun it with --stage {name})" if changed else ""

@@ -18,7 +18,6 @@ from __future__ import annotations
 import argparse
 import dataclasses
 import os
-import shutil
 import signal
 import sys
 import time
@@ -29,7 +28,8 @@ import numpy as np
 import torch
 
 from gssl_fast import checkpoint
-from gssl_fast.config import Recipe, load_recipe, recipe_to_toml, save_recipe
+from gssl_fast.config import Recipe, load_recipe, recipe_to_toml
+from gssl_fast.run_folder import record_recipe
 from gssl_fast.epoch import Partial, Stopped, epoch_row, stopping, train_one_epoch
 from gssl_fast.faults import crash_point
 from gssl_fast.peers import PEER_EXIT, PeerLost, broadcast_buffers, register, replicas_in_sync
@@ -120,65 +120,6 @@ def set_threads(cfg, accelerator) -> int:
     return n
 
 
-def run_dir_of(recipe: Recipe, out) -> Path:
-    """The run folder: ``out``, or ``runs/<recipe name>``."""
-    return Path(out) if out else Path("runs") / recipe.name
-
-
-def prepare_run_dir(recipe: Recipe, out, resume, overwrite: bool, accelerator) -> tuple[Path, Path | None]:
-    """The run folder and the checkpoint to resume from (None: fresh start)."""
-    from gssl_fast.stages import STAGES_DIR
-
-    run_dir = run_dir_of(recipe, out)
-    found = checkpoint.list_checkpoints(run_dir)
-    staged = (run_dir / STAGES_DIR).is_dir()
-    if (found or staged) and not resume and not overwrite:
-        what = f"newest checkpoint {found[-1].name}" if found else f"stages in {run_dir / STAGES_DIR}"
-        raise UserError(
-            f"{run_dir} holds an earlier run ({what}); continue it with "
-            "--resume auto, start over with --overwrite, or pick another folder with --out"
-        )
-    start = checkpoint.resolve_resume(resume, run_dir)
-    if start is not None and (found or staged) and run_dir.resolve() not in start.resolve().parents:
-        raise UserError(f"{run_dir} holds a run of its own, which resuming from {start} (another run's "
-                        "checkpoint) would replace; pick an empty folder with --out")
-    if accelerator.is_main_process:
-        run_dir.mkdir(parents=True, exist_ok=True)
-        checkpoint.remove_partial_writes(run_dir)
-        if overwrite and (found or staged):
-            print(f"--overwrite: removing the earlier run in {run_dir} ({len(found)} checkpoints, its "
-                  "metrics.jsonl and stages)", flush=True)
-        if overwrite and not start:
-            for old in found:
-                old.unlink()
-            (run_dir / "metrics.jsonl").unlink(missing_ok=True)
-            shutil.rmtree(run_dir / "data", ignore_errors=True)  # .beton files of the old recipe
-            shutil.rmtree(run_dir / STAGES_DIR, ignore_errors=True)
-    accelerator.wait_for_everyone()
-    return run_dir, start
-
-
-def record_recipe(recipe: Recipe, run_dir: Path, accelerator) -> None:
-    """Writes the run's ``config.toml`` once the run is known to start (a refused resume
-    leaves it as it was); a resume with other settings says which changed and keeps the
-    earlier recipe in ``config_history/``."""
-    from gssl_fast.config import recipe_changes
-
-    path = run_dir / "config.toml"
-    if accelerator.is_main_process:
-        if path.is_file():
-            changed = recipe_changes(path, recipe)
-            if changed:
-                history = run_dir / "config_history"
-                history.mkdir(exist_ok=True)
-                kept = history / f"config-{len(list(history.glob('config-*.toml'))) + 1:03d}.toml"
-                kept.write_bytes(path.read_bytes())
-                print(f"resuming with changed settings: {'; '.join(changed)} (the earlier recipe: {kept})",
-                      flush=True)
-        save_recipe(recipe, path)
-    accelerator.wait_for_everyone()
-
-
 def per_process(cfg, processes: int):
     """``TrainConfig`` ``cfg`` with ``batch_size`` per process: ``global_batch_size /
     processes`` when a global batch is asked for (so a run keeps the paper's batch on any
@@ -217,38 +158,50 @@ class StepPlan:
 
 def fit(recipe: Recipe, *, out=None, resume=None, overwrite=False, stage: str | None = None) -> Path:
     """Trains ``recipe`` to its last step (every stage of a staged method, or ``stage``
-    alone); returns the run folder."""
+    alone); returns the run folder.
+
+    Everything that can be checked before the first step (the recipe, the run folder,
+    the data, the model, every stage's batch arithmetic) is, before the run folder is
+    created or an earlier run in it removed: a run that fails to start leaves it as it was.
+    """
     from accelerate.utils import set_seed
 
-    from gssl_fast.loaders import input_normalization, loader_source, report_skipped
+    from gssl_fast.loaders import check_batches, input_normalization, loader_source, report_skipped, written_sources
     from gssl_fast.methods import MethodContext, build_method
-    from gssl_fast.stages import run_stages
+    from gssl_fast.run_folder import check_run_folder, open_run_folder, run_dir_of
+    from gssl_fast.stages import check_stage, run_stages
 
-    train = recipe.train
-    if resume and overwrite:
-        raise UserError(f"--resume {resume} continues a run and --overwrite deletes it: give one of them")
-    resume = resume or ("auto" if stage is not None else None)  # one stage continues its run
-    accelerator = make_accelerator(train, run_dir_of(recipe, out))
+    started, train = time.perf_counter(), recipe.train
+    run_dir = run_dir_of(recipe.name, out)
+    start_from = check_run_folder(run_dir, resume, overwrite, stage=stage)
+    accelerator = make_accelerator(train, run_dir)
     threads = set_threads(train, accelerator)
-    run_dir, start_from = prepare_run_dir(recipe, out, resume, overwrite, accelerator)
     recipe = dataclasses.replace(recipe, train=per_process(train, accelerator.num_processes))
     set_seed(recipe.train.seed)  # the same initial weights on every process
     data = {split: loader_source(recipe, split, run_dir, accelerator) for split in ("train", "val")}
-    report_skipped(data, run_dir, accelerator)
     train_ds = data["train"][1]
     counts = np.bincount(train_ds.labels, minlength=len(train_ds.classes))
     mean, std = input_normalization(recipe.data, train_ds)
     method = build_method(recipe.method, MethodContext.of(recipe, counts, mean, std, train_labels=train_ds.labels,
-                                                          run_dir=run_dir, main_process=accelerator.is_main_process))
+                                                          classes=tuple(train_ds.classes), run_dir=run_dir, main_process=accelerator.is_main_process))
+    check_stage(method, run_dir, stage)
+    for check in method.batch_checks():
+        check_batches(check, accelerator.num_processes)
+    open_run_folder(run_dir, overwrite, accelerator)
+    data = written_sources(recipe, data, run_dir, accelerator)
+    report_skipped(data, run_dir, accelerator)
     run = dict(accelerator=accelerator, threads=threads, data=data)
     if method.stages():
-        record_recipe(recipe, run_dir, accelerator)
         run_stages(recipe, method, run_dir, run, resume=resume, only=stage, train=train_method)
     else:
-        if stage is not None:
-            raise UserError(f"--stage {stage}: method.name = {recipe.method.name!r} has no stages")
         train_method(recipe, method, run_dir, start_from, **run)
     accelerator.end_training()
+    if accelerator.is_main_process:
+        from gssl_fast.metrics import MetricsLog
+        from gssl_fast.progress import run_summary
+
+        print(run_summary(run_dir, MetricsLog(run_dir / "metrics.jsonl").read(), time.perf_counter() - started),
+              flush=True)
     return run_dir
 
 
@@ -275,8 +228,9 @@ def train_method(recipe: Recipe, method, run_dir: Path, start_from: Path | None,
     model, optimizer = accelerator.prepare(model, optimizer)
     first_epoch, partial, rng = (checkpoint.restore(start_from, method, optimizer, scheduler, accelerator)
                                  if start_from else (0, None, None))
-    if not stage:
+    if not stage:  # a stage's folder records the run's recipe (gssl_fast.stages)
         record_recipe(recipe, run_dir, accelerator)
+    method.on_train_start()
     if accelerator.is_main_process:
         from gssl_fast.progress import describe
 
@@ -351,8 +305,9 @@ def _run_epochs(recipe, method, model, optimizer, scheduler, loaders, val_loader
         broadcast_buffers(plain, accelerator)
         report = method.evaluate(plain, val_loader, accelerator=accelerator, epoch=epoch,
                                  last=epoch == plan.epochs - 1)
+        trained = epoch_row(names, sums, steps)
         row = {**({"stage": stage} if stage else {}), "epoch": epoch, "lr": optimizer.param_groups[0]["lr"],
-               **epoch_row(names, sums, steps), **report}
+               **trained, **report}
         if "val_acc1" in row and row["val_acc1"] > best[0]:
             best = (row["val_acc1"], epoch)
         row.update(best_val_acc1=best[0], best_epoch=best[1], train_images=images,
@@ -364,7 +319,7 @@ def _run_epochs(recipe, method, model, optimizer, scheduler, loaders, val_loader
         # resumed run drops the orphaned line (truncate_after) instead of losing one.
         if accelerator.is_main_process:
             log.append(row)
-            print(summary_line(row, plan.epochs), flush=True)
+            print(summary_line(row, plan.epochs, train_keys=trained), flush=True)
         if train.log_with != "none":
             accelerator.log({f"{stage}/{k}" if stage else k: v for k, v in scalars_of(row).items()}, step=epoch)
         path = checkpoint.save_checkpoint(run_dir, epoch + 1, recipe_to_toml(recipe), method, optimizer, scheduler,

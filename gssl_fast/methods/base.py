@@ -61,6 +61,23 @@ class Stream:
 
 
 @dataclass(frozen=True)
+class BatchCheck:
+    """One training run's batch arithmetic, checked before a run folder is touched.
+
+    stage: the stage it trains ("" for a method trained in one run); train: the
+    ``[train]`` section it trains with (per-process batch); images: the images its main
+    stream draws from in an epoch (before sharding); batch_key: the recipe key of its
+    batch; images_from: how ``images`` follows from the recipe, for the message.
+    """
+
+    stage: str
+    train: TrainConfig
+    images: int
+    batch_key: str = "train.batch_size"
+    images_from: str = ""
+
+
+@dataclass(frozen=True)
 class MethodContext:
     """What a method is built from: the recipe sections it may read (``data`` for the
     crop and flip of a method's own views) and the data's facts.
@@ -69,7 +86,7 @@ class MethodContext:
     in [0, 1] units (``data.mean`` / ``data.std`` or the dataset's defaults);
     longtail: the train split is long-tailed (evaluation adds shot-group accuracy).
     train_labels: ``[N]`` int64 numpy labels of the training images (a method choosing
-    a labeled subset reads them). run_dir: the run folder, where a method may write
+    a labeled subset reads them); classes: their names, in label order. run_dir: the run folder, where a method may write
     what a run must keep (the labeled subset); main_process: this process writes files.
     """
 
@@ -83,6 +100,7 @@ class MethodContext:
     longtail: bool = False
     data: DataConfig = DataConfig()
     train_labels: Any = None
+    classes: tuple[str, ...] = ()
     run_dir: Path | None = None
     main_process: bool = True
 
@@ -93,7 +111,8 @@ class MethodContext:
     @classmethod
     def of(cls, recipe: Recipe, class_counts: Sequence[int], mean: Sequence[float], std: Sequence[float],
            **facts):
-        """The context of ``recipe``; ``facts``: ``train_labels``, ``run_dir``, ``main_process``."""
+        """The context of ``recipe``; ``facts``: ``train_labels``, ``classes``, ``run_dir``,
+        ``main_process``."""
         return cls(model=recipe.model, pretext=recipe.pretext, loss=recipe.loss, train=recipe.train,
                    class_counts=tuple(int(c) for c in np.asarray(class_counts)), mean=tuple(mean), std=tuple(std),
                    longtail=recipe.data.longtail != "none", data=recipe.data, **facts)
@@ -146,6 +165,17 @@ class Method:
         training images (of ``subset``) untransformed, in order, sharded (a kNN monitor's
         memory bank, a held-out split)."""
         self.loader_factories = factories
+
+    def batch_checks(self) -> list[BatchCheck]:
+        """The batch arithmetic of every training run of the method (each stage's),
+        checked before anything is written: by default its main stream's."""
+        main = next(iter(self.streams().values()))
+        images = len(main.indices) if main.indices is not None else len(self.ctx.train_labels)
+        return [BatchCheck("", self.ctx.train, images)]
+
+    def on_train_start(self) -> None:
+        """Hook once the run folder is open, before the first epoch: write the files a
+        run keeps (a labeled subset, say). ``streams`` itself writes nothing."""
 
     # ---- data
     def streams(self) -> dict[str, Stream]:

@@ -56,7 +56,7 @@ LABELED_FILE = "labeled_indices.txt"
 
 @dataclass(frozen=True)
 class FixMatchConfig:
-    name: str = "fixmatch"
+    name: str = "fixmatch"  # this method: FixMatch with G-SSL
     num_labels: int = 4000  # labeled training images, num_labels / classes per class
     labels_file: str = ""  # text file of labeled dataset positions (one integer per line); "" = draw them
     label_seed: int = 0  # seed of the drawn labeled subset
@@ -170,7 +170,8 @@ class FixMatch(GSSLMethod):
 
     # ---- data
     def labeled_positions(self) -> np.ndarray:
-        """The labeled subset: ``method.labels_file``, or drawn; written to the run folder."""
+        """The labeled subset: ``method.labels_file``, or drawn (:meth:`on_train_start` writes it
+        to the run folder)."""
         labels = self.ctx.train_labels
         if labels is None:
             raise ValueError("FixMatch needs the training labels (MethodContext.train_labels) to pick its subset")
@@ -182,9 +183,11 @@ class FixMatch(GSSLMethod):
             except ValueError as e:
                 raise UserError(f"method.num_labels = {self.cfg.num_labels}: {e}; pick a multiple of "
                                 f"{self.ctx.num_classes} that every class can give") from None
-        if self.ctx.run_dir is not None and self.ctx.main_process:
-            write_positions(Path(self.ctx.run_dir) / LABELED_FILE, positions)
         return positions
+
+    def on_train_start(self) -> None:
+        if self.ctx.run_dir is not None and self.ctx.main_process:
+            write_positions(Path(self.ctx.run_dir) / LABELED_FILE, self.labeled_positions())
 
     def streams(self) -> dict[str, Stream]:
         d, p, b = self.ctx.data, self.ctx.pretext, self.ctx.train.batch_size

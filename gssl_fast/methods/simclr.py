@@ -32,7 +32,7 @@ from gssl_fast import checkpoint
 from gssl_fast.config_checks import rule
 from gssl_fast.errors import UserError
 from gssl_fast.methods import register_method
-from gssl_fast.methods.base import Method, Stream, main_batch, pixels
+from gssl_fast.methods.base import BatchCheck, Method, Stream, main_batch, pixels
 from gssl_fast.metrics import gather_by_index
 from gssl_fast.sections import Recipe
 from pipelines.atomic import write_atomic
@@ -44,7 +44,7 @@ SGD = dict(name="sgd", momentum=0.9, nesterov=False, schedule="cosine", warmup_e
 
 @dataclass(frozen=True)
 class SimCLRConfig:
-    name: str = "simclr"
+    name: str = "simclr"  # this method: SimCLR / G-SimCLR in stages
     guided: bool = True  # G-SimCLR: batches guided by k-means pseudo-labels of autoencoder codes
     clusters: int = 0  # k of k-means; 0 = the global pretraining batch (the notebooks)
     projection: tuple[int, ...] = (256, 128, 50)  # widths of the projection head
@@ -52,16 +52,16 @@ class SimCLRConfig:
     color_strength: float = 0.5  # colour jitter strength s
     crop_scale_min: float = 0.08  # smallest area share of the random resized crop
     knn_k: int = 20  # neighbours of the kNN monitor (0 = no monitor)
-    ae_epochs: int = 20
-    ae_batch_size: int = 128  # per process
-    ae_lr: float = 1e-3  # Adam
+    ae_epochs: int = 20  # epochs of the autoencoder stage
+    ae_batch_size: int = 128  # batch of the autoencoder stage, per process
+    ae_lr: float = 1e-3  # Adam lr of the autoencoder stage
     ae_noise: float = 0.01  # std of the Gaussian input noise, pixels in [0, 1]
-    linear_epochs: int = 30
-    linear_lr: float = 0.1  # SGD momentum 0.9, cosine, no weight decay
+    linear_epochs: int = 30  # epochs of the linear stage
+    linear_lr: float = 0.1  # lr of the linear stage: SGD momentum 0.9, cosine, no weight decay
     holdout: float = 0.1  # share of the training images held out to select the linear classifier
     finetune_fraction: float = 0.1  # share of the labels for fine-tuning (balanced per class)
-    finetune_epochs: int = 30
-    finetune_lr: float = 0.01  # SGD momentum 0.9, cosine, weight decay 5e-4
+    finetune_epochs: int = 30  # epochs of the finetune stage
+    finetune_lr: float = 0.01  # lr of the finetune stage: SGD momentum 0.9, cosine, weight decay 5e-4
 
 
 @register_method
@@ -90,6 +90,20 @@ class SimCLR(Method):
 
     def build_model(self):
         return torch.nn.Identity()  # every stage builds its own
+
+    def batch_checks(self):
+        c, t, n = self.cfg, self.ctx.train, len(self.ctx.train_labels)
+        whole = dict(steps=0, steps_per_epoch=0)  # the stages after pretraining train whole epochs
+        checks = [BatchCheck("pretrain", t, n),
+                  BatchCheck("linear", dataclasses.replace(t, **whole), len(linear_split(c, self.ctx)[0]),
+                             images_from=f"the {n} training images less method.holdout = {c.holdout}"),
+                  BatchCheck("finetune", dataclasses.replace(t, **whole), len(finetune_positions(c, self.ctx)),
+                             images_from=f"method.finetune_fraction = {c.finetune_fraction} of the {n} training "
+                                         "images, balanced over the classes")]
+        if c.guided:
+            ae = dataclasses.replace(t, batch_size=c.ae_batch_size, **whole)
+            checks.insert(0, BatchCheck("autoencoder", ae, n, batch_key="method.ae_batch_size"))
+        return checks
 
     def stages(self):
         kinds = [Pretrain, Linear, Finetune]
@@ -262,12 +276,7 @@ class Linear(_Stage):
         return self.sections(recipe, epochs=self.cfg.linear_epochs, lr=self.cfg.linear_lr, **SGD, weight_decay=0.0)
 
     def split(self) -> tuple[np.ndarray, np.ndarray]:
-        """(train positions, held-out positions): a seeded share of every class held out."""
-        from pipelines.sampling import held_out_positions
-
-        labels = np.asarray(self.ctx.train_labels)
-        held = held_out_positions(labels, self.cfg.holdout, self.ctx.train.seed)
-        return np.setdiff1d(np.arange(len(labels)), held), held
+        return linear_split(self.cfg, self.ctx)
 
     def streams(self):
         return {"train": Stream(self.ctx.train.batch_size, indices=self.split()[0])}
@@ -312,14 +321,7 @@ class Finetune(_Stage):
                              weight_decay=5e-4)
 
     def streams(self):
-        from gssl_fast.methods.fixmatch import balanced_subset
-
-        labels = np.asarray(self.ctx.train_labels)
-        k = self.ctx.num_classes
-        per_class = max(1, int(self.cfg.finetune_fraction * len(labels) / k))
-        per_class = min(per_class, int(np.bincount(labels, minlength=k).min()))
-        return {"train": Stream(self.ctx.train.batch_size, indices=balanced_subset(labels, per_class * k, k,
-                                                                                   self.ctx.train.seed))}
+        return {"train": Stream(self.ctx.train.batch_size, indices=finetune_positions(self.cfg, self.ctx))}
 
     def training_step(self, model, batches, *, accelerator):
         batch = main_batch(batches)
@@ -329,6 +331,28 @@ class Finetune(_Stage):
     def evaluate(self, model, loader, *, accelerator, epoch, last):
         report = super().evaluate(model, loader, accelerator=accelerator, epoch=epoch, last=last)
         return {**report, "finetune_acc1": report["val_acc1"]}  # its own name in the run's table
+
+
+def linear_split(cfg: SimCLRConfig, ctx) -> tuple[np.ndarray, np.ndarray]:
+    """``([M] train positions, [N - M] held-out positions)`` of the linear stage: a seeded
+    ``method.holdout`` share of every class held out to select the classifier."""
+    from pipelines.sampling import held_out_positions
+
+    labels = np.asarray(ctx.train_labels)
+    held = held_out_positions(labels, cfg.holdout, ctx.train.seed)
+    return np.setdiff1d(np.arange(len(labels)), held), held
+
+
+def finetune_positions(cfg: SimCLRConfig, ctx) -> np.ndarray:
+    """``[M]`` positions of the fine-tuning subset: ``method.finetune_fraction`` of the
+    training images, the same number from every class."""
+    from gssl_fast.methods.fixmatch import balanced_subset
+
+    labels = np.asarray(ctx.train_labels)
+    k = ctx.num_classes
+    per_class = max(1, int(cfg.finetune_fraction * len(labels) / k))
+    per_class = min(per_class, int(np.bincount(labels, minlength=k).min()))
+    return balanced_subset(labels, per_class * k, k, ctx.train.seed)
 
 
 def model_depths(model):

@@ -369,3 +369,53 @@ def test_a_preempted_run_checkpoints_mid_epoch_and_resumes_bit_exact(tmp_path, s
     straight_rows = [json.loads(line) for line in (straight / "metrics.jsonl").read_text().splitlines()]
     assert [r["epoch"] for r in rows] == [0, 1, 2]
     assert [r["train_loss"] for r in rows] == [r["train_loss"] for r in straight_rows]
+
+
+def launched(launcher: str, port: int) -> list[str]:
+    """The command that starts ``python -m gssl_fast.train`` under ``launcher``, one process."""
+    bin_dir = Path(sys.executable).parent
+    return {"python": [sys.executable],
+            "accelerate": [str(bin_dir / "accelerate"), "launch", "--num_processes", "1", "--num_machines", "1",
+                           "--mixed_precision", "no", "--dynamo_backend", "no", "--main_process_port", str(port)],
+            "torchrun": [str(bin_dir / "torchrun"), "--nproc_per_node", "1", "--master_port", str(port)]}[launcher]
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("launcher, port", [("python", 0), ("accelerate", 29541), ("torchrun", 29542)])
+def test_one_ctrl_c_to_the_process_group_checkpoints_the_step_and_exits_130(tmp_path, launcher, port):
+    """A terminal's Ctrl-C: SIGINT to the whole foreground process group (the launcher
+    passes its own copy on too). The trainer stops at the next step, writes the step
+    checkpoint and says so; the launcher ends with 128 + SIGINT."""
+    recipe, out = write_recipe(tmp_path, TINY.replace("epochs = 2", "epochs = 3")), tmp_path / "run"
+    cmd = [*launched(launcher, port), "-m", "gssl_fast.train", str(recipe), "--out", str(out),
+           "--set", "train.steps_per_epoch=40"]
+    proc = subprocess.Popen(cmd, cwd=ROOT, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
+                            env={**os.environ, "PYTHONUNBUFFERED": "1"}, start_new_session=True)
+    lines = []
+    for line in proc.stdout:
+        lines.append(line)
+        if "epoch 1/3 step 8/40" in line:
+            os.killpg(proc.pid, signal.SIGINT)
+            break
+    rest, _ = proc.communicate(timeout=120)
+    said = "".join(lines) + rest
+    trainer = said.split("Traceback")[0] if launcher == "torchrun" else said
+    assert "stopped by SIGINT at epoch 1, step" in trainer and "(exit status 130)" in trainer, said[-3000:]
+    assert "Traceback" not in trainer and "KeyboardInterrupt" not in trainer, said[-3000:]
+    # torchrun reports any worker stopped by a signal as its own failure (a SignalException
+    # traceback, exit 1), whatever the worker did; the others pass the status on.
+    assert proc.returncode == (1 if launcher == "torchrun" else 130), said[-3000:]
+    assert [p.name for p in (out / "checkpoints").iterdir() if "_step_" in p.name], said[-3000:]
+
+
+def test_the_readmes_accelerate_launch_says_a_recipe_error_in_one_line(tmp_path):
+    """``accelerate launch --config_file launch/one_process.yaml -q``: the trainer's one
+    line, no defaults warning, no launcher traceback (Accelerate's status for any failure is 1)."""
+    recipe = write_recipe(tmp_path, '[data]\nnmae = "shapes"\n', name="bad")
+    cmd = [str(Path(sys.executable).parent / "accelerate"), "launch", "--config_file", "launch/one_process.yaml", "-q",
+           "-m", "gssl_fast.train", str(recipe), "--out", str(tmp_path / "run")]
+    proc = subprocess.run(cmd, cwd=ROOT, capture_output=True, text=True, timeout=300,
+                          env={**os.environ, "PYTHONUNBUFFERED": "1"})
+    said = (proc.stdout + proc.stderr).strip()
+    assert said.startswith("error: unknown key 'data.nmae'") and "\n" not in said, said
+    assert proc.returncode == 1

@@ -151,3 +151,47 @@ def test_every_stage_runs_with_the_other_loaders(tmp_path, loader):
     pre = [r for r in rows_of(run) if r["stage"] == "pretrain"]
     assert len(pre) == 2 and all(r["guided_in_plan"] == 1.0 and r["guided_excess"] == 0.0 for r in pre)
     assert (stage_dir(run, "finetune") / DONE).is_file()
+
+
+def test_a_stage_without_a_full_step_is_refused_before_the_first_stage(tmp_path, capsys):
+    """The fine-tuning subset (10% of 400 images = 40) is smaller than the batch (64):
+    named with its stage, size and key before the autoencoder starts; no folder made."""
+    run = tmp_path / "run"
+    assert main([str(RECIPES / "shapes_gsimclr.toml"), "--out", str(run), *sets("data.train_size=400")]) == 2
+    err = capsys.readouterr().err.strip()
+    assert err.startswith("error: stage finetune: train.batch_size = 64") and "\n" not in err
+    assert "40 images" in err and "method.finetune_fraction = 0.1" in err
+    assert not run.exists()
+
+
+@pytest.mark.slow
+def test_stage_reruns_that_stage_and_each_stage_keeps_its_recipe(tmp_path, capsys):
+    run = tmp_path / "run"
+    recipe = str(RECIPES / "shapes_gsimclr.toml")
+    small = sets(*SMALL, "method.guided=false")
+    assert main([recipe, "--out", str(run), *small]) == 0
+    finetuned = final_state(run, "finetune")
+    capsys.readouterr()
+    assert main([recipe, "--out", str(run), *small, "--stage", "finetune", "--set", "method.finetune_lr=0.01"]) == 0
+    out = capsys.readouterr().out
+    assert "rerunning stage finetune with changed settings: method.finetune_lr 0.05 -> 0.01" in out
+    assert "already finished" not in out
+    again = final_state(run, "finetune")
+    assert not all(torch.equal(finetuned[k], again[k]) for k in again)  # trained anew, at the new lr
+    assert [r["stage"] for r in rows_of(run)] == ["pretrain"] * 2 + ["linear"] * 2 + ["finetune"] * 2
+    assert load_recipe(stage_dir(run, "finetune") / "config.toml").method.finetune_lr == 0.01
+    assert load_recipe(stage_dir(run, "linear") / "config.toml").method.finetune_lr == 0.05
+    assert load_recipe(run / "config.toml").method.finetune_lr == 0.01
+
+    # --stage linear reruns linear and marks finetune (built after it) as to be rerun.
+    assert main([recipe, "--out", str(run), *small, "--stage", "linear", "--set", "method.finetune_lr=0.01"]) == 0
+    assert not stage_dir(run, "finetune").exists()
+    assert [r["stage"] for r in rows_of(run)] == ["pretrain"] * 2 + ["linear"] * 2
+    # Continuing the run with other settings names the done stages they did not train.
+    capsys.readouterr()
+    assert main([recipe, "--out", str(run), *small, "--resume", "auto", "--set", "method.finetune_lr=0.02",
+                 "--set", "method.linear_lr=0.2"]) == 0
+    out = capsys.readouterr().out
+    assert ("stage linear: done, skipped (trained with other settings: method.linear_lr 0.1 -> 0.2; "
+            "method.finetune_lr 0.01 -> 0.02; rerun it with --stage linear)") in out
+    assert load_recipe(stage_dir(run, "finetune") / "config.toml").method.finetune_lr == 0.02

@@ -1,0 +1,109 @@
+"""The run folder: what an earlier run left there, whether this run may use it, and
+the recipe it records.
+
+A start is decided in two steps so that nothing is lost by a run that fails to start:
+:func:`check_run_folder` only refuses (it writes nothing) and runs before the recipe,
+data, model and batch arithmetic are checked; :func:`open_run_folder` creates the
+folder and, under ``--overwrite``, removes the earlier run, once all of that passed.
+"""
+
+from __future__ import annotations
+
+import shutil
+from dataclasses import dataclass
+from pathlib import Path
+
+from gssl_fast import checkpoint
+from gssl_fast.errors import UserError
+
+STAGES_DIR = "stages"
+CONFIG, HISTORY, METRICS = "config.toml", "config_history", "metrics.jsonl"
+# Everything a run writes into its folder, removed by --overwrite: checkpoints, logs, the
+# recipe and its history, converted data (.beton), stages, a method's files (FixMatch's
+# labeled subset), skipped images, tracker events and the report drawn from the old run.
+RUN_OUTPUTS = (checkpoint.CHECKPOINT_DIR, METRICS, CONFIG, HISTORY, "data", STAGES_DIR, "labeled_indices.txt",
+               "skipped_images.txt", "tensorboard", "report")
+
+
+def run_dir_of(name: str, out) -> Path:
+    """The run folder: ``out``, or ``runs/<recipe name>``."""
+    return Path(out) if out else Path("runs") / name
+
+
+@dataclass(frozen=True)
+class Earlier:
+    """What an earlier run left in a folder: its checkpoints (oldest first) and
+    whether it ran stages."""
+
+    checkpoints: tuple[Path, ...]
+    staged: bool
+
+    @classmethod
+    def of(cls, run_dir: Path) -> "Earlier":
+        return cls(tuple(checkpoint.list_checkpoints(run_dir)), (Path(run_dir) / STAGES_DIR).is_dir())
+
+    def __bool__(self) -> bool:
+        return bool(self.checkpoints) or self.staged
+
+    def describe(self, run_dir: Path) -> str:
+        return (f"newest checkpoint {self.checkpoints[-1].name}" if self.checkpoints
+                else f"stages in {Path(run_dir) / STAGES_DIR}")
+
+
+def check_run_folder(run_dir: Path, resume: str | None, overwrite: bool, *, stage: str | None = None) -> Path | None:
+    """Refuses a start that would replace or mix runs; returns the checkpoint to resume
+    from (None: a fresh start, or a staged run whose stages resume themselves). Writes
+    nothing. ``stage``: ``--stage NAME`` continues the run folder's staged run."""
+    if resume and overwrite:
+        raise UserError(f"--resume {resume} continues a run and --overwrite deletes it: give one of them")
+    earlier = Earlier.of(run_dir)
+    if earlier and not (resume or overwrite or stage is not None):
+        raise UserError(f"{run_dir} holds an earlier run ({earlier.describe(run_dir)}); continue it with "
+                        "--resume auto, start over with --overwrite, or pick another folder with --out")
+    if stage is not None and overwrite:
+        raise UserError(f"--stage {stage} reruns one stage of the run in {run_dir} and --overwrite deletes that "
+                        "run: give one of them")
+    start = checkpoint.resolve_resume(resume, run_dir)
+    if start is not None and earlier and run_dir.resolve() not in start.resolve().parents:
+        raise UserError(f"{run_dir} holds a run of its own, which resuming from {start} (another run's "
+                        "checkpoint) would replace; pick an empty folder with --out")
+    return start
+
+
+def open_run_folder(run_dir: Path, overwrite: bool, accelerator) -> None:
+    """Creates the run folder, clears a killed run's partial writes and, under
+    ``--overwrite``, removes every output of the earlier run (:data:`RUN_OUTPUTS`)."""
+    if accelerator.is_main_process:
+        earlier = Earlier.of(run_dir)
+        run_dir.mkdir(parents=True, exist_ok=True)
+        checkpoint.remove_partial_writes(run_dir)
+        if overwrite and any((run_dir / name).exists() for name in RUN_OUTPUTS):
+            print(f"--overwrite: removing the earlier run in {run_dir} ({len(earlier.checkpoints)} checkpoints, "
+                  "its recipe, metrics and stages)", flush=True)
+            for name in RUN_OUTPUTS:
+                path = run_dir / name
+                if path.is_dir():
+                    shutil.rmtree(path)
+                else:
+                    path.unlink(missing_ok=True)
+    accelerator.wait_for_everyone()
+
+
+def record_recipe(recipe, run_dir: Path, accelerator, *, note: str = "resuming") -> None:
+    """Writes ``config.toml`` (the recipe that trains the weights about to be written).
+    A recipe other than the one recorded there is named, ``note`` first ("resuming",
+    "rerunning stage linear"), and the earlier one kept in ``config_history/``."""
+    from gssl_fast.config import recipe_changes, save_recipe
+
+    path = Path(run_dir) / CONFIG
+    if accelerator.is_main_process:
+        if path.is_file():
+            changed = recipe_changes(path, recipe)
+            if changed:
+                history = Path(run_dir) / HISTORY
+                history.mkdir(exist_ok=True)
+                kept = history / f"config-{len(list(history.glob('config-*.toml'))) + 1:03d}.toml"
+                kept.write_bytes(path.read_bytes())
+                print(f"{note} with changed settings: {'; '.join(changed)} (the earlier recipe: {kept})", flush=True)
+        save_recipe(recipe, path)
+    accelerator.wait_for_everyone()
