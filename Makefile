@@ -50,24 +50,24 @@ test-all: install browser
 	$(BIN)/python -m pytest -q --durations=25
 
 bench: install
-	$(BIN)/python bench/transform.py --json bench/out/transform.json
-	$(BIN)/python bench/loaders.py --json bench/out/loaders.json
-	$(BIN)/python bench/train_step.py --json bench/out/train_step.json
-	$(BIN)/python bench/method_step.py --json bench/out/method_step.json
-	$(BIN)/python bench/kornia_ops.py --json bench/out/kornia_ops.json
-	$(BIN)/python bench/scaling.py --json bench/out/scaling.json
-	$(BIN)/python bench/dali_loader.py --json bench/out/dali_loader.json
-	$(BIN)/python bench/ffcv_loader.py --json bench/out/ffcv_loader.json
-	$(BIN)/python bench/fixmatch_loader.py --json bench/out/fixmatch_loader.json
-	$(BIN)/python bench/simclr_loader.py --json bench/out/simclr_loader.json
-	$(BIN)/python bench/guided_plan.py --json bench/out/guided_plan.json
-	$(BIN)/python bench/crash_points.py --json bench/out/crash_points.json
-	$(BIN)/python bench/decode_cache.py --json bench/out/decode_cache.json
+	$(BIN)/python -m bench.transform --json bench/out/transform.json
+	$(BIN)/python -m bench.loaders --json bench/out/loaders.json
+	$(BIN)/python -m bench.train_step --json bench/out/train_step.json
+	$(BIN)/python -m bench.method_step --json bench/out/method_step.json
+	$(BIN)/python -m bench.kornia_ops --json bench/out/kornia_ops.json
+	$(BIN)/python -m bench.scaling --json bench/out/scaling.json
+	$(BIN)/python -m bench.dali_loader --json bench/out/dali_loader.json
+	$(BIN)/python -m bench.ffcv_loader --json bench/out/ffcv_loader.json
+	$(BIN)/python -m bench.fixmatch_loader --json bench/out/fixmatch_loader.json
+	$(BIN)/python -m bench.simclr_loader --json bench/out/simclr_loader.json
+	$(BIN)/python -m bench.guided_plan --json bench/out/guided_plan.json
+	$(BIN)/python -m bench.crash_points --json bench/out/crash_points.json
+	$(BIN)/python -m bench.decode_cache --json bench/out/decode_cache.json
 
 # CUDA-only tests and a short GPU benchmark, JSON into OUT (exits 3 without CUDA).
 OUT ?= bench/out/gpu
 gpu-check: install
-	$(BIN)/python bench/gpu_check.py --out $(OUT)
+	$(BIN)/python -m bench.gpu_check --out $(OUT)
 
 clean:
 	rm -rf $(VENV) runs build *.egg-info

@@ -1,7 +1,7 @@
 """kill -9 at many points of a run, then ``--resume auto``: does every run end bit-identical
 to an unbroken one with the same seed?
 
-    python bench/crash_points.py [--json out.json] [--quick]
+    python -m bench.crash_points [--json out.json] [--quick]
 
 A tiny supervised G-SSL run (the built-in data at 16x16, ResNet-8, 3 epochs of 4 steps)
 is trained once unbroken, then once per point with ``GSSL_FAST_CRASH_AT=point:n``
@@ -26,10 +26,9 @@ from pathlib import Path
 
 import torch
 
-ROOT = Path(__file__).resolve().parent.parent
-sys.path.insert(0, str(ROOT))
+from bench.common import bench_parser, header, print_table, write_json
 
-from bench.common import bench_parser, header, print_table, write_json  # noqa: E402
+ROOT = Path(__file__).resolve().parent.parent
 
 ARGS = ["--set", "train.epochs=3", "--set", "train.steps_per_epoch=4"]
 POINTS = [("data", 1), *(("step", n) for n in range(1, 13)), *(("evaluate", n) for n in (1, 2, 3)),

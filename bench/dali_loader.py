@@ -2,7 +2,7 @@
 torchvision ImageFolder + DataLoader doing the same work per sample, and DALI with vs
 without the quadrant transform.
 
-    python bench/dali_loader.py [--images 2000] [--workers 2] [--json out.json]
+    python -m bench.dali_loader [--images 2000] [--workers 2] [--json out.json]
 
 Writes a Tiny-ImageNet-shaped folder of 64 x 64 JPEGs (the built-in shapes dataset) in a
 temporary directory. Every row decodes, crops with 4 px zero padding, flips, applies the
@@ -23,18 +23,15 @@ from __future__ import annotations
 import argparse
 import os
 import statistics
-import sys
 import tempfile
 from pathlib import Path
 
 import torch
 
-sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
-
-from bench._loaders import PerSampleFiles, PerSampleTransform, per_sample_loader, time_loader, write_jpeg_folder  # noqa: E402
-from bench.common import header, print_table, summarize, write_json  # noqa: E402
-from pipelines.datasets.arrays import IMAGENET_MEAN, IMAGENET_STD  # noqa: E402
-from pipelines.datasets.folders import FileList, list_folder  # noqa: E402
+from bench._loaders import PerSampleFiles, PerSampleTransform, per_sample_loader, time_loader, write_jpeg_folder
+from bench.common import header, print_table, summarize, write_json
+from pipelines.datasets.arrays import IMAGENET_MEAN, IMAGENET_STD
+from pipelines.datasets.folders import FileList, list_folder
 
 SIDE = 64
 

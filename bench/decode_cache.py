@@ -1,6 +1,6 @@
 """Restart cost of a folder dataset: decoding every file with PIL against reading the decode cache.
 
-    python bench/decode_cache.py [--n 20000] [--repeats 3] [--json out.json] [--quick]
+    python -m bench.decode_cache [--n 20000] [--repeats 3] [--json out.json] [--quick]
 
 A Tiny-ImageNet-like tree is written to a temporary folder: ``--n`` 64x64 JPEGs (quality
 90) of the built-in procedural images in 200 class folders. Then, side by side:
@@ -18,21 +18,18 @@ the image size on disk (Tiny-ImageNet's 110,000 files: 1.35 GB decoded).
 from __future__ import annotations
 
 import statistics
-import sys
 import tempfile
 import time
 from pathlib import Path
 
 import numpy as np
 
-sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
-
-from bench.common import (  # noqa: E402
+from bench.common import (
     bench_parser, check_target, header, load_average, print_table, print_targets, time_interleaved, write_json,
 )
-from gssl_fast.sections import DataConfig  # noqa: E402
-from pipelines.datasets import DATASETS, make_shapes  # noqa: E402
-from pipelines.datasets.testing import write_image_folder  # noqa: E402
+from gssl_fast.sections import DataConfig
+from pipelines.datasets import DATASETS, make_shapes
+from pipelines.datasets.testing import write_image_folder
 
 CLASSES = 200
 

@@ -2,7 +2,7 @@
 FFCV's pipeline vs a torch DataLoader doing the same per sample, on the same in-memory
 CIFAR-sized data.
 
-    python bench/ffcv_loader.py [--n 10000] [--batch 256] [--workers 2] [--ffcv-threads 1 2] [--json out.json]
+    python -m bench.ffcv_loader [--n 10000] [--batch 256] [--workers 2] [--ffcv-threads 1 2] [--json out.json]
 
 Rows, images/s of a whole epoch delivered to the training process (median of repeated
 epochs after warm-up ones; FFCV's first epoch compiles and is not timed):
@@ -19,18 +19,15 @@ epochs after warm-up ones; FFCV's first epoch compiles and is not timed):
 from __future__ import annotations
 
 import argparse
-import sys
 import tempfile
 from pathlib import Path
 
 import numpy as np
 import torch
 
-sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
-
-from bench._loaders import PerSampleArrays, PerSampleTransform, per_sample_loader  # noqa: E402
-from bench.common import header, print_table, summarize, time_runs, write_json  # noqa: E402
-from pipelines.datasets.arrays import CIFAR_MEAN, CIFAR_STD  # noqa: E402
+from bench._loaders import PerSampleArrays, PerSampleTransform, per_sample_loader
+from bench.common import header, print_table, summarize, time_runs, write_json
+from pipelines.datasets.arrays import CIFAR_MEAN, CIFAR_STD
 
 ALL_TASKS = ("rotation", "flip", "perm")
 

@@ -1,7 +1,7 @@
 """The FixMatch loader, side by side with the per-sample DataLoader of the reference
 ports, and its share of a whole FixMatch step.
 
-    python bench/fixmatch_loader.py [--n 10000] [--workers 2] [--json out.json] [--quick]
+    python -m bench.fixmatch_loader [--n 10000] [--workers 2] [--json out.json] [--quick]
 
 One step = 64 labeled images (weak view, + the localizable transform with G-SSL) and 448
 unlabeled images, each with a weak and a strong view (RandAugment, 2 ops of FixMatch's
@@ -13,7 +13,7 @@ pool, Cutout; + the localizable transform with G-SSL), on CIFAR-sized random arr
   ``RandAugment(num_ops=2)`` on the strong view then a 16x16 grey square
   (``RandomErasing`` with a fixed square), the authors' per-sample quadrant loop with
   G-SSL, ``ToTensor`` and ``Normalize``.
-- pipelines: the trainer's two loaders (``gssl_fast.methods.fixmatch.fixmatch_views``),
+- pipelines: the trainer's two loaders (``gssl_fast.methods.fixmatch.method.fixmatch_views``),
   uint8 batches, every op batched in this process (``--threads`` torch threads).
 
 Steps/s: median over runs of ``--steps`` steps, steady state, in ``--rounds`` rounds with
@@ -25,20 +25,17 @@ Target (issue 10): pipelines >= 3x the per-sample DataLoader, with G-SSL.
 from __future__ import annotations
 
 import statistics
-import sys
 from pathlib import Path
 
 import numpy as np
 import torch
 
-sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
-
-from bench._loaders import endless, time_loaders_in_rounds  # noqa: E402
-from bench.common import (  # noqa: E402
+from bench._loaders import endless, time_loaders_in_rounds
+from bench.common import (
     bench_parser, check_target, header, load_average, print_table, print_targets, summarize, time_interleaved,
     write_json,
 )
-from pipelines.datasets.arrays import CIFAR_MEAN, CIFAR_STD  # noqa: E402
+from pipelines.datasets.arrays import CIFAR_MEAN, CIFAR_STD
 
 TASKS = ("rotation", "flip", "perm")
 
@@ -105,7 +102,7 @@ def per_sample_steps(images, labels, labeled, args):
 
 
 def pipelines_steps(images, labels, labeled, args, backend="torch"):
-    from gssl_fast.methods.fixmatch import fixmatch_views
+    from gssl_fast.methods.fixmatch.method import fixmatch_views
     from pipelines import make_loader
 
     lab_views, unl_views = fixmatch_views(padding=4, hflip=True, mode="reflect", tasks=args.tasks)
@@ -166,7 +163,7 @@ def main(argv=None) -> None:
     rng = np.random.default_rng(0)
     images = rng.integers(0, 256, (args.n, 32, 32, 3), dtype=np.uint8)
     labels = rng.integers(0, 10, args.n)
-    from gssl_fast.methods.fixmatch import balanced_subset
+    from pipelines.sampling import balanced_subset
 
     labeled = balanced_subset(labels, args.labels, 10, seed=0)
     makers = {f"per-sample DataLoader ({args.workers} workers per stream)":

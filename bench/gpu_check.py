@@ -1,6 +1,6 @@
 """The GPU check: CUDA-only tests and a short GPU benchmark in one command, under 8 minutes.
 
-    make gpu-check OUT=bench/out/gpu      (= python bench/gpu_check.py --out DIR)
+    make gpu-check OUT=bench/out/gpu      (= python -m bench.gpu_check --out DIR)
 
 Where CUDA is present it runs, each as a subprocess with its own time limit:
 1. the tests that take the CUDA path when a GPU is there: the loader contract on every
@@ -33,10 +33,10 @@ TESTS = ["tests/pipelines/test_loaders.py", "tests/pipelines/test_localizable.py
          "tests/gssl_fast/methods/test_gpu.py", "tests/gssl_fast/test_attacks.py"]
 # name -> (command after `python`, time limit in seconds)
 BENCHES = {
-    "transform": (["bench/transform.py", "--device", "cuda", "--sizes", "64", "--repeats", "5"], 90),
-    "dali_loader": (["bench/dali_loader.py", "--images", "2000", "--rounds", "2"], 120),
-    "loaders": (["bench/loaders.py", "--data", "cifar", "--rounds", "1", "--device", "cuda"], 120),
-    "method_step": (["bench/method_step.py", "--device", "cuda", "--backbone", "resnet18_cifar", "--side", "64",
+    "transform": (["-m", "bench.transform", "--device", "cuda", "--sizes", "64", "--repeats", "5"], 90),
+    "dali_loader": (["-m", "bench.dali_loader", "--images", "2000", "--rounds", "2"], 120),
+    "loaders": (["-m", "bench.loaders", "--data", "cifar", "--rounds", "1", "--device", "cuda"], 120),
+    "method_step": (["-m", "bench.method_step", "--device", "cuda", "--backbone", "resnet18_cifar", "--side", "64",
                      "--batch", "128", "--rounds", "3"], 150),
 }
 

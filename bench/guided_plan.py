@@ -1,6 +1,6 @@
 """Cost and quality of G-SimCLR's guided batch plan against a plain permutation.
 
-    python bench/guided_plan.py [--n 50000] [--repeats 21] [--json out.json] [--quick]
+    python -m bench.guided_plan [--n 50000] [--repeats 21] [--json out.json] [--quick]
 
 One epoch's plan of global batches, on the CPU (``--device`` is ignored: the plan is
 numpy), for CIFAR-sized ``--n`` and (batch, k) pseudo-label cases: (64, 64) as in the
@@ -23,17 +23,13 @@ Target: guided well under a second per plan at n = 50,000.
 from __future__ import annotations
 
 import statistics
-import sys
-from pathlib import Path
 
 import numpy as np
 
-sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
-
-from bench.common import (  # noqa: E402
+from bench.common import (
     bench_parser, check_target, header, load_average, print_table, print_targets, time_interleaved, write_json,
 )
-from pipelines.sampling import guided_batches  # noqa: E402
+from pipelines.sampling import guided_batches
 
 CASES = [(64, 64, "uniform"), (512, 10, "uniform"), (256, 100, "uniform"), (64, 64, "geometric")]
 

@@ -1,7 +1,7 @@
 """Our view ops against kornia.augmentation on uint8 batches: crop + flip and random
 grayscale, timed and checked pixel for pixel against the reference semantics.
 
-    python bench/kornia_ops.py [--device cuda] [--threads 1] [--json out.json] [--quick]
+    python -m bench.kornia_ops [--device cuda] [--threads 1] [--json out.json] [--quick]
 
 Needs kornia (``pip install kornia``; not a dependency of the project). Rows per image
 side (batch 256, ``[B, 3, H, W]`` uint8, the same images for all), on the CPU and on
@@ -32,18 +32,13 @@ mask. ``tests/bench/test_kornia_semantics.py`` asserts the same findings.
 
 from __future__ import annotations
 
-import sys
-from pathlib import Path
-
 import torch
 
-sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
-
-from bench.common import (  # noqa: E402
+from bench.common import (
     bench_parser, count_ops, header, load_average, print_table, summarize, time_interleaved, write_json,
 )
-from pipelines.augment import crop_flip  # noqa: E402
-from pipelines.views import CropFlip, Grayscale, apply_ops  # noqa: E402
+from pipelines.augment import crop_flip
+from pipelines.views import CropFlip, Grayscale, apply_ops
 
 PADDING = 4  # crop padding in pixels (CIFAR's RandomCrop(32, padding=4))
 GRAY_P = 0.2  # grayscale probability (SimCLR's RandomGrayscale(p=0.2))

@@ -2,7 +2,7 @@
 project's torch pipeline, DALI and FFCV, each with and without the quadrant transform,
 beside the ceilings (decode only, a synthetic loader), on two data sets.
 
-    python bench/loaders.py [--n 10000] [--images 2000] [--workers 2] [--json out.json] [--quick]
+    python -m bench.loaders [--n 10000] [--images 2000] [--workers 2] [--json out.json] [--quick]
 
 Data sets (generated, no download):
 - cifar: ``--n`` random 32x32 RGB images in memory (CIFAR-sized), CIFAR normalization
@@ -44,7 +44,6 @@ the core).
 from __future__ import annotations
 
 import statistics
-import sys
 import tempfile
 import time
 from pathlib import Path
@@ -52,19 +51,17 @@ from pathlib import Path
 import numpy as np
 import torch
 
-sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
-
-from bench._loaders import (  # noqa: E402
+from bench._loaders import (
     PerSampleArrays, PerSampleFiles, PerSampleTransform, SameBatch, ToDevice, per_sample_loader,
     time_loaders_in_rounds, write_jpeg_folder,
 )
-from bench.common import (  # noqa: E402
+from bench.common import (
     bench_parser, check_target, header, load_average, print_table, print_targets, summarize, write_json,
 )
-from pipelines.datasets import ArrayDataset  # noqa: E402
-from pipelines.datasets.arrays import CIFAR_MEAN, CIFAR_STD, IMAGENET_MEAN, IMAGENET_STD  # noqa: E402
-from pipelines.datasets.decode import decode_files  # noqa: E402
-from pipelines.datasets.folders import FileList, list_folder  # noqa: E402
+from pipelines.datasets import ArrayDataset
+from pipelines.datasets.arrays import CIFAR_MEAN, CIFAR_STD, IMAGENET_MEAN, IMAGENET_STD
+from pipelines.datasets.decode import decode_files
+from pipelines.datasets.folders import FileList, list_folder
 
 ALL_TASKS = ("rotation", "flip", "perm")
 PAPERS = "papers' DataLoader"

@@ -1,7 +1,7 @@
 """Training step of each method variant: one full step (forward, backward, SGD step) of
 every ``gssl_fast.methods`` variant on the same fixed synthetic batch, side by side.
 
-    python bench/method_step.py [--backbone resnet20_cifar] [--batch 128] [--json out.json] [--quick]
+    python -m bench.method_step [--backbone resnet20_cifar] [--batch 128] [--json out.json] [--quick]
 
 Each variant is built as the trainer builds it: a ``Recipe`` whose ``[model]``,
 ``[pretext]`` and ``[method]`` sections differ, checked by the method's own rules,
@@ -53,25 +53,21 @@ from __future__ import annotations
 
 import dataclasses
 import statistics
-import sys
 import time
 from pathlib import Path
 
 import numpy as np
 import torch
 
-ROOT = Path(__file__).resolve().parent.parent
-sys.path.insert(0, str(ROOT))
-
-from bench.common import (  # noqa: E402
+from bench.common import (
     bench_parser, check_target, header, load_average, print_table, print_targets, summarize, sync, time_interleaved,
     write_json,
 )
-from gssl_fast.config import ModelConfig, PretextConfig, Recipe, TrainConfig  # noqa: E402
-from gssl_fast.methods.adversarial import AdversarialConfig  # noqa: E402
-from gssl_fast.methods.supervised import SupervisedConfig  # noqa: E402
-from pipelines.datasets.arrays import CIFAR_MEAN, CIFAR_STD  # noqa: E402
-from pipelines.localizable import TASKS  # noqa: E402
+from gssl_fast.config import ModelConfig, PretextConfig, Recipe, TrainConfig
+from gssl_fast.methods.adversarial.config import AdversarialConfig
+from gssl_fast.methods.supervised.config import SupervisedConfig
+from pipelines.datasets.arrays import CIFAR_MEAN, CIFAR_STD
+from pipelines.localizable import TASKS
 
 NUM_CLASSES = 10
 THREE = tuple(TASKS)  # ("rotation", "flip", "perm")
@@ -90,13 +86,13 @@ VARIANTS = {
 def build(cfg, tasks, args, accelerator, seed: int = 0):
     """The method of ``cfg`` with ``tasks`` (the trainer's path: recipe, check, build,
     SGD of ``[optim]``, prepare), its prepared model and optimizer."""
-    from gssl_fast.methods import METHODS, MethodContext, build_method
+    from gssl_fast.methods import MethodContext, build_method
     from gssl_fast.optim import build_optimizer
 
     recipe = dataclasses.replace(Recipe(), model=ModelConfig(backbone=args.backbone),
                                  pretext=PretextConfig(tasks=tuple(tasks)), method=cfg,
                                  train=TrainConfig(batch_size=args.batch, cpu=accelerator.device.type == "cpu"))
-    METHODS[cfg.name].check(recipe, "bench/method_step.py")
+    type(cfg).check(recipe, "bench/method_step.py")
     torch.manual_seed(seed)
     method = build_method(cfg, MethodContext.of(recipe, [1] * NUM_CLASSES, CIFAR_MEAN, CIFAR_STD))
     optimizer = build_optimizer(method.parameters_for_optimizer(method.model), recipe.optim)

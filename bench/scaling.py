@@ -1,7 +1,7 @@
 """How training images/s grows with the batch size, the image size and the number of
 processes (the project's torch pipeline feeding a G-SSL training step).
 
-    python bench/scaling.py [--backbone resnet20_cifar] [--batches 64 128 256 512] [--json out.json] [--quick]
+    python -m bench.scaling [--backbone resnet20_cifar] [--batches 64 128 256 512] [--json out.json] [--quick]
 
 Part 1, one process: each timed run takes the next batch of ``pipelines.torch``
 (random uint8 images in memory, crop, flip, the quadrant transform, normalization)
@@ -31,15 +31,14 @@ from pathlib import Path
 import numpy as np
 import torch
 
-ROOT = Path(__file__).resolve().parent.parent
-sys.path.insert(0, str(ROOT))
-
-from bench._loaders import endless  # noqa: E402
-from bench.common import (  # noqa: E402
+from bench._loaders import endless
+from bench.common import (
     bench_parser, header, load_average, print_table, summarize, sync, time_interleaved, write_json,
 )
-from bench.train_step import build  # noqa: E402
-from pipelines.localizable import TASKS  # noqa: E402
+from bench.train_step import build
+from pipelines.localizable import TASKS
+
+ROOT = Path(__file__).resolve().parent.parent
 
 
 def loader_step(backbone: str, batch: int, side: int, device: torch.device):

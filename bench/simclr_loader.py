@@ -1,7 +1,7 @@
 """SimCLR's two-view loader, side by side with the per-sample torchvision DataLoader that
 contrastive-learning code builds (solo-learn, lightly, the SimCLR PyTorch ports).
 
-    python bench/simclr_loader.py [--n 10000] [--batch 256] [--workers 2] [--json out.json] [--quick]
+    python -m bench.simclr_loader [--n 10000] [--batch 256] [--workers 2] [--json out.json] [--quick]
 
 Both deliver two views of every image of a batch on CIFAR-sized random arrays: random
 resized crop, flip, colour jitter (strength 0.5, p 0.8), grayscale (p 0.2).
@@ -19,19 +19,15 @@ rounds with one loader alive at a time. Target (issue 11): pipelines >= 3x the D
 from __future__ import annotations
 
 import statistics
-import sys
-from pathlib import Path
 
 import numpy as np
 import torch
 
-sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
-
-from bench._loaders import endless, time_loaders_in_rounds  # noqa: E402
-from bench.common import (  # noqa: E402
+from bench._loaders import endless, time_loaders_in_rounds
+from bench.common import (
     bench_parser, check_target, header, load_average, print_table, print_targets, summarize, write_json,
 )
-from pipelines.datasets.arrays import CIFAR_MEAN, CIFAR_STD  # noqa: E402
+from pipelines.datasets.arrays import CIFAR_MEAN, CIFAR_STD
 
 
 class TwoViews(torch.utils.data.Dataset):

@@ -2,7 +2,7 @@
 the same backbone and batch, and the trainer's epoch throughput with its real loader
 against the same loop fed a synthetic batch (what the loader costs end to end).
 
-    python bench/train_step.py [--backbone resnet20_cifar] [--batch 128] [--json out.json] [--quick]
+    python -m bench.train_step [--backbone resnet20_cifar] [--batch 128] [--json out.json] [--quick]
 
 Part 1, one optimizer step (forward, backward, SGD step) on a synthetic float32
 ``[B, 3, 32, 32]`` batch, three ``gssl_fast.task.GSSLTask`` built alike (same seed):
@@ -42,17 +42,16 @@ from pathlib import Path
 
 import torch
 
-ROOT = Path(__file__).resolve().parent.parent
-sys.path.insert(0, str(ROOT))
-
-from bench._loaders import SameBatch  # noqa: E402
-from bench.common import (  # noqa: E402
+from bench._loaders import SameBatch
+from bench.common import (
     bench_parser, check_target, header, load_average, print_table, print_targets, summarize, sync, time_interleaved,
     write_json,
 )
-from gssl_fast.config import LossConfig, ModelConfig, PretextConfig  # noqa: E402
-from pipelines.localizable import TASKS  # noqa: E402
-from pipelines.datasets.arrays import CIFAR_MEAN, CIFAR_STD  # noqa: E402
+from gssl_fast.config import LossConfig, ModelConfig, PretextConfig
+from pipelines.localizable import TASKS
+from pipelines.datasets.arrays import CIFAR_MEAN, CIFAR_STD
+
+ROOT = Path(__file__).resolve().parent.parent
 
 VARIANTS = {"supervised": (), "lorot-e": ("rotation",), "g-ssl 3 gated": tuple(TASKS)}
 NUM_CLASSES = 10

@@ -1,7 +1,7 @@
 """Localizable transform throughput of each backend on uint8 batches, beside the memory
 ceiling (a plain copy of the same batch) and the authors' per-sample loop.
 
-    python bench/transform.py [--device cuda] [--threads 1] [--json out.json] [--quick]
+    python -m bench.transform [--device cuda] [--threads 1] [--json out.json] [--quick]
 
 Rows per image side (batch 256 by default), the same images and parameters for all:
 - copy (ceiling): ``x.clone()`` of the ``[B, 3, H, W]`` uint8 batch
@@ -25,19 +25,14 @@ with a constant operator count.
 
 from __future__ import annotations
 
-import sys
-from pathlib import Path
-
 import numpy as np
 import torch
 
-sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
-
-from bench.common import (  # noqa: E402
+from bench.common import (
     bench_parser, check_target, count_ops, header, load_average, print_table, print_targets, summarize,
     time_interleaved, write_json,
 )
-from pipelines.localizable import PARAM_KEYS, TASKS, apply_localizable, draw_localizable, reference_localizable  # noqa: E402
+from pipelines.localizable import PARAM_KEYS, TASKS, apply_localizable, draw_localizable, reference_localizable
 
 
 def dali_impl(x_hwc: np.ndarray, params: dict, device: torch.device, threads: int):

@@ -24,7 +24,7 @@ def test_quick_run_writes_rows(tmp_path, script):
     if script in NEEDS:
         pytest.importorskip(NEEDS[script])
     out = tmp_path / f"{script}.json"
-    proc = subprocess.run([sys.executable, f"bench/{script}.py", "--quick", "--json", str(out)], cwd=ROOT,
+    proc = subprocess.run([sys.executable, "-m", f"bench.{script}", "--quick", "--json", str(out)], cwd=ROOT,
                           capture_output=True, text=True, timeout=600)
     assert proc.returncode == 0, proc.stdout[-2000:] + proc.stderr[-2000:]
     result = json.loads(out.read_text())
