@@ -14,7 +14,7 @@ from typing import Callable
 import torch
 import torch.nn.functional as F
 
-from gssl_fast.errors import unknown_name
+from pipelines.errors import unknown_name
 
 
 @dataclass(frozen=True)

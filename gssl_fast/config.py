@@ -17,8 +17,8 @@ from typing import Any, Sequence
 import tomli_w
 
 from gssl_fast.config_checks import check_recipe, show
-from gssl_fast.errors import UserError
-from gssl_fast.methods import DEFAULT_METHOD, METHODS
+from pipelines.errors import UserError
+from gssl_fast.methods import DEFAULT_METHOD, METHODS, config_class
 from gssl_fast.sections import (  # noqa: F401  (the sections are part of this module's interface)
     KEY_ALIASES,
     SECTIONS,
@@ -39,7 +39,8 @@ except ModuleNotFoundError:  # python 3.10: the same parser, packaged separately
 
 
 # [method] is the section of the training method: ``name`` picks one of
-# gssl_fast.methods.METHODS, whose ``Config`` dataclass gives the section's other keys.
+# gssl_fast.methods.METHODS, whose ``Config`` dataclass gives the section's other keys (and
+# whose ``check`` classmethod, if it has one, the method's rules across sections).
 METHOD_SECTION = "method"
 
 
@@ -47,7 +48,7 @@ def method_config_class(name: Any, source: str) -> type:
     """The ``Config`` dataclass of the method called ``name`` (``method.name``)."""
     if not isinstance(name, str) or name not in METHODS:
         raise UserError(f"method.name must be one of {', '.join(map(repr, METHODS))}, got {show(name)} ({source})")
-    return METHODS[name].Config
+    return config_class(name)
 
 
 def section_class(section: str, d: dict, source: str) -> type:
@@ -86,7 +87,7 @@ def _keys_by_section(d: dict) -> dict[str, tuple[str, ...]]:
     those of the method it names (none while that name is not a method's)."""
     table = d.get(METHOD_SECTION, {})
     name = table.get("name", DEFAULT_METHOD) if isinstance(table, dict) else None
-    method = section_keys(METHOD_SECTION, METHODS[name].Config) if isinstance(name, str) and name in METHODS else ()
+    method = section_keys(METHOD_SECTION, config_class(name)) if isinstance(name, str) and name in METHODS else ()
     return {METHOD_SECTION: method, **VALID_KEYS}
 
 
@@ -199,7 +200,9 @@ def recipe_from_dict(d: dict, source: str) -> Recipe:
         sections[section] = cls(**kwargs)
     recipe = Recipe(**sections)
     check_recipe(recipe, source)
-    METHODS[recipe.method.name].check(recipe, source)
+    check = getattr(type(recipe.method), "check", None)  # the method's rules, on its Config
+    if check is not None:
+        check(recipe, source)
     return recipe
 
 
@@ -284,7 +287,7 @@ def resolved(recipe: Recipe) -> Recipe:
     """``recipe`` with its ``[method]`` filled in: ``None`` is the default method's defaults."""
     if recipe.method is not None:
         return recipe
-    return dataclasses.replace(recipe, method=METHODS[DEFAULT_METHOD].Config())
+    return dataclasses.replace(recipe, method=config_class(DEFAULT_METHOD)())
 
 
 def recipe_to_dict(recipe: Recipe) -> dict:

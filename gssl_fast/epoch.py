@@ -19,7 +19,7 @@ from typing import Callable, Iterator
 
 import torch
 
-from gssl_fast.errors import UserError
+from pipelines.errors import UserError
 from gssl_fast.faults import crash_point
 from gssl_fast.health import LossGuard
 from gssl_fast.peers import Process, watching

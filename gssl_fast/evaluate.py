@@ -37,7 +37,7 @@ def parse_args(argv=None):
 def main(argv=None) -> int:
     import sys
 
-    from gssl_fast.errors import UserError
+    from pipelines.errors import UserError
 
     args = parse_args(argv)
     try:

@@ -11,7 +11,7 @@ from __future__ import annotations
 
 import torch
 
-from gssl_fast.errors import UserError
+from pipelines.errors import UserError
 
 # Steps between two looks at the losses on the host.
 CHECK_EVERY = 10

@@ -17,7 +17,7 @@ import torch
 from torch import nn
 
 from gssl_fast import checkpoint
-from gssl_fast.errors import UserError
+from pipelines.errors import UserError
 from gssl_fast.stages import STAGES_DIR, run_folder_of, stage_dir
 
 
@@ -58,10 +58,10 @@ def checkpoint_of(path: str | os.PathLike) -> tuple[Path, str]:
 def exported_stage(run_dir: Path) -> str:
     """The stage of a staged run whose model ``load_model`` exports, from its recipe."""
     from gssl_fast.config import load_recipe
-    from gssl_fast.methods import METHODS
+    from gssl_fast.methods import method_class
 
     recipe = load_recipe(run_dir / "config.toml")
-    return METHODS[recipe.method.name].exported_stage
+    return method_class(recipe.method.name).exported_stage
 
 
 def load_run(path: str | os.PathLike):

@@ -36,7 +36,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from gssl_fast.config import load_recipe, tomllib
-from gssl_fast.errors import UserError
+from pipelines.errors import UserError
 
 FINISHED = "finished"
 RECORD = "ladder.json"  # in a row's run folder: the --set overrides of its latest start

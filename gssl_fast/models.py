@@ -13,7 +13,7 @@ import torch
 
 from gssl_fast.backbones import CIFAR_BACKBONES  # registers the CIFAR nets in timm
 from gssl_fast.sections import ModelConfig
-from pipelines.errors import UserError
+from pipelines.errors import UserError, unknown_name
 
 nn = torch.nn
 
@@ -64,7 +64,7 @@ INITS: dict[str, Callable[[nn.Module], None]] = {"default": lambda module: None,
 def initialize(module: nn.Module, name: str) -> nn.Module:
     """``module`` with the weight initialization ``name`` of :data:`INITS` applied."""
     if name not in INITS:
-        raise ValueError(f"unknown initialization {name!r}; valid: {', '.join(INITS)}")
+        raise unknown_name("model.init", name, INITS)
     INITS[name](module)
     return module
 

@@ -26,7 +26,7 @@ from pathlib import Path
 from typing import Any, Sequence
 
 from gssl_fast.config import METHOD_SECTION, section_keys
-from gssl_fast.methods import DEFAULT_METHOD, METHODS
+from gssl_fast.methods import DEFAULT_METHOD, METHODS, config_class
 from gssl_fast.sections import SECTIONS
 
 DOC = Path(__file__).resolve().parents[1] / "docs" / "recipes.md"
@@ -103,11 +103,11 @@ def table(section: str, cls: type) -> str:
     return "\n".join(rows) + "\n"
 
 
-def builtin_methods() -> list[type]:
-    """The methods gssl_fast ships, the default first: a method registered elsewhere (a
-    test, a user's module) documents itself."""
-    shipped = [m for m in METHODS.values() if m.Config.__module__.startswith("gssl_fast.methods.")]
-    return sorted(shipped, key=lambda m: m.name != DEFAULT_METHOD)
+def builtin_methods() -> list[tuple[str, type]]:
+    """``(name, Config)`` of the methods gssl_fast ships, the default first: a method
+    registered elsewhere (a test, a user's module) documents itself."""
+    shipped = [(name, config_class(name)) for name, (config, _) in METHODS.items() if isinstance(config, str)]
+    return sorted(shipped, key=lambda m: m[0] != DEFAULT_METHOD)
 
 
 def render() -> str:
@@ -117,8 +117,8 @@ def render() -> str:
     parts.append(f"## [{METHOD_SECTION}]\n\n`method.name` picks the training method (README, \"Methods\"); the "
                  f"other keys of `[method]` are that method's. A recipe without `[method]` trains "
                  f"`{DEFAULT_METHOD}`.\n")
-    for method in builtin_methods():
-        parts.append(f"### `method.name = \"{method.name}\"`\n\n" + table(METHOD_SECTION, method.Config))
+    for name, config in builtin_methods():
+        parts.append(f"### `method.name = \"{name}\"`\n\n" + table(METHOD_SECTION, config))
     for section, cls in SECTIONS.items():
         parts.append(f"## [{section}]\n\n" + table(section, cls))
     return "\n".join(parts)

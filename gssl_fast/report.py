@@ -29,7 +29,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from gssl_fast.errors import UserError
+from pipelines.errors import UserError
 from gssl_fast.metrics import MetricsLog
 
 

@@ -14,7 +14,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from gssl_fast import checkpoint
-from gssl_fast.errors import UserError
+from pipelines.errors import UserError
 
 STAGES_DIR = "stages"
 CONFIG, HISTORY, METRICS = "config.toml", "config_history", "metrics.jsonl"

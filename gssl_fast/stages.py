@@ -18,7 +18,7 @@ import time
 from pathlib import Path
 
 from gssl_fast import checkpoint
-from gssl_fast.errors import UserError
+from pipelines.errors import UserError
 from gssl_fast.faults import crash_point
 from gssl_fast.run_folder import CONFIG, METRICS, STAGES_DIR, record_recipe
 from pipelines.atomic import write_text_atomic

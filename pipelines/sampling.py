@@ -77,6 +77,23 @@ def held_out_positions(labels, fraction: float, seed: int) -> np.ndarray:
     return np.sort(np.concatenate(held or [np.zeros(0, np.int64)])).astype(np.int64)
 
 
+def balanced_subset(labels: np.ndarray, num_labels: int, num_classes: int, seed: int) -> np.ndarray:
+    """``[num_labels]`` int64 sorted positions: ``num_labels / num_classes`` images of
+    each class drawn without replacement with ``seed`` (as the reference ports draw them)."""
+    labels = np.asarray(labels)
+    per_class = num_labels // num_classes
+    if per_class * num_classes != num_labels or per_class < 1:
+        raise ValueError(f"{num_labels} labels do not split evenly over {num_classes} classes")
+    rng = np.random.default_rng(seed)
+    picks = []
+    for c in range(num_classes):
+        members = np.flatnonzero(labels == c)
+        if len(members) < per_class:
+            raise ValueError(f"class {c} has {len(members)} training images, fewer than {per_class} labels per class")
+        picks.append(rng.choice(members, per_class, replace=False))
+    return np.sort(np.concatenate(picks)).astype(np.int64)
+
+
 # ---------------------------------------------------------------- G-SimCLR: batches guided by pseudo-labels
 
 

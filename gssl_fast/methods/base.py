@@ -7,12 +7,13 @@ stream, backpropagates ``step(...)["loss"]`` and logs every other scalar the ste
 returns under its own name (``group/key`` names become nested ``{"group": {"key": v}}``
 fields of metrics.jsonl).
 
-A new method is a module that subclasses :class:`Method` and registers it:
+A new method subclasses :class:`Method` and joins the registry (``gssl_fast.methods``):
 
     @register_method
     class MyMethod(Method):
         name = "mine"
-        Config = MyConfig          # frozen dataclass with a ``name`` field
+        Config = MyConfig          # frozen dataclass with a ``name`` field; an optional
+                                   # classmethod check(recipe, source) holds its rules
         def training_step(self, model, batches, *, accelerator): ...
 """
 
@@ -132,12 +133,6 @@ class Method:
     def __init__(self, cfg: Any, ctx: MethodContext):
         self.cfg, self.ctx = cfg, ctx
         self.model: nn.Module = self.build_model()
-
-    # ---- recipe
-    @classmethod
-    def check(cls, recipe: Recipe, source: str) -> None:
-        """Checks ``recipe.method`` and the method's rules across sections; raises
-        ``UserError`` naming the key. Called when the recipe loads."""
 
     # ---- stages
     def stages(self) -> list[tuple[str, Any]]:

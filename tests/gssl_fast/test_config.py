@@ -23,8 +23,8 @@ from gssl_fast.config import (
     resolved,
     save_recipe,
 )
-from gssl_fast.methods.adversarial import AdversarialConfig
-from gssl_fast.methods.supervised import SupervisedConfig
+from gssl_fast.methods.adversarial.config import AdversarialConfig
+from gssl_fast.methods.supervised.config import SupervisedConfig
 from pipelines.errors import UserError
 
 RECIPES = Path(__file__).resolve().parents[2] / "recipes"

@@ -9,7 +9,7 @@ import pytest
 import torch
 from accelerate import Accelerator
 
-from gssl_fast.errors import UserError
+from pipelines.errors import UserError
 from gssl_fast.health import LossGuard
 from gssl_fast.train import main
 from tests.gssl_fast.tiny import write_tiny
@@ -48,7 +48,7 @@ class Poisoned:
     (0-based) batches of a run."""
 
     def __init__(self, monkeypatch, bad_steps):
-        from gssl_fast.methods.supervised import Supervised
+        from gssl_fast.methods.supervised.method import Supervised
 
         real, self.step, self.bad = Supervised.training_step, 0, set(bad_steps)
 

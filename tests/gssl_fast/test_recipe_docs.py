@@ -19,12 +19,12 @@ def test_docs_recipes_md_is_what_the_code_generates():
 def test_every_key_of_every_section_and_method_has_a_row():
     rows = {line.split("`")[1] for line in recipe_docs.render().splitlines() if line.startswith("| `")}
     keys = {f"{section}.{key}" for section, valid in VALID_KEYS.items() for key in valid}
-    for method in recipe_docs.builtin_methods():
-        keys |= {f"method.{key}" for key in section_keys("method", method.Config)}
+    for _, config in recipe_docs.builtin_methods():
+        keys |= {f"method.{key}" for key in section_keys("method", config)}
     assert rows == keys
     assert {"data.on_corrupt", "data.val_fraction", "data.decode_cache", "data.cache_dir", "train.nonfinite",
             "method.crop_scale_min", "pretext.lambda"} <= rows
-    assert {m.name for m in recipe_docs.builtin_methods()} == {"supervised", "adversarial", "fixmatch", "simclr"}
+    assert {name for name, _ in recipe_docs.builtin_methods()} == {"supervised", "adversarial", "fixmatch", "simclr"}
 
 
 def test_a_row_shows_the_toml_default_and_the_comment():

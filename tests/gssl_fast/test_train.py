@@ -218,7 +218,7 @@ def test_compiled_model_trains_and_checkpoints_plain_weights(tmp_path):
 
 def test_global_batch_is_split_over_the_processes():
     from gssl_fast.config import TrainConfig
-    from gssl_fast.errors import UserError
+    from pipelines.errors import UserError
     from gssl_fast.train import per_process
 
     assert per_process(TrainConfig(batch_size=100), 4).batch_size == 100  # per process as written

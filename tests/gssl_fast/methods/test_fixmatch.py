@@ -19,7 +19,8 @@ from accelerate import Accelerator
 from bench.crash_points import train
 from gssl_fast.config import load_recipe
 from gssl_fast.methods import MethodContext, build_method
-from gssl_fast.methods.fixmatch import LABELED_FILE, balanced_subset, read_positions, unlabeled_loss
+from gssl_fast.methods.fixmatch.method import LABELED_FILE, read_positions, unlabeled_loss
+from pipelines.sampling import balanced_subset
 from gssl_fast.train import main
 from pipelines import make_loader
 from pipelines.datasets import make_shapes

@@ -12,16 +12,22 @@ import torch.nn.functional as F
 
 from gssl_fast.config import load_recipe
 from gssl_fast.methods import METHODS, Method, Stream, register_method
-from gssl_fast.methods.supervised import GSSLMethod
+from gssl_fast.methods.gssl import GSSLMethod
 from gssl_fast.train import main
 from pipelines.errors import UserError
 from pipelines.views import CropFlip, Grayscale, Localizable
+
 
 @dataclass(frozen=True)
 class ToyConfig:
     name: str = "toy"
     side_batch: int = 8  # batch of the second stream
     weight: float = 0.5  # weight of the second stream's loss
+
+    @classmethod
+    def check(cls, recipe, source):
+        if recipe.method.weight < 0:
+            raise UserError(f"method.weight must be >= 0, got {recipe.method.weight} ({source})")
 
 
 class Toy(GSSLMethod):
@@ -31,11 +37,6 @@ class Toy(GSSLMethod):
     name = "toy"
     Config = ToyConfig
     seen: list = []
-
-    @classmethod
-    def check(cls, recipe, source):
-        if recipe.method.weight < 0:
-            raise UserError(f"method.weight must be >= 0, got {recipe.method.weight} ({source})")
 
     def streams(self):
         # The side stream: two views of each image, the second with an op no loader graph has.

@@ -8,7 +8,7 @@ import torch.multiprocessing as mp
 from torch import nn
 from torch.nn.parallel import DistributedDataParallel
 
-from gssl_fast.contrastive import gather_with_grad, knn_accuracy, nt_xent
+from gssl_fast.methods.simclr.losses import gather_with_grad, knn_accuracy, nt_xent
 
 
 def _nt_xent_reference(z1, z2, tau):

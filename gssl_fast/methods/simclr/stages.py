@@ -1,26 +1,12 @@
-"""SimCLR and G-SimCLR (docs/method.md section 4), run as stages in one run folder
-(``gssl_fast.stages``):
+"""The stages of SimCLR and G-SimCLR, each a method of its own trained (or run) by the
+loop in ``<run>/stages/<name>/`` (``gssl_fast.stages``): autoencoder, cluster, pretrain,
+linear, finetune. A stage reads what the stages before it wrote there."""
 
-    autoencoder  the denoising autoencoder on the training images; its codes -> codes.npy   (guided only)
-    cluster      k-means of the codes -> pseudo_labels.npy, clusters.json                    (guided only)
-    pretrain     contrastive training: two views per image, NT-Xent (negatives from the
-                 global batch), batches guided by the pseudo-labels; kNN accuracy each epoch
-    linear       linear classifiers at P1, P2, P3 on the frozen model, selected on a split
-                 held out from the training images; the test accuracy at the selected epoch
-    finetune     the pretrained backbone and a new head trained on a share of the labels
-
-    [method]
-    name = "simclr"
-    guided = true           # G-SimCLR; false: plain SimCLR (pretrain, linear, finetune)
-
-Pretraining takes ``[train]`` and ``[optim]``; the other stages their own keys below.
-"""
 
 from __future__ import annotations
 
 import dataclasses
 import json
-from dataclasses import dataclass
 from functools import lru_cache
 from pathlib import Path
 
@@ -29,88 +15,16 @@ import torch
 import torch.nn.functional as F
 
 from gssl_fast import checkpoint
-from gssl_fast.config_checks import rule
-from gssl_fast.errors import UserError
-from gssl_fast.methods import register_method
-from gssl_fast.methods.base import BatchCheck, Method, Stream, main_batch, pixels
+from gssl_fast.methods.base import Method, Stream, main_batch, pixels
+from gssl_fast.methods.simclr.config import SimCLRConfig
 from gssl_fast.metrics import gather_by_index
 from gssl_fast.sections import Recipe
 from pipelines.atomic import write_atomic
+from pipelines.errors import UserError
 
 CODES, PSEUDO_LABELS, CLUSTERS = "codes.npy", "pseudo_labels.npy", "clusters.json"
 # The optimizer of linear evaluation and fine-tuning (cosine over their epochs), whatever pretraining used.
 SGD = dict(name="sgd", momentum=0.9, nesterov=False, schedule="cosine", warmup_epochs=0.0)
-
-
-@dataclass(frozen=True)
-class SimCLRConfig:
-    name: str = "simclr"  # this method: SimCLR / G-SimCLR in stages
-    guided: bool = True  # G-SimCLR: batches guided by k-means pseudo-labels of autoencoder codes
-    clusters: int = 0  # k of k-means; 0 = the global pretraining batch (the notebooks)
-    projection: tuple[int, ...] = (256, 128, 50)  # widths of the projection head
-    temperature: float = 0.1  # NT-Xent tau
-    color_strength: float = 0.5  # colour jitter strength s
-    crop_scale_min: float = 0.08  # smallest area share of the random resized crop
-    knn_k: int = 20  # neighbours of the kNN monitor (0 = no monitor)
-    ae_epochs: int = 20  # epochs of the autoencoder stage
-    ae_batch_size: int = 128  # batch of the autoencoder stage, per process
-    ae_lr: float = 1e-3  # Adam lr of the autoencoder stage
-    ae_noise: float = 0.01  # std of the Gaussian input noise, pixels in [0, 1]
-    linear_epochs: int = 30  # epochs of the linear stage
-    linear_lr: float = 0.1  # lr of the linear stage: SGD momentum 0.9, cosine, no weight decay
-    holdout: float = 0.1  # share of the training images held out to select the linear classifier
-    finetune_fraction: float = 0.1  # share of the labels for fine-tuning (balanced per class)
-    finetune_epochs: int = 30  # epochs of the finetune stage
-    finetune_lr: float = 0.01  # lr of the finetune stage: SGD momentum 0.9, cosine, weight decay 5e-4
-
-
-@register_method
-class SimCLR(Method):
-    name = "simclr"
-    exported_stage = "finetune"  # load_model and gssl_fast.evaluate use the fine-tuned classifier
-    Config = SimCLRConfig
-
-    @classmethod
-    def check(cls, recipe: Recipe, source: str) -> None:
-        c = recipe.method
-        rule(c.clusters >= 0, "method.clusters", "be >= 0 (0: the global batch)", c.clusters, source)
-        rule(len(c.projection) == 3 and min(c.projection) >= 1, "method.projection", "be three widths >= 1",
-             c.projection, source)
-        rule(c.temperature > 0, "method.temperature", "be > 0", c.temperature, source)
-        rule(0 < c.crop_scale_min <= 1, "method.crop_scale_min", "be in (0, 1]", c.crop_scale_min, source)
-        rule(c.color_strength >= 0, "method.color_strength", "be >= 0", c.color_strength, source)
-        rule(0 < c.holdout < 1, "method.holdout", "be in (0, 1)", c.holdout, source)
-        rule(0 < c.finetune_fraction <= 1, "method.finetune_fraction", "be in (0, 1]", c.finetune_fraction, source)
-        for key in ("ae_epochs", "linear_epochs", "finetune_epochs", "ae_batch_size"):
-            rule(getattr(c, key) >= 1, f"method.{key}", "be >= 1", getattr(c, key), source)
-        rule(recipe.data.image_size % 8 == 0 or not c.guided, "data.image_size",
-             "be a multiple of 8 for the autoencoder", recipe.data.image_size, source)
-        rule(not recipe.pretext.tasks, "pretext.tasks", "be [] with SimCLR (its views are its own)",
-             recipe.pretext.tasks, source)
-
-    def build_model(self):
-        return torch.nn.Identity()  # every stage builds its own
-
-    def batch_checks(self):
-        c, t, n = self.cfg, self.ctx.train, len(self.ctx.train_labels)
-        whole = dict(steps=0, steps_per_epoch=0)  # the stages after pretraining train whole epochs
-        checks = [BatchCheck("pretrain", t, n),
-                  BatchCheck("linear", dataclasses.replace(t, **whole), len(linear_split(c, self.ctx)[0]),
-                             images_from=f"the {n} training images less method.holdout = {c.holdout}"),
-                  BatchCheck("finetune", dataclasses.replace(t, **whole), len(finetune_positions(c, self.ctx)),
-                             images_from=f"method.finetune_fraction = {c.finetune_fraction} of the {n} training "
-                                         "images, balanced over the classes")]
-        if c.guided:
-            ae = dataclasses.replace(t, batch_size=c.ae_batch_size, **whole)
-            checks.insert(0, BatchCheck("autoencoder", ae, n, batch_key="method.ae_batch_size"))
-        return checks
-
-    def stages(self):
-        kinds = [Pretrain, Linear, Finetune]
-        if self.cfg.guided:
-            kinds = [AutoencoderStage, Cluster, *kinds]
-        # Built when their turn comes: a later stage reads what the earlier ones wrote.
-        return [(k.stage, lambda k=k: k(self.cfg, self.ctx)) for k in kinds]
 
 
 class _Stage(Method):
@@ -141,7 +55,7 @@ class _Stage(Method):
 
 
 def build_contrastive(ctx, cfg):
-    from gssl_fast.contrastive_models import ContrastiveModel
+    from gssl_fast.methods.simclr.models import ContrastiveModel
     from gssl_fast.models import InputNormalize, build_backbone
 
     return ContrastiveModel(build_backbone(ctx.model), InputNormalize(ctx.mean, ctx.std), cfg.projection)
@@ -151,7 +65,7 @@ class AutoencoderStage(_Stage):
     stage = "autoencoder"
 
     def build_model(self):
-        from gssl_fast.contrastive_models import Autoencoder
+        from gssl_fast.methods.simclr.models import Autoencoder
 
         return Autoencoder()
 
@@ -233,7 +147,7 @@ class Pretrain(_Stage):
             self.row_of[plan.reshape(-1)] = torch.arange(len(plan)).repeat_interleave(plan.shape[1])
 
     def training_step(self, model, batches, *, accelerator):
-        from gssl_fast.contrastive import nt_xent
+        from gssl_fast.methods.simclr.losses import nt_xent
 
         batch = main_batch(batches)
         b = batch["view1"].shape[0]
@@ -254,7 +168,7 @@ class Pretrain(_Stage):
     def evaluate(self, model, loader, *, accelerator, epoch, last):
         if not self.cfg.knn_k:
             return {}
-        from gssl_fast.contrastive import knn_accuracy
+        from gssl_fast.methods.simclr.losses import knn_accuracy
 
         feats = lambda out, x: out["features"]  # noqa: E731
         bank, bank_labels = collect(model, self.loader_factories["train_eval"](), accelerator, feats)
@@ -267,7 +181,7 @@ class Linear(_Stage):
     stage = "linear"
 
     def build_model(self):
-        from gssl_fast.contrastive_models import LinearProbes
+        from gssl_fast.methods.simclr.models import LinearProbes
 
         self.best = {}
         return LinearProbes(self.pretrained(), self.ctx.num_classes)
@@ -312,7 +226,7 @@ class Finetune(_Stage):
     stage = "finetune"
 
     def build_model(self):
-        from gssl_fast.contrastive_models import FineTuned
+        from gssl_fast.methods.simclr.models import FineTuned
 
         return FineTuned(self.pretrained(), self.ctx.num_classes)
 
@@ -346,7 +260,7 @@ def linear_split(cfg: SimCLRConfig, ctx) -> tuple[np.ndarray, np.ndarray]:
 def finetune_positions(cfg: SimCLRConfig, ctx) -> np.ndarray:
     """``[M]`` positions of the fine-tuning subset: ``method.finetune_fraction`` of the
     training images, the same number from every class."""
-    from gssl_fast.methods.fixmatch import balanced_subset
+    from pipelines.sampling import balanced_subset
 
     labels = np.asarray(ctx.train_labels)
     k = ctx.num_classes
