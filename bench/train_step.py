@@ -132,6 +132,7 @@ def part_epoch(args, device) -> list[dict]:
     from gssl_fast.methods import MethodContext, build_method
     from gssl_fast.progress import Progress
     from gssl_fast.epoch import train_one_epoch
+    from gssl_fast.loop import Machine, Run
     from gssl_fast.train import make_accelerator
     from pipelines.datasets.shapes import make_shapes
     from pipelines.torch import make_loader
@@ -149,10 +150,13 @@ def part_epoch(args, device) -> list[dict]:
     synthetic = SameBatch(next(iter(real)), batches=args.steps)
 
     def epoch(loader):
+        # Only what an epoch of steps reads: no folder, log, validation loader or plan.
+        state = Run(recipe, method, Machine(accelerator, torch.get_num_threads(), {}), Path("."), None, model,
+                    optimizer, scheduler, {"train": loader}, None, None)
+
         def run():
             progress = Progress(args.steps, desc="bench", enabled=False)
-            train_one_epoch(method, model, optimizer, scheduler, {"train": loader}, epoch=0, accelerator=accelerator,
-                            steps=args.steps, progress=progress)
+            train_one_epoch(state, 0, steps=args.steps, progress=progress)
             sync(device)
         return run
 

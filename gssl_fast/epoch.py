@@ -144,18 +144,21 @@ class Stopped(Exception):
 NO_PREEMPTION = Preemption()
 
 
-def train_one_epoch(method, model, optimizer, scheduler, loaders: dict, *, epoch: int, accelerator, steps: int,
-                    progress, start: Partial | None = None, preemption: Preemption = NO_PREEMPTION,
-                    skip_nonfinite: bool = False) -> tuple[list[str], torch.Tensor, int]:
-    """``steps`` steps of ``method`` (from ``start.step`` on, the streams replayed to
-    there); returns the names of the step's scalars, their sums as a ``[S]`` float32
-    tensor (not yet reduced across processes) and the images of the main stream this
-    process trained on. Raises :class:`Stopped` at a step boundary when a stop was asked.
+def train_one_epoch(run, epoch: int, *, steps: int, progress, start: Partial | None = None,
+                    preemption: Preemption = NO_PREEMPTION) -> tuple[list[str], torch.Tensor, int]:
+    """``steps`` steps of ``run``'s method (``gssl_fast.loop.Run``: its prepared model,
+    optimizer, schedule, loaders and accelerator) from ``start.step`` on, the streams
+    replayed to there; returns the names of the step's scalars, their sums as a ``[S]``
+    float32 tensor (not yet reduced across processes) and the images of the main stream
+    this process trained on. Raises :class:`Stopped` at a step boundary when a stop was asked.
 
-    skip_nonfinite: an optimizer step whose gradients (reduced over the processes, so
-    every process agrees) are not finite is skipped instead of stopping the run; the
-    scalar ``NONFINITE`` counts the batches of skipped steps and the others average over
-    the batches of the steps taken."""
+    Under ``train.nonfinite = "skip"`` an optimizer step whose gradients (reduced over the
+    processes, so every process agrees) are not finite is skipped instead of stopping the
+    run; the scalar ``NONFINITE`` counts the batches of skipped steps and the others
+    average over the batches of the steps taken."""
+    method, model, accelerator = run.method, run.model, run.accelerator
+    optimizer, scheduler, loaders = run.optimizer, run.scheduler, run.loaders
+    skip_nonfinite = run.recipe.train.nonfinite == "skip"
     model.train()
     streams = {name: Cycle(loader, epoch) for name, loader in loaders.items()}
     main = next(iter(streams))

@@ -7,63 +7,38 @@ and must not be passed to ``accelerator.prepare``.
 
 from __future__ import annotations
 
-import os
 from contextlib import contextmanager
 from pathlib import Path
 
 from gssl_fast.sections import Recipe
 from pipelines.errors import UserError
 
-# Datasets read from image files, which the DALI loader decodes (on the GPU where there
-# is one) instead of receiving arrays decoded by PIL.
-FILE_DATASETS = ("tinyimagenet", "imagefolder")
 SKIPPED_FILE = "skipped_images.txt"
 
 
-def loader_source(recipe: Recipe, split: str, run_dir: Path, accelerator):
-    """``(source, dataset)`` for the loader of ``train.loader`` and ``split``; writes
-    nothing into ``run_dir`` (:func:`written_sources` does, once the run folder is open).
+def loader_source(recipe: Recipe, split: str, accelerator):
+    """``(source, dataset)`` of ``split`` for the loader of ``train.loader``
+    (``pipelines.open_source``: each backend's own rule); writes nothing into the run
+    folder (:func:`written_sources` does, once it is open). The main process reads
+    first: it fills the decode cache (and DALI's screen of the files), which the others
+    then read instead of each decoding every file."""
+    from pipelines import open_source
 
-    ``dataset`` has the ``labels`` and ``classes``; ``source`` is what the loader reads:
-    the same ``ArrayDataset``; for DALI on a folder dataset the ``FileList`` (DALI
-    decodes the files; a long-tailed train split stays an array subset); for FFCV the
-    ``ArrayDataset`` still, or ``data.beton`` for the train split (checked against it).
-    """
-    from pipelines.datasets import load_dataset
-
-    data, loader = recipe.data, recipe.train.loader
-    if loader == "dali" and data.name in FILE_DATASETS and (split == "val" or data.longtail == "none"):
-        from pipelines.datasets.folders import list_folder
-
-        from pipelines.dali.screen import screened
-        from pipelines.datasets.cache import default_dir
-
-        files = list_folder(data.root, split, val_fraction=data.val_fraction, seed=data.seed)
-        with main_first(accelerator):  # the others read what it remembered
-            files = screened(files, on_corrupt=data.on_corrupt,
-                             cache_dir=(data.cache_dir or default_dir()) if data.decode_cache else None)
-        return files, files
-    # The main process fills the decode cache first; the others then read it instead of
-    # each decoding every file and writing a copy of its own.
     with main_first(accelerator):
-        dataset = load_dataset(data, split)
-    if loader == "ffcv" and data.beton and split == "train":
-        from pipelines.ffcv.convert import check_matches
-
-        path = ffcv_file(data.beton, split, dataset, run_dir, accelerator)
-        check_matches(path, dataset, f"the recipe's {split} split (data.name = {data.name!r})")
-        return path, dataset
-    return dataset, dataset
+        return open_source(recipe.train.loader, recipe.data, split)
 
 
 def written_sources(recipe: Recipe, data: dict, run_dir: Path, accelerator) -> dict:
     """``data`` (``{split: (source, dataset)}`` of :func:`loader_source`) with what the
-    loader reads written into the open run folder: FFCV's ``.beton`` of each split
-    without ``data.beton``, converted once."""
-    if recipe.train.loader != "ffcv":
-        return data
-    return {split: (source if isinstance(source, str) else ffcv_file("", split, dataset, run_dir, accelerator), dataset)
-            for split, (source, dataset) in data.items()}
+    loader reads written into the open run folder where the backend reads a file of its
+    own (FFCV's ``.beton`` in ``<run>/data/``, converted once by the main process)."""
+    from pipelines import kept_source
+
+    kept = {}
+    for split, (source, dataset) in data.items():
+        with main_first(accelerator):
+            kept[split] = (kept_source(recipe.train.loader, source, dataset, split, run_dir / "data"), dataset)
+    return kept
 
 
 @contextmanager
@@ -98,27 +73,6 @@ def report_skipped(data: dict, run_dir: Path, accelerator) -> None:
             print(f"data: left out {len(rows)} unreadable {split} image{'s' if len(rows) > 1 else ''} "
                   f"(data.on_corrupt = \"skip\"), e.g. {shown(rows[0][0])}: it {rows[0][1]}; all listed in {path}",
                   flush=True)
-
-
-def ffcv_file(given: str, split: str, dataset, run_dir: Path, accelerator) -> str:
-    """The ``.beton`` of ``split``: ``given``, or ``<run>/data/<split>.beton``, written
-    by the main process (to a temporary name, then renamed) while the others wait."""
-    if given:
-        if not Path(given).is_file():
-            raise UserError(f"data.beton = {given!r}: no such file; write it with "
-                            f"python -m gssl_fast.convert RECIPE.toml --split train --out {given}, or set data.beton = ''")
-        return given
-    path = run_dir / "data" / f"{split}.beton"
-    if accelerator.is_main_process and not path.exists():
-        from pipelines.ffcv import convert
-        from pipelines.ffcv.convert import info_path
-
-        partial = path.with_name(f"partial-{split}.beton")
-        convert(dataset, partial)
-        os.replace(info_path(partial), info_path(path))
-        os.replace(partial, path)
-    accelerator.wait_for_everyone()
-    return str(path)
 
 
 def _common(recipe: Recipe, accelerator) -> dict:

@@ -114,6 +114,10 @@ class MetricsLog:
             return []
         return [json.loads(line) for line in self.path.read_text().splitlines() if line.strip()]
 
+    def tags(self) -> dict:
+        """The fields that mark this log's rows among the others of the file."""
+        return {"stage": self.stage} if self.stage else {}
+
     def read_stage(self) -> list[dict]:
         """The rows of this log's stage."""
         return [r for r in self.read() if self._mine(r)]

@@ -113,33 +113,65 @@ def number(key: str, value) -> str:
     return f"{value:.4g}"
 
 
-def summary_line(row: dict, epochs: int, train_keys=()) -> str:
-    """One line per epoch: loss and the method's other training scalars
-    (``train_keys``: FixMatch's loss_u, mask_rate, ...), validation accuracy (clean and
-    robust), then each group of per-task values the method logged (pretext accuracy, gate, ...)."""
-    parts = [f"epoch {row['epoch'] + 1}/{epochs}: loss {number('loss', row['train_loss'])}"]
-    trained = [f"{k} {number(k, row[k])}" for k in train_keys if k != "train_loss" and isinstance(row.get(k), float)]
-    if trained:
-        parts[0] += " (" + " ".join(trained) + ")"
-    if "val_acc1" in row:
-        parts[0] += f" val top-1 {row['val_acc1']:.2f}%"
-    if "val_acc5" in row:
-        parts[0] += f" top-5 {row['val_acc5']:.2f}%"
-    robust = [f"{k[4:-5]} {v:.2f}%" for k, v in row.items() if k.startswith("val_pgd") and k.endswith("_acc1")]
-    if robust:
-        parts.append("robust " + " ".join(robust))
-    # Any other evaluation number a method reports (kNN accuracy, held-out accuracy, ...).
-    shown = {"val_acc1", "val_acc5"}
-    other = [f"{k} {number(k, v)}" for k, v in row.items()
-             if k.startswith(("val_", "holdout_", "selected_")) and k not in shown and not k.startswith("val_pgd")
-             and isinstance(v, float)]
+# The loop's own fields of a metrics.jsonl row (``gssl_fast.train``): shown in places of
+# their own in the epoch line, or not at all; no method declares them.
+LOOP_FIELDS = frozenset({"stage", "epoch", "lr", "train_loss", "best_val_acc1", "best_epoch", "train_images",
+                         "images_per_s", "seconds", "world_size", "threads", "replicas_in_sync", "nonfinite_steps"})
+
+
+def is_number(value) -> bool:
+    return isinstance(value, (int, float)) and not isinstance(value, bool)
+
+
+def value_text(metric, value, key: str = "") -> str:
+    """``value`` in the format and unit ``metric`` (a ``Metric``) declares; its ``fmt``
+    empty: the line's one format (:func:`number` of ``key``)."""
+    return (f"{value:{metric.fmt}}" if metric.fmt else number(key, value)) + metric.unit
+
+
+def metric_items(metric, key: str, value) -> list[str]:
+    """``["label value"]`` of a number, ``["key value", ...]`` of a nested field's
+    numbers; nothing for anything else (a list, None)."""
+    if is_number(value):
+        return [f"{metric.label} {value_text(metric, value, key)}"]
+    if isinstance(value, dict):
+        return [f"{k} {value_text(metric, v, k)}" for k, v in value.items() if is_number(v)]
+    return []
+
+
+def summary_line(row: dict, epochs: int, train_keys=(), metrics=None) -> str:
+    """One line per epoch, each metric shown as its method declares it (``Metric``):
+    the loss and the training scalars (group ``train``), validation accuracy (group
+    ``val``), then a ``group label value ...`` segment per other group, in the order
+    declared; what no one declared follows under its own name.
+
+    train_keys: the names of the step's scalars (``epoch_row``'s fields); metrics: the
+    method's declarations, ``method.metrics()`` (``{field: Metric}``); None: the ones
+    every method logs (``GENERIC_METRICS``)."""
+    if metrics is None:
+        from gssl_fast.methods.base import GENERIC_METRICS
+
+        metrics = GENERIC_METRICS
+    groups: dict[str, list[str]] = {"train": [], "val": []}
+    for key, metric in metrics.items():
+        if key in row and key not in LOOP_FIELDS and metric.group:
+            groups.setdefault(metric.group, []).extend(metric_items(metric, key, row[key]))
+    known = LOOP_FIELDS | set(metrics)
+    groups["train"] += [f"{k} {number(k, row[k])}" for k in train_keys if k not in known and is_number(row.get(k))]
+    head = f"epoch {row['epoch'] + 1}/{epochs}: loss {number('loss', row['train_loss'])}"
+    trained, val = groups.pop("train"), groups.pop("val")
+    head += f" ({' '.join(trained)})" if trained else ""
+    head += f" val {' '.join(val)}" if val else ""
+    parts = [head] + [f"{group} {' '.join(items)}" for group, items in groups.items() if items]
+    # Any other number no one declared (a method's own evaluation), then nested groups, by their names.
+    other = [f"{k} {number(k, v)}" for k, v in row.items() if k not in known and k not in train_keys and is_number(v)]
     if other:
         parts.append(" ".join(other))
     for group, values in row.items():
-        if isinstance(values, dict) and values:
-            unit = "%" if group.endswith("acc") else ""
-            label = "pretext" if group == "pretext_acc" else group
-            parts.append(label + " " + " ".join(f"{k} {v:.{2 if unit else 3}f}{unit}" for k, v in values.items()))
+        items = [f"{k} {number(k, v)}" for k, v in values.items() if is_number(v)] \
+            if group not in known and isinstance(values, dict) else []
+        if items:
+            parts.append(f"{group} {' '.join(items)}")
     if row.get("nonfinite_steps"):
         parts.append(f"skipped {row['nonfinite_steps']} steps whose loss was not finite")
     parts.append(f"{row['images_per_s']:.0f} img/s, {row['seconds']:.1f}s")

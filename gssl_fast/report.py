@@ -2,16 +2,19 @@
 
     python -m gssl_fast.report RUN_DIR [RUN_DIR ...] [--out DIR] [--images 8] [--tsne 500] [--table FILE]
 
-- curves: training loss and validation accuracy per epoch; the gate value of each task per
-  epoch (the long paper's Figure 6); each pretext head's accuracy; robust accuracy when the
-  runs have it; per-class accuracy of the last epoch, and the shot groups of long-tailed runs;
+- curves: a figure per group of the metrics a run's method declares (``Method.metrics``,
+  found from the method its config.toml names): training loss and scalars, validation
+  accuracy, and each group of the method's own (the gate value of each G-SSL task, the
+  long paper's Figure 6, say) per epoch; bars of per-class accuracy at the last epoch;
 - Grad-CAM (the ``grad-cam`` package) on the last conv layer of each run's backbone, for a
   fixed set of validation images, one column per run (Figure 7); runs whose validation
   images differ (another dataset, seed or size) get a grid each, so that a row is one image;
 - t-SNE (scikit-learn) of the pooled validation features, coloured by class (Figure 8);
-- a side-by-side table of the runs, with many / medium / few-shot accuracy of long-tailed
-  runs and, with ``--table`` (a ladder table file), the paper's number of each run whose
-  folder is named after a row (as the ladder names them).
+- a side-by-side table of the runs: final and best accuracy, a column per declared group
+  (shot groups of long-tailed runs, say) and, with ``--table`` (a ladder table file), the
+  paper's number of each run whose folder is named after a row (as the ladder names them).
+A run folder without a readable config.toml, or whose method is not registered in this
+process, is shown with the metrics every method logs.
 Each figure has a heading and a one-line caption on the page. Works offline on any run
 folder; the default output folder is ``<first run>/report``.
 """
@@ -19,251 +22,188 @@ folder; the default output folder is ``<first run>/report``.
 from __future__ import annotations
 
 import argparse
-import hashlib
 import html
+import re
 import sys
-import textwrap
-from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
-import torch
 
 from pipelines.errors import UserError
+from gssl_fast.figures import PageFigure, _plt, gradcam_figures, tsne_figure
 from gssl_fast.metrics import MetricsLog
+from gssl_fast.progress import is_number, metric_items
 
 
-@dataclass(frozen=True)
-class PageFigure:
-    """A PNG of the report with the heading and the one-line caption the page shows it with."""
-
-    file: str
-    heading: str
-    caption: str
+# Headings of the groups every method has (``Metric.group``); any other group is its own heading.
+HEADINGS = {"train": "Training", "val": "Validation"}
 
 
-def _plt():
-    import matplotlib
+def declared_metrics(run: Path) -> dict:
+    """How ``run``'s metrics are shown, ``{field: Metric}``: the declarations
+    (``Method.metrics``) of the method its config.toml names; the fields every method
+    logs when it has no readable config.toml or its method is not registered here (one
+    registered by a module this process did not import)."""
+    from gssl_fast.config import tomllib
+    from gssl_fast.methods import DEFAULT_METHOD, method_class
+    from gssl_fast.methods.base import GENERIC_METRICS
 
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
+    try:
+        recipe = tomllib.loads((run / "config.toml").read_text(encoding="utf-8"))
+        return dict(method_class(recipe.get("method", {}).get("name", DEFAULT_METHOD)).metrics())
+    except (OSError, ValueError, TypeError, UserError, ImportError, AttributeError) as e:
+        print(f"note: {run}: shown with the metrics every method logs ({e})", file=sys.stderr)
+        return dict(GENERIC_METRICS)
 
-    return plt
+
+def _heading(group: str) -> str:
+    return HEADINGS.get(group) or (group if group != group.lower() else group[:1].upper() + group[1:])
+
+
+def _file_name(group: str, taken: set) -> str:
+    stem = re.sub(r"[^a-z0-9]+", "_", group.lower()).strip("_") or "metrics"
+    name, i = f"{stem}.png", 1
+    while name in taken:
+        i += 1
+        name = f"{stem}_{i}.png"
+    taken.add(name)
+    return name
+
+
+def _groups(declared: dict[str, dict]) -> dict[str, list[tuple[str, str, object]]]:
+    """``{group: [(run, field, Metric), ...]}`` of the runs' declarations (groups in the
+    order first declared; the hidden group ``""`` left out)."""
+    groups: dict[str, list] = {}
+    for run, metrics in declared.items():
+        for field, metric in metrics.items():
+            if metric.group:
+                groups.setdefault(metric.group, []).append((run, field, metric))
+    return groups
+
+
+def _stages(rows: list[dict]) -> list[tuple[str, list[dict]]]:
+    """``[(stage, its rows)]``: one ``("", rows)`` for a run trained in one go."""
+    names = list(dict.fromkeys(r.get("stage", "") for r in rows))
+    return [(name, [r for r in rows if r.get("stage", "") == name]) for name in names]
 
 
 def _series(rows: list[dict], key: str, sub: str | None = None) -> tuple[list[int], list[float]]:
-    pairs = [(r["epoch"] + 1, r[key][sub] if sub else r[key]) for r in rows
-             if key in r and (sub is None or sub in r[key]) and (sub or isinstance(r[key], (int, float)))]
+    values = [(r["epoch"] + 1, r[key][sub] if sub is not None else r[key]) for r in rows
+              if key in r and (sub is None or isinstance(r[key], dict) and sub in r[key])]
+    pairs = [(x, y) for x, y in values if is_number(y)]
     return [p[0] for p in pairs], [p[1] for p in pairs]
 
 
-def curve_figures(logs: dict[str, list[dict]], out: Path) -> list[PageFigure]:
-    """PNG files of the per-epoch curves, those the runs have data for."""
-    plt = _plt()
-    figures = []
+def _about(members) -> str:
+    return " ".join(dict.fromkeys(m.about for _, _, m in members if m.about))
 
-    def panel(figure: PageFigure, title: str, lines: list[tuple[str, str, str | None]]):
-        fig, ax = plt.subplots(figsize=(6, 3.6))
-        drawn = False
-        for label, key, sub in lines:
-            x, y = _series(logs[label.split(" | ")[0]], key, sub)
-            if x:
+
+def curve_figures(logs: dict[str, list[dict]], out: Path, declared: dict[str, dict] | None = None) -> list[PageFigure]:
+    """PNG files of the per-epoch curves, a figure per group of declared metrics
+    (``Metric.group``; an axes per unit) that the runs have data for, a line per run
+    (and stage, for a staged run) and metric, or key of a nested field; then the bars of
+    list-valued metrics (per-class accuracy). ``declared``: each run's
+    ``{field: Metric}`` (default: the metrics every method logs)."""
+    from gssl_fast.methods.base import GENERIC_METRICS
+
+    plt = _plt()
+    declared = declared or {run: GENERIC_METRICS for run in logs}
+    figures, taken = [], set()
+    for group, members in _groups(declared).items():
+        lines = []  # (unit, legend label, x, y)
+        drawn = [(run, field, m) for run, field, m in members if m.curve]
+        several = len({field for _, field, _ in drawn}) > 1
+        for run, field, metric in drawn:
+            for stage, rows in _stages(logs[run]):
+                who = f"{run} {stage}".strip()
+                keys = list(dict.fromkeys(k for r in rows if isinstance(r.get(field), dict) for k in r[field]))
+                for sub in keys or [None]:
+                    x, y = _series(rows, field, sub)
+                    name = sub if sub is not None else metric.label if several else ""
+                    if x:
+                        lines.append((metric.unit, f"{who} | {name}" if name else who, x, y))
+        units = list(dict.fromkeys(unit for unit, *_ in lines))
+        if not units:
+            continue
+        figure = PageFigure(_file_name(group, taken), _heading(group),
+                            _about(drawn) or f"{_heading(group)} per epoch, a line per run and metric.")
+        fig, axes = plt.subplots(1, len(units), figsize=(6 * len(units), 3.6), squeeze=False)
+        for ax, unit in zip(axes[0], units):
+            for _, label, x, y in (line for line in lines if line[0] == unit):
                 ax.plot(x, y, marker="o" if len(x) < 30 else None, label=label)
-                drawn = True
-        if drawn:
-            ax.set_title(title), ax.set_xlabel("epoch"), ax.legend(fontsize=7), ax.grid(alpha=0.3)
-            fig.tight_layout()
-            fig.savefig(out / figure.file, dpi=100)
-            figures.append(figure)
-        plt.close(fig)
-
-    runs = list(logs)
-    tasks = sorted({t for rows in logs.values() for r in rows for t in r.get("gate", {})})
-    panel(PageFigure("loss.png", "Training loss", "Training loss per epoch (the mean over its steps), a line per "
-                     "run."), "training loss", [(run, "train_loss", None) for run in runs])
-    panel(PageFigure("accuracy.png", "Validation accuracy", "Validation top-1 accuracy (%) after each epoch, a line "
-                     "per run."), "validation top-1 %", [(run, "val_acc1", None) for run in runs])
-    panel(PageFigure("gates.png", "Gate values (Figure 6)", "The gate's weight on each pretext task's loss per epoch, "
-                     "a line per run and task."), "gate value per task (Figure 6)",
-          [(f"{run} | {t}", "gate", t) for run in runs for t in tasks])
-    panel(PageFigure("pretext.png", "Pretext heads", "Accuracy (%) of each pretext head on its pseudo-labels per "
-                     "epoch, a line per run and task."), "pretext head accuracy %",
-          [(f"{run} | {t}", "pretext_acc", t) for run in runs for t in tasks])
-    robust = sorted({k for rows in logs.values() for r in rows for k in r if k.startswith("val_pgd")
-                     and k.endswith("_acc1")})
-    panel(PageFigure("robust.png", "Robust accuracy", "Validation top-1 accuracy (%) under each PGD attack per epoch, "
-                     "a line per run and attack."), "robust top-1 %",
-          [(f"{run} | {k[4:-5]}", k, None) for run in runs for k in robust])
-    figures += per_class_figure(logs, out, plt)
-    return figures
-
-
-def per_class_figure(logs: dict[str, list[dict]], out: Path, plt) -> list[PageFigure]:
-    last = {run: rows[-1] for run, rows in logs.items() if rows and rows[-1].get("val_per_class")}
-    if not last:
-        return []
-    fig, ax = plt.subplots(figsize=(7, 3.6))
-    width = 0.8 / len(last)
-    for i, (run, row) in enumerate(last.items()):
-        acc = [np.nan if a is None else a for a in row["val_per_class"]]
-        ax.bar(np.arange(len(acc)) + i * width, acc, width, label=run)
-    ax.set_title("per-class validation top-1 %, last epoch"), ax.set_xlabel("class"), ax.legend(fontsize=7)
-    fig.tight_layout()
-    fig.savefig(out / "per_class.png", dpi=100)
-    plt.close(fig)
-    return [PageFigure("per_class.png", "Per-class accuracy", "Validation top-1 accuracy (%) of each class at the "
-                       "last epoch, a bar colour per run.")]
-
-
-def _load(run: Path):
-    from gssl_fast.inference import load_for_evaluation
-
-    recipe, _, model, val = load_for_evaluation(run)
-    return recipe, model, val
-
-
-@dataclass(frozen=True)
-class CamColumn:
-    """One run's Grad-CAM: ``images`` uint8 [N, H, W, 3], the validation images it was
-    computed on, their ``labels`` int [N] (indices of ``classes``), ``maps`` float [N, H, W]
-    in [0, 1]."""
-
-    run: str
-    images: np.ndarray
-    labels: np.ndarray
-    classes: list[str]
-    maps: np.ndarray
-
-    def image_key(self) -> str:
-        """The same for two columns exactly when they show the same images with the same labels."""
-        digest = hashlib.sha1(repr((self.images.shape, list(self.classes))).encode())
-        digest.update(np.ascontiguousarray(self.images).tobytes())
-        digest.update(np.asarray(self.labels, dtype=np.int64).tobytes())
-        return digest.hexdigest()
-
-
-def gradcam_column(run: Path, count: int) -> CamColumn:
-    """Grad-CAM of the true class on the last conv layer of ``run``'s model for ``count``
-    validation images spread over its split."""
-    from pytorch_grad_cam import GradCAM
-    from pytorch_grad_cam.utils.model_targets import ClassifierOutputTarget
-
-    from gssl_fast.inference import Classifier
-    from gssl_fast.models import last_conv_name
-
-    _, model, val = _load(run)
-    idx = np.linspace(0, len(val.labels) - 1, count).astype(int)
-    pixels = torch.from_numpy(val.images[idx]).permute(0, 3, 1, 2).float() / 255.0
-    layer = dict(model.backbone.named_modules())[last_conv_name(model.backbone)]
-    with GradCAM(model=Classifier(model), target_layers=[layer]) as cam:
-        maps = cam(input_tensor=pixels, targets=[ClassifierOutputTarget(int(y)) for y in val.labels[idx]])
-    return CamColumn(run.name, val.images[idx], val.labels[idx], list(val.classes), maps)
-
-
-def _wrap(text: str, width: int) -> str:
-    # Run names are long and hyphenated (c10-rho0.01-gssl-rot-flip): broken over lines, never cut short.
-    return textwrap.fill(text, width, break_on_hyphens=True, break_long_words=True) or text
-
-
-def draw_gradcam(columns: list[CamColumn]):
-    """A grid of the images of ``columns`` (which must share them): one row per image,
-    the image and its class first, then each run's Grad-CAM over it. Returns the figure."""
-    plt = _plt()
-    first, wide = columns[0], 16  # characters a 1.6-inch column holds at 7 points
-    count, titles = len(first.labels), [_wrap(c.run, wide) for c in columns]
-    lines = max(t.count("\n") + 1 for t in titles)
-    fig, axes = plt.subplots(count, len(columns) + 1, figsize=(1.6 * (len(columns) + 1), 1.6 * count + 0.15 * lines),
-                             squeeze=False)
-    for row in range(count):
-        image = first.images[row] / 255.0
-        axes[row, 0].imshow(image)
-        axes[row, 0].set_title(_wrap(first.classes[first.labels[row]], wide + 2), fontsize=6)
-        for col, column in enumerate(columns, start=1):
-            axes[row, col].imshow(image)
-            axes[row, col].imshow(column.maps[row], cmap="jet", alpha=0.45)
-    for col, title in enumerate(titles, start=1):
-        axes[0, col].set_title(title, fontsize=7)
-    for ax in axes.flat:
-        ax.axis("off")
-    fig.tight_layout()
-    return fig
-
-
-def gradcam_figures(runs: list[Path], out: Path, count: int) -> tuple[list[PageFigure], str]:
-    """Grad-CAM grids (Figure 7): one of every run when their validation images are the
-    same, else one per set of runs that share them. Returns the figures and a note for
-    the page ("" when there is one grid)."""
-    plt = _plt()
-    groups: dict[str, list[CamColumn]] = {}
-    for run in runs:
-        column = gradcam_column(run, count)
-        groups.setdefault(column.image_key(), []).append(column)
-    figures = []
-    for i, group in enumerate(groups.values(), start=1):
-        names = ", ".join(c.run for c in group)
-        figure = PageFigure("gradcam.png" if len(groups) == 1 else f"gradcam_{i}.png",
-                            f"Grad-CAM: {names}" if len(groups) > 1 else "Grad-CAM",
-                            f"Grad-CAM of the true class on the last conv layer for {len(group[0].labels)} validation "
-                            f"images, one per row: the image, then a column per run ({names}).")
-        fig = draw_gradcam(group)
+            ax.set_title(f"{_heading(group)}{f' {unit}' if unit else ''}"), ax.set_xlabel("epoch")
+            ax.legend(fontsize=7), ax.grid(alpha=0.3)
+        fig.tight_layout()
         fig.savefig(out / figure.file, dpi=100)
         plt.close(fig)
         figures.append(figure)
-    if len(groups) == 1:
-        return figures, ""
-    sets = "; ".join(", ".join(c.run for c in group) for group in groups.values())
-    note = (f"The runs' validation images differ (another dataset, seed, size or split), so each set of runs that "
-            f"share them has a grid of its own and a row shows one image: {sets}.")
-    print(f"note: {note}", file=sys.stderr)
-    return figures, note
+    return figures + bar_figures(logs, out, declared, taken)
 
 
-@torch.no_grad()
-def tsne_figure(run: Path, out: Path, count: int, name: str) -> PageFigure:
-    """t-SNE of the pooled features of ``count`` validation images, coloured by class (Figure 8)."""
-    from sklearn.manifold import TSNE
-    from tqdm import tqdm
-
+def bar_figures(logs: dict[str, list[dict]], out: Path, declared: dict[str, dict], taken: set) -> list[PageFigure]:
+    """Bars of each list-valued metric at the last epoch that logged it (per-class
+    accuracy: a bar per class), a colour per run."""
     plt = _plt()
-    _, model, val = _load(run)
-    idx = np.linspace(0, len(val.labels) - 1, min(count, len(val.labels))).astype(int)
-    feats = []
-    for start in tqdm(range(0, len(idx), 256), desc=f"features {run.name}", file=sys.stderr):
-        batch = torch.from_numpy(val.images[idx[start:start + 256]]).permute(0, 3, 1, 2)
-        feats.append(model(batch)["features"].float())
-    feats = torch.cat(feats).numpy()
-    points = TSNE(n_components=2, perplexity=min(30.0, len(idx) - 1.0), init="pca", random_state=0).fit_transform(feats)
-    fig, ax = plt.subplots(figsize=(4.5, 4.5))
-    ax.scatter(points[:, 0], points[:, 1], c=val.labels[idx], cmap="tab10" if len(val.classes) <= 10 else "tab20",
-               s=6)
-    ax.set_title(f"t-SNE of pooled features: {run.name}", fontsize=8), ax.set_xticks([]), ax.set_yticks([])
-    fig.tight_layout()
-    fig.savefig(out / name, dpi=100)
-    plt.close(fig)
-    return PageFigure(name, f"t-SNE: {run.name}", f"t-SNE of the pooled backbone features of {len(idx)} validation "
-                      f"images of {run.name}, a colour per class.")
+    figures = []
+    for group, members in _groups(declared).items():
+        last, several = {}, len({field for _, field, _ in members}) > 1
+        for run, field, metric in members:
+            rows = [r for r in logs[run] if isinstance(r.get(field), list)]
+            if rows:
+                last[f"{run} | {metric.label}" if several else run] = (metric, rows[-1][field])
+        if not last:
+            continue
+        fig, ax = plt.subplots(figsize=(7, 3.6))
+        width = 0.8 / len(last)
+        for i, (label, (metric, values)) in enumerate(last.items()):
+            bars = [np.nan if v is None else v for v in values]
+            ax.bar(np.arange(len(bars)) + i * width, bars, width, label=label)
+        unit = next(iter(last.values()))[0].unit
+        ax.set_title(f"{_heading(group)}{f' {unit}' if unit else ''}, last epoch"), ax.legend(fontsize=7)
+        figure = PageFigure(_file_name(group, taken), _heading(group),
+                            _about(members) or f"{_heading(group)} at the last epoch, a bar colour per run.")
+        fig.tight_layout()
+        fig.savefig(out / figure.file, dpi=100)
+        plt.close(fig)
+        figures.append(figure)
+    return figures
 
 
-def runs_table(runs: list[Path], logs: dict[str, list[dict]], papers: dict[str, float | None]) -> str:
+def runs_table(runs: list[Path], logs: dict[str, list[dict]], papers: dict[str, float | None],
+               declared: dict[str, dict] | None = None) -> str:
     """An HTML table of the runs side by side: epochs, final and best accuracy, the
-    paper's number where a ladder table names the run, shot groups and robust accuracy."""
+    paper's number where a ladder table names the run, then a column per group of the
+    metrics the runs' methods declare (``declared``: each run's ``{field: Metric}``;
+    default: the metrics every method logs), each metric's last value with its label;
+    training scalars (group ``train``) and the validation group, which the first
+    columns sum up, left out."""
+    from gssl_fast.methods.base import GENERIC_METRICS
+
+    declared = declared or {run.name: GENERIC_METRICS for run in runs}
+
     def num(v) -> str:
         return "" if v is None else f"{v:.2f}"
 
-    cols = ["run", "epochs", "final top-1 %", "best top-1 % (epoch)", "paper %", "many / medium / few-shot %",
-            "robust %"]
+    def last(rows: list[dict], field: str):
+        return next((r[field] for r in reversed(rows) if r.get(field) is not None), None)
+
+    groups = {group: members for group, members in _groups(declared).items() if group not in ("train", "val")}
+    def cell(run: str, members) -> str:
+        return " ".join(item for r, field, metric in members if r == run
+                        for item in metric_items(metric, field, last(logs[run], field)))
+
+    cells_of = {run.name: {group: cell(run.name, members) for group, members in groups.items()} for run in runs}
+    shown = [group for group in groups if any(cells[group] for cells in cells_of.values())]
+    cols = ["run", "epochs", "final top-1 %", "best top-1 % (epoch)", "paper %", *shown]
     body = []
     for run in runs:
         rows = logs[run.name]
-        last = rows[-1] if rows else {}
-        best = f"{num(last.get('best_val_acc1'))} ({last.get('best_epoch', -1) + 1})" if last else ""
-        shots = " / ".join(num(last.get(f"val_{g}_shot")) for g in ("many", "medium", "few")) \
-            if "val_many_shot" in last else ""
-        robust = " ".join(f"{k[4:-5]} {v:.2f}" for k, v in last.items() if k.startswith("val_pgd") and k.endswith("_acc1"))
-        cells = [html.escape(run.name), str(len(rows)), num(last.get("val_acc1")), best, num(papers.get(run.name)),
-                 shots, robust]
+        final = rows[-1] if rows else {}
+        best = f"{num(final.get('best_val_acc1'))} ({final.get('best_epoch', -1) + 1})" if final else ""
+        cells = [html.escape(run.name), str(len(rows)), num(final.get("val_acc1")), best, num(papers.get(run.name)),
+                 *(html.escape(cells_of[run.name][group]) for group in shown)]
         body.append("<tr>" + "".join(f"<td>{c}</td>" for c in cells) + "</tr>")
-    head = "<tr>" + "".join(f"<th>{c}</th>" for c in cols) + "</tr>"
+    head = "<tr>" + "".join(f"<th>{html.escape(c)}</th>" for c in cols) + "</tr>"
     return f"<table>{head}{''.join(body)}</table>"
 
 
@@ -294,7 +234,8 @@ def write_report(runs: list[Path], out: Path, *, images: int = 8, tsne: int = 50
             raise UserError(f"{run} is not a run folder (no metrics.jsonl); give the folder a training run wrote")
     out.mkdir(parents=True, exist_ok=True)
     logs = {run.name: MetricsLog(run / "metrics.jsonl").read() for run in runs}
-    curves = curve_figures(logs, out)
+    declared = {run.name: declared_metrics(run) for run in runs}
+    curves = curve_figures(logs, out, declared)
     cams, note = gradcam_figures(runs, out, images)
     points = [tsne_figure(run, out, tsne, f"tsne_{i}.png") for i, run in enumerate(runs)]
     sections = "\n".join([_section("Training curves", curves), _section("Grad-CAM (Figure 7)", cams, note),
@@ -305,7 +246,7 @@ def write_report(runs: list[Path], out: Path, *, images: int = 8, tsne: int = 50
 padding:4px 8px}}figure{{display:inline-block;vertical-align:top;margin:8px}}figure h3{{margin:0 0 4px;font-size:1em}}
 figcaption{{max-width:640px;font-size:.9em}}img{{max-width:640px}}</style></head><body>
 <h1>gssl_fast report</h1><p>Runs: {html.escape(", ".join(run.name for run in runs))}.</p>
-<h2>The runs side by side</h2>{runs_table(runs, logs, table_papers(table))}
+<h2>The runs side by side</h2>{runs_table(runs, logs, table_papers(table), declared)}
 {sections}
 </body></html>
 """)

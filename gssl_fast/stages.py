@@ -44,13 +44,13 @@ def mark_done(run_dir: Path, name: str, row: dict | None = None) -> None:
     write_text_atomic(stage_dir(run_dir, name) / DONE, json.dumps({"stage": name, "finished": time.time(), **(row or {})}))
 
 
-def run_stages(recipe, method, run_dir: Path, run: dict, *, resume: str | None, only: str | None, train) -> None:
+def run_stages(recipe, method, run_dir: Path, machine, *, resume: str | None, only: str | None) -> None:
     """Every stage of ``method`` in order (or ``only``): skip the done ones, resume the
-    interrupted one, run the rest. ``only`` without ``resume`` reruns that stage from its
-    start and marks the stages after it as to be rerun. ``run``: the loop's accelerator,
-    threads and data; ``train(recipe, method, folder, start_from, stage=..., **run)``: the
-    loop's training run. Each stage's folder keeps the recipe that trained it (config.toml)."""
-    accelerator = run["accelerator"]
+    interrupted one, run the rest, each trained as one run of the loop
+    (``gssl_fast.loop``; ``machine``: its ``Machine``). ``only`` without ``resume``
+    reruns that stage from its start and marks the stages after it as to be rerun. Each
+    stage's folder keeps the recipe that trained it (config.toml)."""
+    accelerator = machine.accelerator
     stages = method.stages()
     names = [name for name, _ in stages]
     check_stage(method, run_dir, only)
@@ -65,7 +65,7 @@ def run_stages(recipe, method, run_dir: Path, run: dict, *, resume: str | None, 
             if accelerator.is_main_process:
                 print(f"stage {name}: done, skipped{changed_since(run_dir, name, recipe)}", flush=True)
             continue
-        _run_stage(recipe, run_dir, name, make, run, train)
+        _run_stage(recipe, run_dir, name, make, machine)
 
 
 def check_stage(method, run_dir: Path, only: str | None) -> None:
@@ -84,14 +84,15 @@ def check_stage(method, run_dir: Path, only: str | None) -> None:
                         f"(continue the run with --resume auto, or --stage {missing[0]} first)")
 
 
-def _run_stage(recipe, run_dir: Path, name: str, make, run: dict, train) -> None:
+def _run_stage(recipe, run_dir: Path, name: str, make, machine) -> None:
     """One stage, from its newest checkpoint if it has one; marks it done."""
     from accelerate.utils import set_seed
 
+    from gssl_fast.loop import open_run, train_run
     from gssl_fast.metrics import MetricsLog
     from pipelines.sampling import derive_seed
 
-    accelerator = run["accelerator"]
+    accelerator = machine.accelerator
     folder = stage_dir(run_dir, name)
     if accelerator.is_main_process:
         folder.mkdir(parents=True, exist_ok=True)
@@ -102,7 +103,9 @@ def _run_stage(recipe, run_dir: Path, name: str, make, run: dict, train) -> None
     stage = make()
     record_recipe(recipe, folder, accelerator, note=f"stage {name}: resuming")
     if stage.trains:
-        train(stage.stage_sections(recipe), stage, folder, checkpoint.resolve_resume("auto", folder), stage=name, **run)
+        log = MetricsLog(Path(run_dir) / METRICS, stage=name)
+        run = open_run(stage.stage_sections(recipe), stage, machine, folder, log)
+        train_run(run, checkpoint.resolve_resume("auto", folder))
         stage.finish(accelerator)
         row = {}
     else:

@@ -45,11 +45,38 @@ def make_loader(source, *, backend: str = "torch", **kwargs):
     """
     from pipelines.spec import make_spec
 
-    if backend not in LOADERS:
-        raise unknown_name("loader", backend, LOADERS)
+    module = _backend(backend)
     options = {k: kwargs.pop(k) for k in BACKEND_OPTIONS[backend] if k in kwargs}
     spec = make_spec(**kwargs)
-    return importlib.import_module(LOADERS[backend]).build_loader(source, spec, **options)
+    return module.build_loader(source, spec, **options)
+
+
+def open_source(backend: str, cfg, split: str):
+    """``(source, dataset)``: what the loader of ``backend`` reads of ``split`` of the
+    dataset ``cfg`` (a recipe's data section: name, root, image_size, ...) and the
+    dataset itself (``labels``, ``classes``). Each backend owns its rule (DALI decodes a
+    folder's files itself, FFCV reads a ``.beton``); the default is the decoded
+    ``ArrayDataset``. Writes nothing but the decode cache."""
+    module = _backend(backend)
+    if hasattr(module, "open_source"):
+        return module.open_source(cfg, split)
+    from pipelines.datasets import load_dataset
+
+    dataset = load_dataset(cfg, split)
+    return dataset, dataset
+
+
+def kept_source(backend: str, source, dataset, split: str, folder) -> object:
+    """What the loader of ``backend`` reads, written into ``folder`` where the backend
+    reads a file of its own making (FFCV's ``.beton``); ``source`` itself otherwise."""
+    module = _backend(backend)
+    return module.kept_source(source, dataset, split, folder) if hasattr(module, "kept_source") else source
+
+
+def _backend(backend: str):
+    if backend not in LOADERS:
+        raise unknown_name("loader", backend, LOADERS)
+    return importlib.import_module(LOADERS[backend])
 
 
 def loader_factory(backend: str):

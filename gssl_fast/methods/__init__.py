@@ -34,7 +34,7 @@ METHODS: dict[str, tuple] = {
 # The method of a recipe without [method].
 DEFAULT_METHOD = "supervised"
 # Names of the method contract, imported (with torch) on first use: `from gssl_fast.methods import Stream`.
-_CONTRACT = ("BatchCheck", "Method", "MethodContext", "Stream")
+_CONTRACT = ("BatchCheck", "Method", "MethodContext", "Metric", "Stream")
 
 
 def _load(ref):

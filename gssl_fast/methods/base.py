@@ -15,6 +15,10 @@ A new method subclasses :class:`Method` and joins the registry (``gssl_fast.meth
         Config = MyConfig          # frozen dataclass with a ``name`` field; an optional
                                    # classmethod check(recipe, source) holds its rules
         def training_step(self, model, batches, *, accelerator): ...
+
+        @classmethod
+        def metrics(cls):          # how the epoch line and the report show what it logs
+            return {**super().metrics(), "val_mine": Metric("mine", "mine", "%", ".2f")}
 """
 
 from __future__ import annotations
@@ -27,6 +31,7 @@ import numpy as np
 import torch
 from torch import nn
 
+from gssl_fast.metrics import FEW_SHOT, MANY_SHOT
 from gssl_fast.sections import (
     DataConfig,
     LossConfig,
@@ -60,6 +65,49 @@ class Stream:
     indices: Any = None
     plan: Any = None
 
+
+@dataclass(frozen=True)
+class Metric:
+    """How the epoch line (``progress.summary_line``) and the report show one field of
+    metrics.jsonl, declared by the method that logs it (:meth:`Method.metrics`).
+
+    label: its words ("top-1", "pgd20"). group: the words of the metrics shown together:
+    one ``group label value ...`` segment of the epoch line, one figure and one column
+    of the report. Three groups have places of their own: ``"train"``, the training
+    scalars (in parentheses after the loss in the line; not in the table), ``"val"``, the
+    headline evaluation (right after them, ``val top-1 91.20% top-5 99.10%``; the figure
+    of validation curves) and ``""``, a field shown nowhere (a copy under another name).
+    unit: put after the value ("%"; values are logged in that unit). fmt: a format
+    spec (".2f"; "": the line's one number format, ``progress.number``). about: one
+    sentence saying what it is, the report's caption of its group's figure. curve:
+    drawn per epoch in the report (False for counts: images attacked, an epoch index).
+
+    A field holding ``{key: value}`` (a ``group/key`` scalar of the step, such as
+    ``gate/<task>``) is declared once by its field name and shown key by key; a field
+    holding a list (per-class accuracy) is drawn as bars of its last value.
+    """
+
+    label: str
+    group: str
+    unit: str = ""
+    fmt: str = ""
+    about: str = ""
+    curve: bool = True
+
+
+# What every method's evaluation (``gssl_fast.metrics.evaluate``) and loop log.
+GENERIC_METRICS: dict[str, Metric] = {
+    "train_loss": Metric("loss", "train", about="Training loss per epoch (the mean over its steps)."),
+    "val_acc1": Metric("top-1", "val", "%", ".2f", about="Validation top-1 and top-5 accuracy (%) after each epoch."),
+    "val_acc5": Metric("top-5", "val", "%", ".2f", about="Validation top-1 and top-5 accuracy (%) after each epoch."),
+    "val_per_class": Metric("per-class top-1", "per-class", "%", ".2f",
+                            about="Validation top-1 accuracy (%) of each class at the last epoch."),
+    **{f"val_{shots}_shot": Metric(shots, "shots", "%", ".2f",
+                                   about=f"Validation top-1 accuracy (%) of long-tailed runs over the classes "
+                                         f"with many (over {MANY_SHOT}), medium and few (under {FEW_SHOT}) training "
+                                         "images.")
+       for shots in ("many", "medium", "few")},
+}
 
 @dataclass(frozen=True)
 class BatchCheck:
@@ -214,6 +262,17 @@ class Method:
         """The weights evaluated and exported by ``gssl_fast.load_model`` (EMA weights
         for methods that keep them)."""
         return self.model
+
+    @classmethod
+    def metrics(cls) -> dict[str, Metric]:
+        """How the epoch line and the report show the fields the method logs:
+        ``{metrics.jsonl field: Metric}``, in the order they are shown. A class method:
+        the report reads it from the method named in a run's config.toml, with no model
+        built. The loop's own fields (``epoch``, ``lr``, ``images_per_s``, ...) need none;
+        a field declared by no one is shown under its own name in the epoch line only.
+        By default the fields of :meth:`evaluate` and the training loss (``GENERIC_METRICS``);
+        a method adds its own: ``{**super().metrics(), "val_knn_acc1": Metric("top-1", "kNN", "%", ".2f")}``."""
+        return dict(GENERIC_METRICS)
 
     # ---- extra state saved with the checkpoint (EMA weights, ...)
     def state_dict(self) -> dict:

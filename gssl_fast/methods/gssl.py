@@ -4,8 +4,19 @@ and, with ``pretext.tasks``, the gated pretext heads on the loader's localizable
 
 from __future__ import annotations
 
-from gssl_fast.methods.base import Method
+from gssl_fast.methods.base import Method, Metric
 from gssl_fast.task import build_task, gssl_scalars, pretext_batch_targets
+
+
+# What the G-SSL component logs (``task.gssl_scalars``: ``pretext_acc/<task>``, ``gate/<task>``).
+GSSL_METRICS: dict[str, Metric] = {
+    "gate": Metric("gate value", "gate", fmt=".3f",
+                   about="The gate's weight on each pretext task's loss in training, a line per task (the long "
+                         "paper's Figure 6)."),
+    "pretext_acc": Metric("pretext head top-1", "pretext", "%", ".2f",
+                          about="Top-1 accuracy (%) of each pretext head on its transform's labels in training, "
+                                "a line per task."),
+}
 
 
 class GSSLMethod(Method):
@@ -16,6 +27,10 @@ class GSSLMethod(Method):
         c = self.ctx
         return build_task(c.model, c.pretext, c.loss, num_classes=c.num_classes, class_counts=c.class_counts,
                           mean=c.mean, std=c.std)
+
+    @classmethod
+    def metrics(cls):
+        return {**super().metrics(), **GSSL_METRICS}
 
     @property
     def tasks(self) -> tuple[str, ...]:

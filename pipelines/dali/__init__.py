@@ -44,8 +44,10 @@ from pipelines.dali.graph import (
     unpack_codes,
 )
 from pipelines.dali.loader import DaliLoader, build_loader, make_loader
+from pipelines.dali.source import open_source
 
 __all__ = [
     "DaliLoader", "GraphOptions", "build_array_pipeline", "build_loader", "build_file_pipeline", "code_fields", "crop_step",
-    "localizable_step", "localizable_tables", "make_loader", "output_step", "transform_graph", "unpack_codes",
+    "localizable_step", "localizable_tables", "make_loader", "open_source", "output_step", "transform_graph",
+    "unpack_codes",
 ]

@@ -224,12 +224,12 @@ def _default_threads() -> int:
 def _resolve(source, image_size: int | None, split: str) -> ArrayDataset | FileList:
     """A folder or a ``FileList`` stays a list of files (DALI decodes them); anything
     else becomes in-memory arrays. A folder's files are screened first
-    (:mod:`pipelines.dali.screen`: a bad file is an error naming it, never a crash);
+    (:mod:`pipelines.dali.source`: a bad file is an error naming it, never a crash);
     a ``FileList`` is taken as screened."""
     if isinstance(source, FileList):
         return source
     if isinstance(source, (str, os.PathLike)):
-        from pipelines.dali.screen import screened
+        from pipelines.dali.source import screened
         from pipelines.datasets.cache import default_dir
         from pipelines.datasets.folders import list_folder
 

@@ -1,4 +1,5 @@
-"""The files DALI's decoder is handed: whole images in a format it reads, checked once.
+"""What the DALI loader reads: the files of a folder dataset, which DALI decodes itself
+(on the GPU where there is one), or in-memory arrays; the files screened first.
 
 DALI's CPU decoder does not always fail cleanly on a bad file: a text file, a run of
 zeros, a JPEG of markers only, a PNG without its end chunk or a GIF can kill the process
@@ -78,3 +79,26 @@ def screened(files: FileList, *, on_corrupt: str = "error", cache_dir=None) -> F
         more = f" ({len(found) - 1} more unreadable files)" if len(found) > 1 else ""
         raise UserError(f"cannot read image {shown(path)}: it {why}{more}; {SKIP_HINT}")
     return result
+
+
+# Datasets read from image files, which DALI decodes instead of receiving PIL's arrays.
+FILE_DATASETS = ("tinyimagenet", "imagefolder")
+
+
+def open_source(cfg, split: str):
+    """``(source, dataset)`` of ``split`` for the DALI loader (``cfg``: the recipe's data
+    section): a folder dataset's screened ``FileList`` twice (a long-tailed train split
+    stays an array subset), else the decoded ``ArrayDataset`` twice. Writes nothing but
+    the decode cache."""
+    if cfg.name not in FILE_DATASETS or (split == "train" and cfg.longtail != "none"):
+        from pipelines.datasets import load_dataset
+
+        dataset = load_dataset(cfg, split)
+        return dataset, dataset
+    from pipelines.datasets.cache import default_dir
+    from pipelines.datasets.folders import list_folder
+
+    files = list_folder(cfg.root, split, val_fraction=cfg.val_fraction, seed=cfg.seed)
+    files = screened(files, on_corrupt=cfg.on_corrupt,
+                     cache_dir=(cfg.cache_dir or default_dir()) if cfg.decode_cache else None)
+    return files, files

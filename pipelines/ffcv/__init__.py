@@ -11,7 +11,7 @@
     ops.py       FFCV operations: crop and flip, the localizable transform, its parameters,
                  normalization; numba kernels
     loader.py    make_loader: the loader contract (docs/method.md section 6)
-    __main__.py  the command line of convert
+    source.py    what the loader reads of a recipe's dataset: data.beton, or one converted once
 
 Needs the ``ffcv`` extra (``pip install -e .[ffcv]``; it builds against OpenCV and
 libjpeg-turbo).
@@ -22,8 +22,9 @@ import torch
 _threads = torch.get_num_threads()
 from pipelines.ffcv.convert import convert, read_info  # noqa: E402
 from pipelines.ffcv.loader import FFCVLoader, build_loader, make_loader  # noqa: E402
+from pipelines.ffcv.source import kept_source, open_source  # noqa: E402
 
 # Importing ffcv sets torch's thread count to 1 (ffcv.pipeline.compiler); the process keeps its own.
 torch.set_num_threads(_threads)
 
-__all__ = ["FFCVLoader", "build_loader", "convert", "make_loader", "read_info"]
+__all__ = ["FFCVLoader", "build_loader", "convert", "kept_source", "make_loader", "open_source", "read_info"]

@@ -36,7 +36,7 @@ def test_report_of_two_runs_shows_every_figure(runs, tmp_path):
     assert report_main([*map(str, runs), "--out", str(out), "--images", "4", "--tsne", "64"]) == 0
     page = (out / "index.html").read_text()
     images = re.findall(r'<img src="([^"]+)"', page)
-    assert {"loss.png", "accuracy.png", "gates.png", "pretext.png", "gradcam.png", "tsne_0.png", "tsne_1.png"} <= set(images)
+    assert {"train.png", "val.png", "gate.png", "pretext.png", "gradcam.png", "tsne_0.png", "tsne_1.png"} <= set(images)
     for name in images:
         assert (out / name).is_file() and not_blank(out / name), name
     assert "gssl" in page and "plain" in page and "<table>" in page
@@ -106,7 +106,7 @@ def test_runs_on_the_same_validation_images_share_one_grid(runs, tmp_path):
 
 
 def test_gradcam_titles_are_whole_and_fit_their_column():
-    from gssl_fast.report import CamColumn, draw_gradcam
+    from gssl_fast.figures import CamColumn, draw_gradcam
 
     rng = np.random.default_rng(0)
     images = rng.integers(0, 256, (3, 16, 16, 3), dtype=np.uint8)

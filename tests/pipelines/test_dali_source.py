@@ -15,7 +15,7 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from pipelines.dali.screen import screened
+from pipelines.dali.source import screened
 from pipelines.datasets.folders import FileList
 from pipelines.datasets.testing import CONVERTIBLE, write_convertible, write_tinyimagenet, write_unreadable
 from pipelines.errors import UserError

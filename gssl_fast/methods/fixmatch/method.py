@@ -34,15 +34,16 @@ weights give ``val_raw_acc1``), saved with checkpoints and exported by ``load_mo
 from __future__ import annotations
 
 import warnings
+from dataclasses import replace
 from pathlib import Path
 
 import numpy as np
 import torch
 import torch.nn.functional as F
 
-from gssl_fast.methods.base import Stream
+from gssl_fast.methods.base import Method, Metric, Stream
 from gssl_fast.methods.fixmatch.config import FixMatchConfig
-from gssl_fast.methods.gssl import GSSLMethod
+from gssl_fast.methods.gssl import GSSL_METRICS, GSSLMethod
 from gssl_fast.task import gssl_scalars
 from pipelines.atomic import write_text_atomic
 from pipelines.errors import UserError
@@ -109,6 +110,23 @@ def fixmatch_views(*, padding: int = 4, hflip: bool = True, mode: str = "reflect
 class FixMatch(GSSLMethod):
     name = "fixmatch"
     Config = FixMatchConfig
+
+    @classmethod
+    def metrics(cls):
+        losses = ("FixMatch's losses per epoch: L_s of the labeled images (loss_x) and L_u of the unlabeled ones "
+                  "(loss_u).")
+        trained = {"loss_x": Metric("loss_x", "train", about=losses), "loss_u": Metric("loss_u", "train", about=losses),
+                   "mask_rate": Metric("mask_rate", "train", about="The share of unlabeled images whose weak view's "
+                                       "top probability reaches method.tau (their pseudo-labels count)."),
+                   "pseudo_acc": Metric("pseudo_acc", "train", "%", ".2f", about="Top-1 accuracy (%) of the counted "
+                                        "pseudo-labels against the true labels (monitoring only).")}
+        evaluated = Method.metrics()
+        # The raw weights' evaluation beside the EMA weights' (val_raw_acc1, ...); no per-class bars of its own.
+        raw = {f"val_raw_{k[4:]}": replace(m, group="raw weights" if m.group != "per-class" else "",
+                                           about="Validation accuracy (%) of the raw weights (the EMA weights "
+                                                 "give the other validation numbers).")
+               for k, m in evaluated.items() if k.startswith("val_")}
+        return {**evaluated, **trained, **raw, **GSSL_METRICS}
 
     def __init__(self, cfg, ctx):
         super().__init__(cfg, ctx)

@@ -1,4 +1,4 @@
-"""Contrastive pieces of the SimCLR / G-SimCLR trainer (docs SPEC section 4).
+"""Contrastive pieces of the SimCLR / G-SimCLR trainer (docs/method.md section 4).
 
 - ``nt_xent``: SimCLR's NT-Xent loss over the 2B views of a batch, optionally with the
   negatives of every process (``gather=True``).

@@ -57,6 +57,12 @@ class SimCLR(Method):
             checks.insert(0, BatchCheck("autoencoder", ae, n, batch_key="method.ae_batch_size"))
         return checks
 
+    @classmethod
+    def metrics(cls):
+        """Every stage's declarations (each stage's rows hold its own)."""
+        return {k: v for kind in (AutoencoderStage, Cluster, Pretrain, Linear, Finetune)
+                for k, v in kind.metrics().items()}
+
     def stages(self):
         kinds = [Pretrain, Linear, Finetune]
         if self.cfg.guided:

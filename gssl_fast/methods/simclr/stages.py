@@ -15,7 +15,7 @@ import torch
 import torch.nn.functional as F
 
 from gssl_fast import checkpoint
-from gssl_fast.methods.base import Method, Stream, main_batch, pixels
+from gssl_fast.methods.base import Method, Metric, Stream, main_batch, pixels
 from gssl_fast.methods.simclr.config import SimCLRConfig
 from gssl_fast.metrics import gather_by_index
 from gssl_fast.sections import Recipe
@@ -64,6 +64,11 @@ def build_contrastive(ctx, cfg):
 class AutoencoderStage(_Stage):
     stage = "autoencoder"
 
+    @classmethod
+    def metrics(cls):
+        return {**super().metrics(), "val_mse": Metric("MSE", "val", about="Mean squared error of the autoencoder's "
+                                                       "reconstruction of the validation images (pixels in [0, 1]).")}
+
     def build_model(self):
         from gssl_fast.methods.simclr.models import Autoencoder
 
@@ -97,6 +102,13 @@ class AutoencoderStage(_Stage):
 class Cluster(_Stage):
     stage, trains = "cluster", False
 
+    @classmethod
+    def metrics(cls):
+        about = "k-means of the autoencoder's codes: the clusters and the images of the smallest and largest."
+        return {**super().metrics(), "clusters": Metric("k", "clusters", about=about, curve=False),
+                "cluster_min": Metric("smallest", "clusters", about=about, curve=False),
+                "cluster_max": Metric("largest", "clusters", about=about, curve=False)}
+
     def build_model(self):
         return torch.nn.Identity()
 
@@ -120,6 +132,18 @@ class Cluster(_Stage):
 
 class Pretrain(_Stage):
     stage = "pretrain"
+
+    @classmethod
+    def metrics(cls):
+        guided = ("Guided batches, epoch means: the most images of one pseudo-label in a global batch, whether the "
+                  "batch is one planned batch (1) and by how much it exceeds the plan's bound (0 by construction).")
+        return {**super().metrics(),
+                "val_knn_acc1": Metric("top-1", "kNN", "%", ".2f", about="Top-1 accuracy (%) of a kNN classifier "
+                                       "(k = method.knn_k) on the pooled features of the validation images, the "
+                                       "training images its memory bank."),
+                "guided_max_repeat": Metric("max repeat", "guided", about=guided),
+                "guided_in_plan": Metric("in plan", "guided", about=guided),
+                "guided_excess": Metric("excess", "guided", about=guided)}
 
     def build_model(self):
         return build_contrastive(self.ctx, self.cfg)
@@ -180,6 +204,20 @@ class Pretrain(_Stage):
 class Linear(_Stage):
     stage = "linear"
 
+    @classmethod
+    def metrics(cls):
+        from gssl_fast.methods.simclr.models import DEPTHS
+
+        out = super().metrics()
+        for d in DEPTHS:
+            about = (f"The linear classifier at {d.upper()}: top-1 accuracy (%) on the held-out training images that "
+                     "select its epoch, on the validation images, and on those at the selected epoch (counted from 0).")
+            out.update({f"holdout_{d}_acc1": Metric("holdout", d.upper(), "%", ".2f", about=about),
+                        f"val_{d}_acc1": Metric("val", d.upper(), "%", ".2f", about=about),
+                        f"selected_{d}_acc1": Metric("selected", d.upper(), "%", ".2f", about=about),
+                        f"selected_{d}_epoch": Metric("selected epoch", d.upper(), about=about, curve=False)})
+        return out
+
     def build_model(self):
         from gssl_fast.methods.simclr.models import LinearProbes
 
@@ -224,6 +262,10 @@ class Linear(_Stage):
 
 class Finetune(_Stage):
     stage = "finetune"
+
+    @classmethod
+    def metrics(cls):
+        return {**super().metrics(), "finetune_acc1": Metric("fine-tuned top-1", "")}  # val_acc1 under its own name
 
     def build_model(self):
         from gssl_fast.methods.simclr.models import FineTuned
