@@ -138,3 +138,70 @@ def test_loop_counts_optimizer_steps(tmp_path, write):
     assert [r["train_images"] for r in rows] == [96, 96, 32]
     state = torch.load(out / "checkpoints" / "epoch_0003.pt", weights_only=True)
     assert state["scheduler"]["last_epoch"] == 7
+
+
+@dataclass(frozen=True)
+class TwoStepConfig:
+    name: str = "twostep"
+    probe_epochs: int = 1  # epochs of the second stage
+
+
+class TwoStep(Method):
+    """A staged method defined here: stage ``fit`` trains the G-SSL model, stage
+    ``count`` (no training) reads the first stage's checkpoint and counts its
+    parameters, stage ``probe`` trains it again with its own epochs."""
+
+    name = "twostep"
+    Config = TwoStepConfig
+
+    def build_model(self):
+        return torch.nn.Identity()
+
+    def stages(self):
+        return [("fit", lambda: Fit(self.cfg, self.ctx)), ("count", lambda: Count(self.cfg, self.ctx)),
+                ("probe", lambda: Probe(self.cfg, self.ctx))]
+
+
+class Fit(GSSLMethod):
+    def training_step(self, model, batches, *, accelerator):
+        return self.gssl_step(model, batches["train"]["images"], batches["train"])
+
+
+class Count(Method):
+    trains = False
+
+    def build_model(self):
+        return torch.nn.Identity()
+
+    def run(self, accelerator):
+        from gssl_fast import checkpoint
+        from gssl_fast.stages import stage_dir
+
+        state = checkpoint.load(checkpoint.list_checkpoints(stage_dir(self.ctx.run_dir, "fit"))[-1])["model"]
+        return {"weights": sum(v.numel() for v in state.values())}
+
+
+class Probe(Fit):
+    def stage_sections(self, recipe):
+        from dataclasses import replace
+
+        return replace(recipe, train=replace(recipe.train, epochs=self.cfg.probe_epochs + 1))
+
+
+@pytest.fixture
+def twostep():
+    register_method(TwoStep)
+    yield TwoStep
+    METHODS.pop("twostep")
+
+
+def test_a_staged_method_from_a_test_file_runs_its_stages_through_the_loop(tmp_path, twostep, write):
+    from gssl_fast.stages import DONE, stage_dir
+
+    out = tmp_path / "run"
+    assert main([str(write(tmp_path, name="twostep")), "--out", str(out)]) == 0
+    rows = [json.loads(line) for line in (out / "metrics.jsonl").read_text().splitlines()]
+    assert [(r["stage"], r["epoch"]) for r in rows] == [("fit", 0), ("count", 0), ("probe", 0), ("probe", 1)]
+    assert rows[1]["weights"] > 1000 and all("val_acc1" in r for r in rows if r["stage"] != "count")
+    assert all((stage_dir(out, s) / DONE).is_file() for s in ("fit", "count", "probe"))
+    assert [p.name for p in (stage_dir(out, "probe") / "checkpoints").iterdir()] == ["epoch_0001.pt", "epoch_0002.pt"]
