@@ -189,9 +189,14 @@ def unreadable_file(error: RuntimeError, upcoming: list[str]) -> Exception:
         except ValueError as e:
             found = (named.group(1), str(e))
     else:
-        found = first_unreadable(upcoming) if "decod" in str(error).lower() or "codec" in str(error).lower() else None
-        if found is None:
+        decoding = "decod" in str(error).lower() or "codec" in str(error).lower()
+        if not decoding:
             return error
+        found = first_unreadable(upcoming)
+        if found is None:  # PIL reads every one of them: name the batch instead of a file
+            return UserError(f"DALI could not decode one of the {len(upcoming)} images it was reading, from "
+                             f"{shown(upcoming[0])} to {shown(upcoming[-1])}, which PIL reads; convert them to PNG "
+                             f"or JPEG, or set train.loader = 'torch' ({str(error).splitlines()[0][:200]})")
     return UserError(f"cannot read image {shown(found[0])}: it {found[1]}; {SKIP_HINT}")
 
 

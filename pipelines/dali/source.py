@@ -19,13 +19,14 @@ from pathlib import Path
 from pipelines.datasets.folders import FileList
 from pipelines.errors import UserError
 
-# PIL's names of the formats DALI's image decoder reads (JPEG, PNG, BMP, TIFF, PNM, JPEG
-# 2000, WebP); GIF, say, is not among them.
-DALI_FORMATS = frozenset({"JPEG", "MPO", "PNG", "BMP", "TIFF", "PPM", "JPEG2000", "WEBP"})
+# PIL's names of the formats DALI is handed: those a folder's file names admit (.jpg,
+# .jpeg, .png, .bmp, .webp). DALI's decoder also reads TIFF, but a 1-bit or int32 TIFF
+# crashed it, and a TIFF in such a folder is misnamed anyway; GIF it does not read at all.
+DALI_FORMATS = frozenset({"JPEG", "MPO", "PNG", "BMP", "WEBP"})
 PNG_SIGNATURE = b"\x89PNG\r\n\x1a\n"
 # The screen's name in the cache: a new rule gets a new name, so no list screened by
 # the old rules is taken for one screened by the new.
-SCREEN = "dali-screen-2"
+SCREEN = "dali-screen-3"
 
 
 def png_unfinished(path: str) -> str | None:

@@ -31,13 +31,20 @@ def photo(seed: int = 0, side: int = 32) -> np.ndarray:
     return np.clip(base + rng.uniform(0, 50, 3), 0, 255).astype(np.uint8)
 
 
+def tiff_of(image: Image.Image) -> bytes:
+    out = io.BytesIO()
+    image.save(out, "TIFF")
+    return out.getvalue()
+
+
 def encoded(fmt: str, **kw) -> bytes:
     out = io.BytesIO()
     Image.fromarray(photo()).save(out, fmt, **kw)
     return out.getvalue()
 
 
-# Bytes DALI 2.x's CPU decoder crashed on (segmentation fault) or failed on, by kind.
+# Bytes DALI 2.x's CPU decoder crashed on (segmentation fault: a file it cannot parse as an
+# image, early in a batch of 32 or more) or failed on, by kind.
 UNSAFE = {
     "zeros": lambda: bytes(1024),
     "text": lambda: b"hello\n",
@@ -49,6 +56,9 @@ UNSAFE = {
     "png_without_iend": lambda: encoded("PNG")[:-12],
     "png_truncated": lambda: encoded("PNG")[: len(encoded("PNG")) // 2],
     "gif": lambda: encoded("GIF"),
+    "tiff": lambda: encoded("TIFF"),
+    "tiff_1bit": lambda: tiff_of(Image.fromarray(photo()).convert("1")),
+    "tiff_int32": lambda: tiff_of(Image.fromarray(photo()[..., 0].astype(np.int32) * 1000, "I")),
     "empty": lambda: b"",
 }
 SAFE = {
@@ -56,7 +66,6 @@ SAFE = {
     "png": lambda: encoded("PNG"),
     "png_with_bytes_after_iend": lambda: encoded("PNG") + b"trailing data",
     "bmp": lambda: encoded("BMP"),
-    "tiff": lambda: encoded("TIFF"),
     "webp": lambda: encoded("WEBP", lossless=True),
 }
 

@@ -162,3 +162,7 @@ def test_a_dali_error_about_no_file_stays_itself(tmp_path):
     assert unreadable_file(oom, [str(bad)]) is oom  # not blamed on a file, nothing decoded
     named = unreadable_file(RuntimeError(f"Failed to decode sample #3 : {bad}"), [])
     assert isinstance(named, UserError) and f"cannot read image {bad}: it is truncated" in str(named)
+    good = save_image(np.zeros((8, 8, 3), dtype=np.uint8), tmp_path / "good.png")
+    unnamed = unreadable_file(RuntimeError("nvImageCodec failure: '#4'"), [str(good), str(good)])
+    assert isinstance(unnamed, UserError) and "\n" not in str(unnamed)
+    assert f"one of the 2 images it was reading, from {good}" in str(unnamed)
