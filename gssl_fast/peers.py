@@ -14,6 +14,7 @@ import os
 import re
 import signal
 import socket
+import time
 from contextlib import contextmanager
 from dataclasses import dataclass
 from typing import Callable
@@ -24,6 +25,8 @@ import torch
 PEER_EXIT = 75
 # Words of the errors a collective raises when the other end has gone away.
 BROKEN = ("connection reset", "connection closed", "connection refused", "broken pipe")
+# How long a survivor waits for a peer whose connection broke to be seen gone.
+GONE_WITHIN_S = 3.0
 
 
 @dataclass(frozen=True)
@@ -82,6 +85,12 @@ def lost_message(processes: list[Process], me: int, error: BaseException, resume
     if not isinstance(error, distributed) and not any(word in str(error).lower() for word in BROKEN):
         return None
     missing = gone(processes, me)
+    # A killed process closes its sockets before it is seen to be gone: wait a moment
+    # for its end before calling the silence nameless.
+    deadline = time.monotonic() + GONE_WITHIN_S
+    while not missing and time.monotonic() < deadline:
+        time.sleep(0.05)
+        missing = gone(processes, me)
     if missing:
         who = ", ".join(f"process {p.rank} (pid {p.pid} on {p.host})" for p in missing)
         what = f"{who} {'is' if len(missing) == 1 else 'are'} gone"
