@@ -49,20 +49,11 @@ test: install
 test-all: install browser
 	$(BIN)/python -m pytest -q --durations=25
 
+# One script per measurement (bench/), each writing bench/out/<name>.json.
+BENCHES := transform loaders train_step method_step kornia_ops scaling dali_loader ffcv_loader fixmatch_loader \
+	simclr_loader guided_plan crash_points decode_cache
 bench: install
-	$(BIN)/python -m bench.transform --json bench/out/transform.json
-	$(BIN)/python -m bench.loaders --json bench/out/loaders.json
-	$(BIN)/python -m bench.train_step --json bench/out/train_step.json
-	$(BIN)/python -m bench.method_step --json bench/out/method_step.json
-	$(BIN)/python -m bench.kornia_ops --json bench/out/kornia_ops.json
-	$(BIN)/python -m bench.scaling --json bench/out/scaling.json
-	$(BIN)/python -m bench.dali_loader --json bench/out/dali_loader.json
-	$(BIN)/python -m bench.ffcv_loader --json bench/out/ffcv_loader.json
-	$(BIN)/python -m bench.fixmatch_loader --json bench/out/fixmatch_loader.json
-	$(BIN)/python -m bench.simclr_loader --json bench/out/simclr_loader.json
-	$(BIN)/python -m bench.guided_plan --json bench/out/guided_plan.json
-	$(BIN)/python -m bench.crash_points --json bench/out/crash_points.json
-	$(BIN)/python -m bench.decode_cache --json bench/out/decode_cache.json
+	@for b in $(BENCHES); do echo "python -m bench.$$b"; $(BIN)/python -m bench.$$b --json bench/out/$$b.json || exit 1; done
 
 # CUDA-only tests and a short GPU benchmark, JSON into OUT (exits 3 without CUDA).
 OUT ?= bench/out/gpu
