@@ -36,9 +36,10 @@ browser:
 	  else echo "the report's page test needs chromium; as root run: apt-get install -y chromium"; exit 1; fi; \
 	fi
 
+# An interrupted demo continues where it stopped; a finished one says so (rm -r runs/demo to start over).
 demo: install
-	$(BIN)/accelerate launch --config_file launch/one_process.yaml -q -m gssl_fast.train recipes/demo.toml --overwrite
-	@echo "the commands of the README run inside .venv: . $(BIN)/activate"
+	@$(BIN)/accelerate launch --config_file launch/one_process.yaml -q -m gssl_fast.train recipes/demo.toml \
+		--resume auto; status=$$?; echo "the commands of the README run inside .venv: . $(BIN)/activate"; exit $$status
 
 # The fast loop: everything but the tests marked slow (multi-process and kill-and-resume
 # runs, whole recipes, bench smoke runs), with the 15 slowest named.

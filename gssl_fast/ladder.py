@@ -106,7 +106,8 @@ def command(table: Table, row: Row, run_dir: Path, overrides, launch: str | None
     """The command that trains ``row`` into ``run_dir`` (continuing it when it has checkpoints)."""
     from gssl_fast.checkpoint import list_checkpoints
 
-    head = ["accelerate", "launch", *shlex.split(launch)] if launch is not None else [sys.executable]
+    # -q: a row's own one-line error, without Accelerate's traceback under it.
+    head = ["accelerate", "launch", "-q", *shlex.split(launch)] if launch is not None else [sys.executable]
     cmd = [*head, "-m", "gssl_fast.train", str(recipe_path(table, row)), "--out", str(run_dir)]
     for item in (*row.set, *overrides):
         cmd += ["--set", item]

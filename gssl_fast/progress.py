@@ -84,7 +84,8 @@ def describe(recipe, accelerator, threads, train_ds, val_ds, method, plan, first
         f"global batch {recipe.train.batch_size * accelerator.num_processes * recipe.train.grad_accum_steps} "
         f"({recipe.train.batch_size}/process x {accelerator.num_processes} x {recipe.train.grad_accum_steps} "
         f"accumulated), lr {recipe.optim.lr}; "
-        f"{plan.steps_per_epoch} steps/epoch, {plan.total_steps} steps, epochs {first_epoch + 1}..{plan.epochs}",
+        f"{plural(plan.steps_per_epoch, 'step')}/epoch, {plural(plan.total_steps, 'step')}, "
+        f"epochs {first_epoch + 1}..{plan.epochs}",
         flush=True,
     )
 
@@ -208,14 +209,15 @@ def run_summary(run_dir: Path, rows: list[dict], seconds: float) -> str:
     if mine:
         best = max(mine, key=lambda r: r["val_acc1"])
         head += (f"{f' (stage {stage})' if stage else ''}: best val top-1 {best['val_acc1']:.2f}% at epoch "
-                 f"{best['epoch'] + 1}, final {mine[-1]['val_acc1']:.2f}% after {mine[-1]['epoch'] + 1} epochs")
+                 f"{best['epoch'] + 1}, final {mine[-1]['val_acc1']:.2f}% after {plural(mine[-1]['epoch'] + 1, 'epoch')}")
     trained = [r for r in rows if r.get("images_per_s")]
     images = sum(r.get("train_images", 0) for r in trained)
     busy = sum(r["train_images"] / r["images_per_s"] for r in trained if r.get("train_images"))
     head += f" | {_duration(seconds)} this start" + (f", {images / busy:.0f} train img/s" if busy else "")
     from gssl_fast import checkpoint
 
-    found = checkpoint.list_checkpoints(run_dir) or sorted(Path(run_dir).glob("stages/*/checkpoints/epoch_*.pt"))
+    # A staged run's weights: those of the stage whose accuracy the first line gives.
+    found = checkpoint.list_checkpoints(Path(run_dir) / "stages" / stage if stage else run_dir)
     lines = [head, f"  checkpoint  {found[-1] if found else '(none)'}", f"  metrics     {Path(run_dir) / 'metrics.jsonl'}",
              f"  recipe      {Path(run_dir) / 'config.toml'}", f"  report      python -m gssl_fast.report {run_dir}"]
     return "\n".join(lines)
@@ -225,3 +227,8 @@ def _duration(seconds: float) -> str:
     minutes, secs = divmod(int(round(seconds)), 60)
     hours, minutes = divmod(minutes, 60)
     return f"{hours}h{minutes:02d}m{secs:02d}s" if hours else f"{minutes}m{secs:02d}s" if minutes else f"{secs}s"
+
+
+def plural(n: int, word: str) -> str:
+    """``1 epoch``, ``2 epochs``."""
+    return f"{n} {word}{'' if n == 1 else 's'}"

@@ -78,8 +78,10 @@ def open_run_folder(run_dir: Path, overwrite: bool, accelerator) -> None:
         run_dir.mkdir(parents=True, exist_ok=True)
         checkpoint.remove_partial_writes(run_dir)
         if overwrite and any((run_dir / name).exists() for name in RUN_OUTPUTS):
-            print(f"--overwrite: removing the earlier run in {run_dir} ({len(earlier.checkpoints)} checkpoints, "
-                  "its recipe, metrics and stages)", flush=True)
+            stages = sorted(p.name for p in (run_dir / STAGES_DIR).iterdir()) if earlier.staged else []
+            kept = len(earlier.checkpoints) + len(list((run_dir / STAGES_DIR).glob("*/checkpoints/epoch_*.pt")))
+            print(f"--overwrite: removing the earlier run in {run_dir} ({kept} checkpoint{'' if kept == 1 else 's'}"
+                  f"{', stages ' + ', '.join(stages) if stages else ''}, its recipe and metrics)", flush=True)
             for name in RUN_OUTPUTS:
                 path = run_dir / name
                 if path.is_dir():

@@ -66,6 +66,9 @@ def run_stages(recipe, method, run_dir: Path, machine, *, resume: str | None, on
                 print(f"stage {name}: done, skipped{changed_since(run_dir, name, recipe)}", flush=True)
             continue
         _run_stage(recipe, run_dir, name, make, machine)
+    later = [n for n in names if not is_done(run_dir, n)]
+    if only is not None and later and accelerator.is_main_process:
+        print(f"stage {only}: done; still to run: {', '.join(later)} (continue the run with --resume auto)", flush=True)
 
 
 def check_stage(method, run_dir: Path, only: str | None) -> None:

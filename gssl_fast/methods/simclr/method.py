@@ -33,6 +33,7 @@ from gssl_fast.methods.simclr.stages import (
     finetune_positions,
     linear_split,
 )
+from pipelines.errors import UserError
 
 
 class SimCLR(Method):
@@ -44,6 +45,7 @@ class SimCLR(Method):
         return torch.nn.Identity()  # every stage builds its own
 
     def batch_checks(self):
+        """Each training stage's batch arithmetic, and k-means' clusters against the images."""
         c, t, n = self.cfg, self.ctx.train, len(self.ctx.train_labels)
         whole = dict(steps=0, steps_per_epoch=0)  # the stages after pretraining train whole epochs
         checks = [BatchCheck("pretrain", t, n),
@@ -55,6 +57,9 @@ class SimCLR(Method):
         if c.guided:
             ae = dataclasses.replace(t, batch_size=c.ae_batch_size, **whole)
             checks.insert(0, BatchCheck("autoencoder", ae, n, batch_key="method.ae_batch_size"))
+            if c.clusters > n:  # k-means needs an image per cluster at least
+                raise UserError(f"stage cluster: method.clusters = {c.clusters} is more than the {n} training images "
+                                "k-means groups; lower it (0: the global pretraining batch)")
         return checks
 
     @classmethod

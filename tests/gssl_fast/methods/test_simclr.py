@@ -164,6 +164,14 @@ def test_a_stage_without_a_full_step_is_refused_before_the_first_stage(tmp_path,
     assert not run.exists()
 
 
+def test_more_clusters_than_images_is_refused_before_the_first_stage(tmp_path, capsys):
+    run = tmp_path / "run"
+    assert main([str(RECIPES / "shapes_gsimclr.toml"), "--out", str(run), *sets(*SMALL, "method.clusters=600")]) == 2
+    err = capsys.readouterr().err.strip()
+    assert err.startswith("error: stage cluster: method.clusters = 600 is more than the 512 training images")
+    assert not run.exists()
+
+
 @pytest.mark.slow
 def test_stage_reruns_that_stage_and_each_stage_keeps_its_recipe(tmp_path, capsys):
     run = tmp_path / "run"
@@ -171,7 +179,9 @@ def test_stage_reruns_that_stage_and_each_stage_keeps_its_recipe(tmp_path, capsy
     small = sets(*SMALL, "method.guided=false")
     assert main([recipe, "--out", str(run), *small]) == 0
     finetuned = final_state(run, "finetune")
-    capsys.readouterr()
+    summary = capsys.readouterr().out.split(f"finished {run}")[1].splitlines()
+    assert "(stage finetune)" in summary[0] and "after 2 epochs" in summary[0]
+    assert summary[1].split() == ["checkpoint", str(stage_dir(run, "finetune") / "checkpoints" / "epoch_0002.pt")]
     assert main([recipe, "--out", str(run), *small, "--stage", "finetune", "--set", "method.finetune_lr=0.01"]) == 0
     out = capsys.readouterr().out
     assert "rerunning stage finetune with changed settings: method.finetune_lr 0.05 -> 0.01" in out
@@ -185,6 +195,7 @@ def test_stage_reruns_that_stage_and_each_stage_keeps_its_recipe(tmp_path, capsy
 
     # --stage linear reruns linear and marks finetune (built after it) as to be rerun.
     assert main([recipe, "--out", str(run), *small, "--stage", "linear", "--set", "method.finetune_lr=0.01"]) == 0
+    assert "still to run: finetune (continue the run with --resume auto)" in capsys.readouterr().out
     assert not stage_dir(run, "finetune").exists()
     assert [r["stage"] for r in rows_of(run)] == ["pretrain"] * 2 + ["linear"] * 2
     # Continuing the run with other settings names the done stages they did not train.
