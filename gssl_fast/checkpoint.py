@@ -19,6 +19,8 @@ from pipelines.atomic import write_atomic
 from pipelines.errors import UserError
 
 CHECKPOINT_DIR = "checkpoints"
+# A staged run keeps each stage's checkpoints and files in <run>/stages/<name>/.
+STAGES_DIR = "stages"
 # epoch_0003.pt: 3 epochs done; epoch_0002_step_000120.pt: 2 epochs and 120 steps of the third
 # (written when a run is preempted).
 _NAME = re.compile(r"^epoch_(\d{4,})(?:_step_(\d{6,}))?\.pt$")
@@ -27,6 +29,11 @@ _NAME = re.compile(r"^epoch_(\d{4,})(?:_step_(\d{6,}))?\.pt$")
 def checkpoint_path(run_dir: Path, epoch: int, step: int = 0) -> Path:
     name = f"epoch_{epoch:04d}_step_{step:06d}.pt" if step else f"epoch_{epoch:04d}.pt"
     return Path(run_dir) / CHECKPOINT_DIR / name
+
+
+def stage_dir(run_dir: Path, name: str) -> Path:
+    """The folder of stage ``name`` of the staged run in ``run_dir``: its checkpoints and files."""
+    return Path(run_dir) / STAGES_DIR / name
 
 
 def list_checkpoints(run_dir: Path) -> list[Path]:

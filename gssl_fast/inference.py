@@ -18,7 +18,8 @@ from torch import nn
 
 from gssl_fast import checkpoint
 from pipelines.errors import UserError
-from gssl_fast.stages import STAGES_DIR, run_folder_of, stage_dir
+from gssl_fast.checkpoint import STAGES_DIR, stage_dir
+from gssl_fast.stages import run_folder_of
 
 
 class Classifier(nn.Module):

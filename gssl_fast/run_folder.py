@@ -14,14 +14,14 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from gssl_fast import checkpoint
+from gssl_fast.checkpoint import STAGES_DIR
 from pipelines.errors import UserError
 
-STAGES_DIR = "stages"
 CONFIG, HISTORY, METRICS = "config.toml", "config_history", "metrics.jsonl"
 # Everything a run writes into its folder, removed by --overwrite: checkpoints, logs, the
 # recipe and its history, converted data (.beton), stages, a method's files (FixMatch's
 # labeled subset), skipped images, tracker events and the report drawn from the old run.
-RUN_OUTPUTS = (checkpoint.CHECKPOINT_DIR, METRICS, CONFIG, HISTORY, "data", STAGES_DIR, "labeled_indices.txt",
+RUN_OUTPUTS = (checkpoint.CHECKPOINT_DIR, METRICS, CONFIG, HISTORY, "data", checkpoint.STAGES_DIR, "labeled_indices.txt",
                "skipped_images.txt", "tensorboard", "report")
 
 

@@ -20,14 +20,11 @@ from pathlib import Path
 from gssl_fast import checkpoint
 from pipelines.errors import UserError
 from gssl_fast.faults import crash_point
-from gssl_fast.run_folder import CONFIG, METRICS, STAGES_DIR, record_recipe
+from gssl_fast.checkpoint import stage_dir
+from gssl_fast.run_folder import CONFIG, METRICS, record_recipe
 from pipelines.atomic import write_text_atomic
 
 DONE = "done.json"
-
-
-def stage_dir(run_dir: Path, name: str) -> Path:
-    return Path(run_dir) / STAGES_DIR / name
 
 
 def run_folder_of(folder: Path, stage: str) -> Path:

@@ -9,7 +9,7 @@ import pytest
 import torch
 
 from bench.crash_points import ARGS, final, same, train
-from gssl_fast.stages import stage_dir
+from gssl_fast.checkpoint import stage_dir
 from tests.gssl_fast.tiny import write_tiny
 
 ROOT = Path(__file__).resolve().parents[2]

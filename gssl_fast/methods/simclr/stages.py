@@ -33,9 +33,7 @@ class _Stage(Method):
     stage = ""
 
     def folder(self, stage: str | None = None) -> Path:
-        from gssl_fast.stages import stage_dir
-
-        return stage_dir(self.ctx.run_dir, stage or self.stage)
+        return checkpoint.stage_dir(self.ctx.run_dir, stage or self.stage)
 
     def pretrained(self):
         """The contrastive model with the weights of the pretrain stage's last checkpoint."""

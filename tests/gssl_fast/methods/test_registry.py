@@ -175,7 +175,7 @@ class Count(Method):
 
     def run(self, accelerator):
         from gssl_fast import checkpoint
-        from gssl_fast.stages import stage_dir
+        from gssl_fast.checkpoint import stage_dir
 
         state = checkpoint.load(checkpoint.list_checkpoints(stage_dir(self.ctx.run_dir, "fit"))[-1])["model"]
         return {"weights": sum(v.numel() for v in state.values())}
@@ -196,7 +196,8 @@ def twostep():
 
 
 def test_a_staged_method_from_a_test_file_runs_its_stages_through_the_loop(tmp_path, twostep, write):
-    from gssl_fast.stages import DONE, stage_dir
+    from gssl_fast.checkpoint import stage_dir
+    from gssl_fast.stages import DONE
 
     out = tmp_path / "run"
     assert main([str(write(tmp_path, name="twostep")), "--out", str(out)]) == 0

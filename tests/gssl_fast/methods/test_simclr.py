@@ -16,7 +16,8 @@ import pytest
 import torch
 
 from gssl_fast.config import load_recipe
-from gssl_fast.stages import DONE, stage_dir
+from gssl_fast.checkpoint import stage_dir
+from gssl_fast.stages import DONE
 from gssl_fast.train import main
 
 ROOT = Path(__file__).resolve().parents[3]
