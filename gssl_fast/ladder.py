@@ -104,14 +104,14 @@ def recipe_path(table: Table, row: Row) -> Path:
 
 def command(table: Table, row: Row, run_dir: Path, overrides, launch: str | None) -> list[str]:
     """The command that trains ``row`` into ``run_dir`` (continuing it when it has checkpoints)."""
-    from gssl_fast.checkpoint import list_checkpoints
+    from gssl_fast.run_folder import Earlier
 
     # -q: a row's own one-line error, without Accelerate's traceback under it.
     head = ["accelerate", "launch", "-q", *shlex.split(launch)] if launch is not None else [sys.executable]
     cmd = [*head, "-m", "gssl_fast.train", str(recipe_path(table, row)), "--out", str(run_dir)]
     for item in (*row.set, *overrides):
         cmd += ["--set", item]
-    if list_checkpoints(run_dir) or (run_dir / "stages").is_dir():  # a staged method keeps them per stage
+    if Earlier.of(run_dir):  # checkpoints, or a staged method's stages
         cmd += ["--resume", "auto"]
     return cmd
 

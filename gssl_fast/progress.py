@@ -217,7 +217,7 @@ def run_summary(run_dir: Path, rows: list[dict], seconds: float) -> str:
     from gssl_fast import checkpoint
 
     # A staged run's weights: those of the stage whose accuracy the first line gives.
-    found = checkpoint.list_checkpoints(Path(run_dir) / "stages" / stage if stage else run_dir)
+    found = checkpoint.list_checkpoints(checkpoint.stage_dir(run_dir, stage) if stage else run_dir)
     lines = [head, f"  checkpoint  {found[-1] if found else '(none)'}", f"  metrics     {Path(run_dir) / 'metrics.jsonl'}",
              f"  recipe      {Path(run_dir) / 'config.toml'}", f"  report      python -m gssl_fast.report {run_dir}"]
     return "\n".join(lines)

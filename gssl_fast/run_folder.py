@@ -15,6 +15,7 @@ from pathlib import Path
 
 from gssl_fast import checkpoint
 from gssl_fast.checkpoint import STAGES_DIR
+from gssl_fast.loaders import SKIPPED_FILE
 from pipelines.errors import UserError
 
 CONFIG, HISTORY, METRICS = "config.toml", "config_history", "metrics.jsonl"
@@ -22,7 +23,7 @@ CONFIG, HISTORY, METRICS = "config.toml", "config_history", "metrics.jsonl"
 # recipe and its history, converted data (.beton), stages, a method's files (FixMatch's
 # labeled subset), skipped images, tracker events and the report drawn from the old run.
 RUN_OUTPUTS = (checkpoint.CHECKPOINT_DIR, METRICS, CONFIG, HISTORY, "data", checkpoint.STAGES_DIR, "labeled_indices.txt",
-               "skipped_images.txt", "tensorboard", "report")
+               SKIPPED_FILE, "tensorboard", "report")
 
 
 def run_dir_of(name: str, out) -> Path:

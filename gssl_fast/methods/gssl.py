@@ -30,7 +30,13 @@ class GSSLMethod(Method):
 
     @classmethod
     def metrics(cls):
-        return {**super().metrics(), **GSSL_METRICS}
+        return {**super().metrics(), **cls.own_metrics(), **GSSL_METRICS}
+
+    @classmethod
+    def own_metrics(cls) -> dict:
+        """What a method built on the G-SSL model logs besides it (``{field: Metric}``),
+        shown after the evaluation and before the G-SSL groups."""
+        return {}
 
     @property
     def tasks(self) -> tuple[str, ...]:

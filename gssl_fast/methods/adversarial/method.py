@@ -23,8 +23,8 @@ from dataclasses import replace
 
 from gssl_fast.attacks import ATTACKS, pgd, robust_accuracy
 from gssl_fast.methods.adversarial.config import AdversarialConfig
-from gssl_fast.methods.base import Method, Metric, main_batch
-from gssl_fast.methods.gssl import GSSL_METRICS, GSSLMethod
+from gssl_fast.methods.base import Metric, main_batch
+from gssl_fast.methods.gssl import GSSLMethod
 from gssl_fast.task import pretext_batch_targets
 
 
@@ -35,13 +35,12 @@ class Adversarial(GSSLMethod):
     Config = AdversarialConfig
 
     @classmethod
-    def metrics(cls):
+    def own_metrics(cls):
         about = ("Validation top-1 accuracy (%) under each attack of method.eval_attacks (class loss alone, eval "
                  "mode) on method.eval_images validation images, every method.eval_every_epochs epochs.")
         robust = {f"val_{name}_acc1": Metric(name, "robust", "%", ".2f", about=about) for name in ATTACKS}
         images = Metric("images", "robust", about=about, curve=False)
-        # Robust accuracy right after the clean, before the G-SSL groups.
-        return {**Method.metrics(), **robust, "val_robust_images": images, **GSSL_METRICS}
+        return {**robust, "val_robust_images": images}
 
     def training_step(self, model, batch_by_stream, *, accelerator) -> dict:
         batch = main_batch(batch_by_stream)

@@ -41,9 +41,9 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
-from gssl_fast.methods.base import Method, Metric, Stream
+from gssl_fast.methods.base import GENERIC_METRICS, Metric, Stream
 from gssl_fast.methods.fixmatch.config import FixMatchConfig
-from gssl_fast.methods.gssl import GSSL_METRICS, GSSLMethod
+from gssl_fast.methods.gssl import GSSLMethod
 from gssl_fast.task import gssl_scalars
 from pipelines.atomic import write_text_atomic
 from pipelines.errors import UserError
@@ -112,7 +112,7 @@ class FixMatch(GSSLMethod):
     Config = FixMatchConfig
 
     @classmethod
-    def metrics(cls):
+    def own_metrics(cls):
         losses = ("FixMatch's losses per epoch: L_s of the labeled images (loss_x) and L_u of the unlabeled ones "
                   "(loss_u).")
         trained = {"loss_x": Metric("loss_x", "train", about=losses), "loss_u": Metric("loss_u", "train", about=losses),
@@ -120,13 +120,12 @@ class FixMatch(GSSLMethod):
                                        "top probability reaches method.tau (their pseudo-labels count)."),
                    "pseudo_acc": Metric("pseudo_acc", "train", "%", ".2f", about="Top-1 accuracy (%) of the counted "
                                         "pseudo-labels against the true labels (monitoring only).")}
-        evaluated = Method.metrics()
         # The raw weights' evaluation beside the EMA weights' (val_raw_acc1, ...); no per-class bars of its own.
         raw = {f"val_raw_{k[4:]}": replace(m, group="raw weights" if m.group != "per-class" else "",
                                            about="Validation accuracy (%) of the raw weights (the EMA weights "
                                                  "give the other validation numbers).")
-               for k, m in evaluated.items() if k.startswith("val_")}
-        return {**evaluated, **trained, **raw, **GSSL_METRICS}
+               for k, m in GENERIC_METRICS.items() if k.startswith("val_")}
+        return {**trained, **raw}
 
     def __init__(self, cfg, ctx):
         super().__init__(cfg, ctx)
