@@ -30,7 +30,7 @@ ROOT = Path(__file__).resolve().parents[1]
 NO_CUDA_EXIT = 3
 
 TESTS = ["tests/pipelines/test_loaders.py", "tests/pipelines/test_localizable.py", "tests/pipelines/test_dali.py",
-         "tests/gssl_fast/methods/test_gpu.py", "tests/gssl_fast/test_attacks.py"]
+         "tests/gssl_fast/methods/test_gpu.py", "tests/gssl_fast/model/test_attacks.py"]
 # name -> (command after `python`, time limit in seconds)
 BENCHES = {
     "transform": (["-m", "bench.transform", "--device", "cuda", "--sizes", "64", "--repeats", "5"], 90),

@@ -87,7 +87,7 @@ def build(cfg, tasks, args, accelerator, seed: int = 0):
     """The method of ``cfg`` with ``tasks`` (the trainer's path: recipe, check, build,
     SGD of ``[optim]``, prepare), its prepared model and optimizer."""
     from gssl_fast.methods import MethodContext, build_method
-    from gssl_fast.optim import build_optimizer
+    from gssl_fast.model.optim import build_optimizer
 
     recipe = dataclasses.replace(Recipe(), model=ModelConfig(backbone=args.backbone),
                                  pretext=PretextConfig(tasks=tuple(tasks)), method=cfg,

@@ -5,13 +5,13 @@ against the same loop fed a synthetic batch (what the loader costs end to end).
     python -m bench.train_step [--backbone resnet20_cifar] [--batch 128] [--json out.json] [--quick]
 
 Part 1, one optimizer step (forward, backward, SGD step) on a synthetic float32
-``[B, 3, 32, 32]`` batch, three ``gssl_fast.task.GSSLTask`` built alike (same seed):
+``[B, 3, 32, 32]`` batch, three ``gssl_fast.model.task.GSSLTask`` built alike (same seed):
 - supervised: ``tasks=()`` (backbone + class head)
 - lorot-e: ``tasks=("rotation",)`` (one pretext head, no gate)
 - g-ssl 3 gated: ``("rotation", "flip", "perm")``, reference gate, gated combination
 ``overhead`` = extra time per step against supervised (the pretext heads and gate).
 
-Part 2, ``gssl_fast.epoch.train_one_epoch`` (the trainer's own loop, Accelerate,
+Part 2, ``gssl_fast.run.epoch.train_one_epoch`` (the trainer's own loop, Accelerate,
 G-SSL 3 gated) for ``--steps`` steps, fed by ``pipelines.torch`` over the built-in
 shapes data, or by a synthetic loader delivering one prepared batch (no loader work).
 ``x_vs_synthetic`` is the loop's throughput with the real loader over the synthetic one.
@@ -59,7 +59,7 @@ NUM_CLASSES = 10
 
 def build(backbone: str, tasks, device: torch.device, seed: int = 0):
     """A GSSLTask (the recipe path: timm backbone, heads, CE) and its SGD optimizer."""
-    from gssl_fast.task import build_task
+    from gssl_fast.model.task import build_task
 
     torch.manual_seed(seed)
     task = build_task(ModelConfig(backbone=backbone), PretextConfig(tasks=tuple(tasks)), LossConfig(),
@@ -130,9 +130,9 @@ def part_epoch(args, device) -> list[dict]:
 
     from gssl_fast.config import Recipe, TrainConfig
     from gssl_fast.methods import MethodContext, build_method
-    from gssl_fast.progress import Progress
-    from gssl_fast.epoch import train_one_epoch
-    from gssl_fast.loop import Machine, Run
+    from gssl_fast.run.progress import Progress
+    from gssl_fast.run.epoch import train_one_epoch
+    from gssl_fast.run.loop import Machine, Run
     from gssl_fast.train import make_accelerator
     from pipelines.datasets.shapes import make_shapes
     from pipelines.torch import make_loader

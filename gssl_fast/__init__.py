@@ -10,7 +10,7 @@ __version__ = "0.1.0"
 
 def load_model(path, *, device="cpu"):
     """The trained model of a run folder or checkpoint: ``[B, 3, H, W]`` float pixels in
-    [0, 1] -> ``[B, K]`` class logits, eval mode (``gssl_fast.inference.load_model``)."""
-    from gssl_fast.inference import load_model as load
+    [0, 1] -> ``[B, K]`` class logits, eval mode (``gssl_fast.analysis.inference.load_model``)."""
+    from gssl_fast.analysis.inference import load_model as load
 
     return load(path, device=device)

@@ -127,7 +127,7 @@ def save_checkpoint(run_dir, epochs_done, recipe_toml: str, method, optimizer, s
     Beside the training state: the resolved recipe (``recipe_toml``, as
     ``gssl_fast.config.recipe_to_toml`` writes it) and what the method was built from
     (``context``), so that ``gssl_fast.load_model`` rebuilds the model from the file alone.
-    ``partial``: where an epoch stopped (``gssl_fast.epoch.Partial.state``), for a
+    ``partial``: where an epoch stopped (``gssl_fast.run.epoch.Partial.state``), for a
     mid-epoch checkpoint. Returns the file's path.
     """
     path = checkpoint_path(run_dir, epochs_done, partial["step"] if partial else 0)

@@ -46,6 +46,7 @@ def check_data(cfg: DataConfig, source: str) -> None:
     # Imported here: pipelines.datasets is heavier than a recipe, and may import this module.
     from pipelines.datasets import DATASETS
     from pipelines.datasets.decode import ON_CORRUPT
+    from pipelines.datasets.fetch import ARCHIVES
     from pipelines.datasets.longtail import KINDS as LONGTAILS
 
     one_of(cfg.name, sorted(DATASETS), "data.name", source)
@@ -67,20 +68,24 @@ def check_data(cfg: DataConfig, source: str) -> None:
     rule(cfg.val_size > 0, "data.val_size", "be > 0", cfg.val_size, source)
     rule(cfg.seed >= 0, "data.seed", "be >= 0", cfg.seed, source)
     one_of(cfg.on_corrupt, list(ON_CORRUPT), "data.on_corrupt", source)
+    rule(not cfg.download or cfg.name in ARCHIVES, "data.download",
+         "be false for a dataset without an official archive (those with one: " + ", ".join(ARCHIVES) + ")",
+         cfg.download, source)
+    rule(not cfg.mirror or cfg.download, "data.mirror", "come with data.download = true", cfg.mirror, source)
 
 
 def check_model(cfg: ModelConfig, source: str) -> None:
     rule(cfg.backbone.strip() != "", "model.backbone", "name a timm model, e.g. 'resnet32_cifar'",
           cfg.backbone, source)
     rule(0 <= cfg.drop_rate < 1, "model.drop_rate", "be in [0, 1)", cfg.drop_rate, source)
-    # model.backbone and model.init are checked where the model is built (gssl_fast.models),
+    # model.backbone and model.init are checked where the model is built (gssl_fast.model.network),
     # before anything is written: their registries import timm, which a recipe does not.
 
 
 def check_pretext(cfg: PretextConfig, source: str) -> None:
     # Imported here so that reading a recipe does not import torch; the allowed values
     # are the registries next to the code they select.
-    from gssl_fast.losses import COMBINE_MODES, GATE_MODES, GATE_POOLS
+    from gssl_fast.model.losses import COMBINE_MODES, GATE_MODES, GATE_POOLS
     from pipelines.localizable import FLIP_AXES, TASKS
 
     rule(all(t in TASKS for t in cfg.tasks), "pretext.tasks",
@@ -95,7 +100,7 @@ def check_pretext(cfg: PretextConfig, source: str) -> None:
 
 
 def check_loss(cfg: LossConfig, source: str) -> None:
-    from gssl_fast.losses import CLASS_LOSSES
+    from gssl_fast.model.losses import CLASS_LOSSES
 
     one_of(cfg.name, tuple(CLASS_LOSSES), "loss.name", source)
     rule(cfg.ldam_max_margin > 0, "loss.ldam_max_margin", "be > 0", cfg.ldam_max_margin, source)
@@ -107,7 +112,7 @@ def check_loss(cfg: LossConfig, source: str) -> None:
 
 
 def check_optim(cfg: OptimConfig, source: str) -> None:
-    from gssl_fast.optim import OPTIMIZERS, SCHEDULES
+    from gssl_fast.model.optim import OPTIMIZERS, SCHEDULES
 
     one_of(cfg.name, tuple(OPTIMIZERS), "optim.name", source)
     rule(cfg.lr > 0, "optim.lr", "be > 0", cfg.lr, source)

@@ -1,13 +1,13 @@
 """``python -m gssl_fast.evaluate``: clean and robust accuracy of a finished run.
 
-The accuracy over a loader itself is ``gssl_fast.metrics.evaluate``.
+The accuracy over a loader itself is ``gssl_fast.model.metrics.evaluate``.
 """
 
 from __future__ import annotations
 
 import torch
 
-from gssl_fast.metrics import evaluate
+from gssl_fast.model.metrics import evaluate
 
 USAGE = """Evaluates a finished run on its whole validation split, one line per metric.
 
@@ -21,7 +21,7 @@ progress of each pass goes to the terminal (a bar) or stderr (a line per ~10%)."
 def parse_args(argv=None):
     import argparse
 
-    from gssl_fast.attacks import ATTACKS
+    from gssl_fast.model.attacks import ATTACKS
 
     p = argparse.ArgumentParser(prog="python -m gssl_fast.evaluate", description=USAGE,
                                 formatter_class=argparse.RawDescriptionHelpFormatter)
@@ -55,9 +55,9 @@ def evaluate_run(run, *, attacks=(), limit: int = 0, batch_size: int = 0, seed: 
     with the plain torch loader on the CPU or the first GPU, in one process."""
     from accelerate import Accelerator
 
-    from gssl_fast.attacks import get_attack, robust_accuracy
-    from gssl_fast.inference import load_for_evaluation
-    from gssl_fast.progress import progressed
+    from gssl_fast.model.attacks import get_attack, robust_accuracy
+    from gssl_fast.analysis.inference import load_for_evaluation
+    from gssl_fast.run.progress import progressed
     from pipelines.torch import make_loader
 
     recipe, method, model, dataset = load_for_evaluation(run)

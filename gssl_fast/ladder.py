@@ -104,7 +104,7 @@ def recipe_path(table: Table, row: Row) -> Path:
 
 def command(table: Table, row: Row, run_dir: Path, overrides, launch: str | None) -> list[str]:
     """The command that trains ``row`` into ``run_dir`` (continuing it when it has checkpoints)."""
-    from gssl_fast.run_folder import Earlier
+    from gssl_fast.run.folder import Earlier
 
     # -q: a row's own one-line error, without Accelerate's traceback under it.
     head = ["accelerate", "launch", "-q", *shlex.split(launch)] if launch is not None else [sys.executable]

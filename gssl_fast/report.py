@@ -30,9 +30,9 @@ from pathlib import Path
 import numpy as np
 
 from pipelines.errors import UserError
-from gssl_fast.figures import PageFigure, _plt, gradcam_figures, tsne_figure
-from gssl_fast.metrics import MetricsLog
-from gssl_fast.progress import is_number, metric_items
+from gssl_fast.analysis.figures import PageFigure, _plt, gradcam_figures, tsne_figure
+from gssl_fast.run.log import MetricsLog
+from gssl_fast.run.progress import is_number, metric_items
 
 
 # Headings of the groups every method has (``Metric.group``); any other group is its own heading.

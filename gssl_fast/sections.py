@@ -30,6 +30,8 @@ class DataConfig:
     on_corrupt: str = "error"  # an unreadable image file: "error" (stop, naming it) | "skip" (leave it out, counted)
     decode_cache: bool = True  # keep folder datasets decoded by PIL on disk, so a restart does not decode again
     cache_dir: str = ""  # where data.decode_cache keeps them; "" = $GSSL_FAST_CACHE or ~/.cache/gssl_fast/decoded
+    download: bool = False  # fetch the official archive of data.name (cifar10, cifar100, tinyimagenet) into data.root's folder first, when missing
+    mirror: str = ""  # with data.download: fetch the archive's file name from this URL instead of the official one (same checksum)
 
 
 @dataclass(frozen=True)

@@ -5,8 +5,8 @@
 
 Reads top to bottom: the run folder's refusals -> Accelerator -> data -> method (its
 model, its streams) -> every check that needs them (stages, batch arithmetic) -> the run
-folder opened -> the run (``gssl_fast.loop``), or the stages one run each
-(``gssl_fast.stages``) -> a summary. Loaders are sharded by their own ``shard_id`` /
+folder opened -> the run (``gssl_fast.run.loop``), or the stages one run each
+(``gssl_fast.run.stages``) -> a summary. Loaders are sharded by their own ``shard_id`` /
 ``num_shards`` and are never passed to ``accelerator.prepare``.
 """
 
@@ -21,8 +21,8 @@ import time
 from pathlib import Path
 
 from gssl_fast.config import Recipe, load_recipe
-from gssl_fast.epoch import Stopped
-from gssl_fast.peers import PEER_EXIT, PeerLost
+from gssl_fast.run.epoch import Stopped
+from gssl_fast.run.peers import PEER_EXIT, PeerLost
 from pipelines.errors import UserError
 
 USAGE_EXIT = 2
@@ -135,15 +135,14 @@ def fit(recipe: Recipe, *, out=None, resume=None, overwrite=False, stage: str | 
     the data, the model, every stage's batch arithmetic) is, before the run folder is
     created or an earlier run in it removed: a run that fails to start leaves it as it was.
     """
-    import numpy as np
     from accelerate.utils import set_seed
 
-    from gssl_fast.loaders import check_batches, input_normalization, loader_source, report_skipped, written_sources
-    from gssl_fast.loop import Machine, open_run, train_run
+    from gssl_fast.run.loaders import open_data
+    from gssl_fast.run.loop import Machine, open_run, train_run
     from gssl_fast.methods import MethodContext, build_method
-    from gssl_fast.metrics import MetricsLog
-    from gssl_fast.run_folder import METRICS, check_run_folder, open_run_folder, record_recipe, run_dir_of
-    from gssl_fast.stages import check_stage, run_stages
+    from gssl_fast.run.log import MetricsLog
+    from gssl_fast.run.folder import METRICS, check_run_folder, open_run_folder, record_recipe, run_dir_of
+    from gssl_fast.run.stages import check_stage, run_stages
 
     started, train = time.perf_counter(), recipe.train
     run_dir = run_dir_of(recipe.name, out)
@@ -152,19 +151,15 @@ def fit(recipe: Recipe, *, out=None, resume=None, overwrite=False, stage: str | 
     threads = set_threads(train, accelerator)
     recipe = dataclasses.replace(recipe, train=per_process(train, accelerator.num_processes))
     set_seed(recipe.train.seed)  # the same initial weights on every process
-    data = {split: loader_source(recipe, split, accelerator) for split in ("train", "val")}
-    train_ds = data["train"][1]
-    counts = np.bincount(train_ds.labels, minlength=len(train_ds.classes))
-    mean, std = input_normalization(recipe.data, train_ds)
-    method = build_method(recipe.method, MethodContext.of(recipe, counts, mean, std, train_labels=train_ds.labels,
-                                                          classes=tuple(train_ds.classes), run_dir=run_dir, main_process=accelerator.is_main_process))
+    data = open_data(recipe.data, recipe.train.loader, accelerator)
+    method = build_method(recipe.method, MethodContext.of(recipe, data.class_counts, data.mean, data.std,
+                                                          train_labels=data.train.labels, classes=tuple(data.train.classes),
+                                                          run_dir=run_dir, main_process=accelerator.is_main_process))
     check_stage(method, run_dir, stage)
     for check in method.batch_checks():
-        check_batches(check, accelerator.num_processes)
+        check.refuse_empty(accelerator.num_processes)
     open_run_folder(run_dir, overwrite, accelerator)
-    data = written_sources(recipe, data, run_dir, accelerator)
-    report_skipped(data, run_dir, accelerator)
-    machine = Machine(accelerator, threads, data)
+    machine = Machine(accelerator, threads, data.kept(run_dir))
     if method.stages():
         run_stages(recipe, method, run_dir, machine, resume=resume, only=stage)
     else:
@@ -172,7 +167,7 @@ def fit(recipe: Recipe, *, out=None, resume=None, overwrite=False, stage: str | 
         train_run(run, start_from, before_start=lambda: record_recipe(recipe, run_dir, accelerator))
     accelerator.end_training()
     if accelerator.is_main_process:
-        from gssl_fast.progress import run_summary
+        from gssl_fast.run.progress import run_summary
 
         print(run_summary(run_dir, MetricsLog(run_dir / METRICS).read(), time.perf_counter() - started), flush=True)
     return run_dir

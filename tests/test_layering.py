@@ -1,5 +1,6 @@
-"""Two floors, imports one way: ``pipelines`` (the data floor) imports nothing of
-``gssl_fast``, so it can be reused alone."""
+"""Floors, imports one way: ``pipelines`` (the data floor) imports nothing of
+``gssl_fast``, so it can be reused alone; inside ``gssl_fast`` each folder imports only
+from its own floor or those below it (docs/layout.md)."""
 
 from __future__ import annotations
 
@@ -26,7 +27,7 @@ def test_pipelines_import_nothing_of_gssl_fast():
 
 
 # Modules that build or run models: what reading a recipe must not import.
-MODEL_MODULES = ("timm", "gssl_fast.models", "gssl_fast.backbones", "gssl_fast.task", "gssl_fast.heads",
+MODEL_MODULES = ("timm", "gssl_fast.model.network", "gssl_fast.model.backbones", "gssl_fast.model.task", "gssl_fast.model.heads",
                  "gssl_fast.methods.base", "gssl_fast.methods.gssl")
 
 
@@ -70,3 +71,44 @@ def test_every_method_is_one_package_with_a_config_that_imports_no_torch():
         assert method.startswith(f"gssl_fast.methods.{name}.method:"), method
         configs = imported_modules(ROOT / "gssl_fast" / "methods" / name / "config.py")
         assert not [m for m in configs if m.split(".")[0] in ("torch", "timm")], (name, configs)
+
+
+# gssl_fast's floors, lowest first (docs/layout.md); a module named in none is a command
+# (train, evaluate, report, ladder, ...), the top floor.
+FLOORS = (
+    ("gssl_fast.sections", "gssl_fast.faults"),
+    ("gssl_fast.model", "gssl_fast.checkpoint"),
+    ("gssl_fast.config_checks",),
+    ("gssl_fast.methods",),
+    ("gssl_fast.config",),
+    ("gssl_fast.run",),
+    ("gssl_fast.analysis",),
+)
+
+
+def floor_of(module: str) -> int:
+    for i, prefixes in enumerate(FLOORS):
+        if any(module == p or module.startswith(p + ".") for p in prefixes):
+            return i
+    return len(FLOORS)
+
+
+def module_name(path: Path) -> str:
+    parts = path.relative_to(ROOT).with_suffix("").parts
+    return ".".join(parts[:-1] if parts[-1] == "__init__" else parts)
+
+
+def test_gssl_fast_folders_import_only_their_floor_and_below():
+    climbs = {}
+    for path in sorted((ROOT / "gssl_fast").rglob("*.py")):
+        here = module_name(path)
+        up = sorted(m for m in imported_modules(path) if m.startswith("gssl_fast.") and floor_of(m) > floor_of(here))
+        if up:
+            climbs[here] = up
+    assert climbs == {}
+
+
+def test_the_floors_name_every_folder_of_gssl_fast():
+    folders = {p.name for p in (ROOT / "gssl_fast").iterdir() if p.is_dir() and (p / "__init__.py").is_file()}
+    named = {p.split(".")[1] for prefixes in FLOORS for p in prefixes}
+    assert folders <= named

@@ -31,7 +31,8 @@ import numpy as np
 import torch
 from torch import nn
 
-from gssl_fast.metrics import FEW_SHOT, MANY_SHOT
+from gssl_fast.model.metrics import FEW_SHOT, MANY_SHOT
+from pipelines.errors import UserError
 from gssl_fast.sections import (
     DataConfig,
     LossConfig,
@@ -95,7 +96,7 @@ class Metric:
     curve: bool = True
 
 
-# What every method's evaluation (``gssl_fast.metrics.evaluate``) and loop log.
+# What every method's evaluation (``gssl_fast.model.metrics.evaluate``) and loop log.
 GENERIC_METRICS: dict[str, Metric] = {
     "train_loss": Metric("loss", "train", about="Training loss per epoch (the mean over its steps)."),
     "val_acc1": Metric("top-1", "val", "%", ".2f", about="Validation top-1 and top-5 accuracy (%) after each epoch."),
@@ -124,6 +125,20 @@ class BatchCheck:
     images: int
     batch_key: str = "train.batch_size"
     images_from: str = ""
+
+    def refuse_empty(self, processes: int) -> None:
+        """Refuses an epoch that would hold no full optimizer step on ``processes``
+        processes, naming the stage, the images and the key."""
+        cfg = self.train
+        batches = (self.images // processes) // cfg.batch_size  # drop_last: every process the same count
+        if batches >= (1 if cfg.steps_per_epoch else cfg.grad_accum_steps):  # steps_per_epoch: the stream cycles
+            return
+        where = f"stage {self.stage}: " if self.stage else ""
+        images = f"{self.images} images ({self.images_from})" if self.images_from else f"{self.images} images"
+        raise UserError(
+            f"{where}{self.batch_key} = {cfg.batch_size} x train.grad_accum_steps = {cfg.grad_accum_steps} per "
+            f"process x {processes} process{'es' if processes > 1 else ''} leaves no full step in an epoch of "
+            f"{images}; lower {self.batch_key}" + (" or train.grad_accum_steps" if cfg.grad_accum_steps > 1 else ""))
 
 
 @dataclass(frozen=True)
@@ -184,7 +199,7 @@ class Method:
 
     # ---- stages
     def stages(self) -> list[tuple[str, Any]]:
-        """``[(name, make), ...]`` of a method run in stages (``gssl_fast.stages``), in
+        """``[(name, make), ...]`` of a method run in stages (``gssl_fast.run.stages``), in
         order, ``make()`` building the stage's method when its turn comes; empty for a
         method trained in one run (the default)."""
         return []
@@ -253,7 +268,7 @@ class Method:
     def evaluate(self, model: nn.Module, loader, *, accelerator, epoch: int, last: bool) -> dict:
         """Metrics of ``model`` (unwrapped, eval mode is the method's to set) on the
         validation loader: classification accuracy by default (``val_acc1``, ...)."""
-        from gssl_fast.metrics import evaluate
+        from gssl_fast.model.metrics import evaluate
 
         return evaluate(model, loader, accelerator=accelerator, num_classes=self.ctx.num_classes,
                         train_counts=self.ctx.class_counts if self.ctx.longtail else None)

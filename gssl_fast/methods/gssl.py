@@ -5,7 +5,7 @@ and, with ``pretext.tasks``, the gated pretext heads on the loader's localizable
 from __future__ import annotations
 
 from gssl_fast.methods.base import Method, Metric
-from gssl_fast.task import build_task, gssl_scalars, pretext_batch_targets
+from gssl_fast.model.task import build_task, gssl_scalars, pretext_batch_targets
 
 
 # What the G-SSL component logs (``task.gssl_scalars``: ``pretext_acc/<task>``, ``gate/<task>``).

@@ -12,6 +12,7 @@ adds what every dataset shares: the long-tailed train split and the resize to
     decode.py    image files -> arrays with PIL; unreadable files refused or skipped
     cache.py     decoded folder datasets kept on disk for the next run
     longtail.py  LDAM-DRW long-tailed subsampling
+    fetch.py     the official archives: download (resumable), md5 check, safe unpack
     testing.py   writers of small datasets in the real file formats, for tests
 """
 

@@ -147,7 +147,8 @@ def _dataset_folder(root: str | Path, folder: str, title: str, archive: str) -> 
     """``root`` itself, or ``root/folder`` when root is its parent."""
     help_text = (
         f"{title} comes from {CIFAR_URL} (the \"python version\", {archive}); extract it "
-        f"(tar xzf {archive}) and set data.root to the {folder} folder"
+        f"(tar xzf {archive}) and set data.root to the {folder} folder; or fetch it: python -m "
+        f"gssl_fast.fetch {title.lower().replace('-', '')} (data.download = true in a recipe)"
     )
     if not str(root):
         raise UserError(f"data.root is empty. {help_text}")

@@ -27,7 +27,8 @@ TINY_URL = "http://cs231n.stanford.edu/tiny-imagenet-200.zip"
 TINY_FOLDER = "tiny-imagenet-200"  # the folder the zip unpacks to
 TINY_HELP = (
     f"Tiny-ImageNet-200 comes from {TINY_URL}; unzip it and set data.root to the "
-    f"{TINY_FOLDER} folder (the one holding wnids.txt) or the folder it was unzipped in"
+    f"{TINY_FOLDER} folder (the one holding wnids.txt) or the folder it was unzipped in; "
+    "or fetch it: python -m gssl_fast.fetch tinyimagenet (data.download = true in a recipe)"
 )
 FOLDER_HELP = (
     "data.root must point at an ImageFolder tree: root/<class>/*.jpg|png, or "

@@ -7,17 +7,25 @@ downloaded, so fixtures are written from arrays, e.g. ``make_shapes(...).images`
     write_cifar100(root, images, labels)           root = a cifar-100-python folder
     write_image_folder(root, images, labels)       root/<class>/<i>.png
     write_tinyimagenet(root, train_images, train_labels, val_images, val_labels)
+    write_cifar10_archive(path, images, labels)    cifar-10-python.tar.gz, as published
+    write_cifar100_archive(path, images, labels)   cifar-100-python.tar.gz
+    write_tinyimagenet_archive(path, ...)          tiny-imagenet-200.zip (JPEG, with test/)
     write_unreadable(path, kind)                   a file no reader can decode (UNREADABLE)
     write_convertible(path, kind, image)           ``image`` stored in another mode (CONVERTIBLE)
 
-Every writer creates ``root`` and returns it as a Path. Images are ``[N, H, W, 3]`` uint8
-(CIFAR: H = W = 32), or for the folder writers any sequence of ``[H, W, 3]`` uint8
-arrays (mixed sizes allowed). Use PNG where a test compares pixels: JPEG is lossy.
+Every writer creates ``root`` (an archive writer: the file ``path``) and returns it as a
+Path. Images are ``[N, H, W, 3]`` uint8 (CIFAR: H = W = 32), or for the folder writers
+any sequence of ``[H, W, 3]`` uint8 arrays (mixed sizes allowed). Use PNG where a test
+compares pixels: JPEG is lossy.
 """
 
 from __future__ import annotations
 
+import os
 import pickle
+import tarfile
+import tempfile
+import zipfile
 from pathlib import Path
 from typing import Sequence
 
@@ -184,6 +192,51 @@ def write_tinyimagenet(
         notes.append(f"{name}\t{wnids[label]}\t0\t0\t{w - 1}\t{h - 1}\n")
     (root / "val" / "val_annotations.txt").write_text("".join(notes))
     return root
+
+
+def _archive_of(write_folder, path, folder: str) -> Path:
+    """Runs ``write_folder(dir)`` on ``<tmp>/<folder>`` and packs that folder, as the
+    archive's one top-level folder, into ``path`` (``.zip``, else ``.tar.gz``)."""
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    with tempfile.TemporaryDirectory() as tmp:
+        write_folder(Path(tmp) / folder)
+        if path.suffix != ".zip":
+            with tarfile.open(path, "w:gz") as tar:
+                tar.add(Path(tmp) / folder, arcname=folder)
+            return path
+        with zipfile.ZipFile(path, "w", zipfile.ZIP_DEFLATED) as zf:
+            for dirpath, dirnames, filenames in os.walk(Path(tmp) / folder):
+                dirnames.sort()  # folders get their own entries, as in the published zip
+                for name in [dirpath, *(os.path.join(dirpath, f) for f in sorted(filenames))]:
+                    zf.write(name, os.path.relpath(name, tmp))
+    return path
+
+
+def write_cifar10_archive(path, images, labels, **kwargs) -> Path:
+    """``cifar-10-python.tar.gz`` at ``path``: :func:`write_cifar10` (same arguments) under
+    the member folder ``cifar-10-batches-py/``."""
+    return _archive_of(lambda root: write_cifar10(root, images, labels, **kwargs), path, "cifar-10-batches-py")
+
+
+def write_cifar100_archive(path, images, labels, **kwargs) -> Path:
+    """``cifar-100-python.tar.gz`` at ``path``: :func:`write_cifar100` (same arguments) under
+    the member folder ``cifar-100-python/``."""
+    return _archive_of(lambda root: write_cifar100(root, images, labels, **kwargs), path, "cifar-100-python")
+
+
+def write_tinyimagenet_archive(path, train_images, train_labels, val_images, val_labels, *,
+                               test_images=(), ext: str = "JPEG", wnids=None) -> Path:
+    """``tiny-imagenet-200.zip`` at ``path``: :func:`write_tinyimagenet` (upper-case
+    ``.JPEG`` files, as published) under ``tiny-imagenet-200/``, plus the unlabelled
+    ``test/images/test_<i>.<ext>``."""
+    def write(root: Path) -> None:
+        write_tinyimagenet(root, train_images, train_labels, val_images, val_labels, ext=ext, wnids=wnids)
+        (root / "test" / "images").mkdir(parents=True)
+        for i, image in enumerate(test_images):
+            save_image(image, root / "test" / "images" / f"test_{i}.{ext}", ext)
+
+    return _archive_of(write, path, "tiny-imagenet-200")
 
 
 # Files a reader must refuse by name (or skip), and images it must convert to RGB.

@@ -13,8 +13,8 @@ import pytest
 
 from gssl_fast.methods import METHODS, method_class, register_method
 from gssl_fast.methods.base import GENERIC_METRICS, Metric, Method
-from gssl_fast.metrics import MetricsLog
-from gssl_fast.progress import LOOP_FIELDS, summary_line
+from gssl_fast.run.log import MetricsLog
+from gssl_fast.run.progress import LOOP_FIELDS, summary_line
 from gssl_fast.report import curve_figures, declared_metrics, runs_table
 from tests.gssl_fast.tiny import write_tiny
 
@@ -156,7 +156,7 @@ def test_a_real_runs_fields_are_all_declared_by_its_method(tmp_path):
 
 
 def test_the_report_and_the_epoch_line_know_no_methods_metric_names():
-    for module in ("report.py", "progress.py"):
+    for module in ("report.py", "run/progress.py"):
         text = (ROOT / "gssl_fast" / module).read_text().lower()
         found = [word for word in ("pgd", "knn", "holdout", "selected_", "pseudo", "pretext_acc", "finetune_acc")
                  if word in text]

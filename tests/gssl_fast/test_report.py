@@ -106,7 +106,7 @@ def test_runs_on_the_same_validation_images_share_one_grid(runs, tmp_path):
 
 
 def test_gradcam_titles_are_whole_and_fit_their_column():
-    from gssl_fast.figures import CamColumn, draw_gradcam
+    from gssl_fast.analysis.figures import CamColumn, draw_gradcam
 
     rng = np.random.default_rng(0)
     images = rng.integers(0, 256, (3, 16, 16, 3), dtype=np.uint8)

@@ -138,7 +138,7 @@ def two_process_metrics(out: Path) -> list[dict]:
 
 @pytest.mark.slow
 @pytest.mark.parametrize("launcher, loader, port", [
-    # torchrun with the torch loader: tests/gssl_fast/test_peers.py's unbroken run.
+    # torchrun with the torch loader: tests/gssl_fast/run/test_peers.py's unbroken run.
     ("accelerate", "torch", 29533), ("torchrun", "dali", 29535), ("torchrun", "ffcv", 29536),
 ])
 def test_two_cpu_processes_stay_in_sync(tmp_path, launcher, loader, port):
@@ -309,7 +309,7 @@ def test_a_resume_names_changed_settings_and_a_refused_one_leaves_the_recipe(tmp
     assert "lr = 0.07" in (out / "config.toml").read_text()
     second = json.loads((out / "metrics.jsonl").read_text().splitlines()[1])
     from gssl_fast.config import load_recipe as load
-    from gssl_fast.optim import lr_factor
+    from gssl_fast.model.optim import lr_factor
 
     cfg = load(out / "config.toml").optim
     # After 2 of 4 steps the next step's lr: the new peak lr on the new schedule.

@@ -19,13 +19,13 @@ class AdversarialConfig:
     step_255: float = 2.0  # PGD step size of the training attack (2/255)
     steps: int = 10  # PGD steps of the training attack (PGD-10)
     random_start: bool = True  # start each attack at a uniform point of the eps-ball
-    eval_attacks: tuple[str, ...] = ("pgd20", "pgd100")  # names of gssl_fast.attacks.ATTACKS
+    eval_attacks: tuple[str, ...] = ("pgd20", "pgd100")  # names of gssl_fast.model.attacks.ATTACKS
     eval_images: int = 1000  # validation images attacked at evaluation; 0 = the whole split
     eval_every_epochs: int = 10  # robust accuracy every N epochs and after the last one
 
     @classmethod
     def check(cls, recipe: Recipe, source: str) -> None:
-        from gssl_fast.attacks import ATTACKS  # names only; the attacks import torch
+        from gssl_fast.model.attacks import ATTACKS  # names only; the attacks import torch
 
         cfg = recipe.method
         rule(cfg.eps_255 > 0, "method.eps_255", "be > 0 (8.0 is 8/255)", cfg.eps_255, source)

@@ -21,11 +21,11 @@ from __future__ import annotations
 
 from dataclasses import replace
 
-from gssl_fast.attacks import ATTACKS, pgd, robust_accuracy
+from gssl_fast.model.attacks import ATTACKS, pgd, robust_accuracy
 from gssl_fast.methods.adversarial.config import AdversarialConfig
 from gssl_fast.methods.base import Metric, main_batch
 from gssl_fast.methods.gssl import GSSLMethod
-from gssl_fast.task import pretext_batch_targets
+from gssl_fast.model.task import pretext_batch_targets
 
 
 class Adversarial(GSSLMethod):

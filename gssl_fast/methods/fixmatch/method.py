@@ -44,7 +44,7 @@ import torch.nn.functional as F
 from gssl_fast.methods.base import GENERIC_METRICS, Metric, Stream
 from gssl_fast.methods.fixmatch.config import FixMatchConfig
 from gssl_fast.methods.gssl import GSSLMethod
-from gssl_fast.task import gssl_scalars
+from gssl_fast.model.task import gssl_scalars
 from pipelines.atomic import write_text_atomic
 from pipelines.errors import UserError
 from pipelines.sampling import balanced_subset

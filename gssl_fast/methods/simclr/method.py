@@ -1,5 +1,5 @@
 """SimCLR and G-SimCLR (docs/method.md section 4), run as stages in one run folder
-(``gssl_fast.stages``):
+(``gssl_fast.run.stages``):
 
     autoencoder  the denoising autoencoder on the training images; its codes -> codes.npy   (guided only)
     cluster      k-means of the codes -> pseudo_labels.npy, clusters.json                    (guided only)

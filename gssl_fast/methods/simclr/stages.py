@@ -1,5 +1,5 @@
 """The stages of SimCLR and G-SimCLR, each a method of its own trained (or run) by the
-loop in ``<run>/stages/<name>/`` (``gssl_fast.stages``): autoencoder, cluster, pretrain,
+loop in ``<run>/stages/<name>/`` (``gssl_fast.run.stages``): autoencoder, cluster, pretrain,
 linear, finetune. A stage reads what the stages before it wrote there."""
 
 
@@ -17,7 +17,7 @@ import torch.nn.functional as F
 from gssl_fast import checkpoint
 from gssl_fast.methods.base import Method, Metric, Stream, main_batch, pixels
 from gssl_fast.methods.simclr.config import SimCLRConfig
-from gssl_fast.metrics import gather_by_index
+from gssl_fast.model.metrics import gather_by_index
 from gssl_fast.sections import Recipe
 from pipelines.atomic import write_atomic
 from pipelines.errors import UserError
@@ -54,7 +54,7 @@ class _Stage(Method):
 
 def build_contrastive(ctx, cfg):
     from gssl_fast.methods.simclr.models import ContrastiveModel
-    from gssl_fast.models import InputNormalize, build_backbone
+    from gssl_fast.model.network import InputNormalize, build_backbone
 
     return ContrastiveModel(build_backbone(ctx.model), InputNormalize(ctx.mean, ctx.std), cfg.projection)
 

@@ -197,7 +197,7 @@ def twostep():
 
 def test_a_staged_method_from_a_test_file_runs_its_stages_through_the_loop(tmp_path, twostep, write):
     from gssl_fast.checkpoint import stage_dir
-    from gssl_fast.stages import DONE
+    from gssl_fast.run.stages import DONE
 
     out = tmp_path / "run"
     assert main([str(write(tmp_path, name="twostep")), "--out", str(out)]) == 0

@@ -17,7 +17,7 @@ import torch
 
 from gssl_fast.config import load_recipe
 from gssl_fast.checkpoint import stage_dir
-from gssl_fast.stages import DONE
+from gssl_fast.run.stages import DONE
 from gssl_fast.train import main
 
 ROOT = Path(__file__).resolve().parents[3]
@@ -76,7 +76,7 @@ def test_every_stage_runs_skips_and_resumes(tmp_path, capsys):
 
     # The run's classifier is the fine-tuned model: load_model and gssl_fast.evaluate find it.
     from gssl_fast.evaluate import evaluate_run
-    from gssl_fast.inference import load_model
+    from gssl_fast.analysis.inference import load_model
     from pipelines.datasets.shapes import CLASSES
 
     finetune = [r for r in rows if r["stage"] == "finetune"][-1]

@@ -1,9 +1,6 @@
-"""Accuracy metrics, evaluation over a loader, and the per-epoch ``metrics.jsonl``."""
+"""Accuracy metrics and evaluation over a loader."""
 
 from __future__ import annotations
-
-import json
-from pathlib import Path
 
 import numpy as np
 import torch
@@ -82,42 +79,3 @@ def evaluate(model, loader, *, accelerator, num_classes: int, train_counts=None)
     _, table = gather_by_index(accelerator, torch.cat(index), torch.cat(rows))
     table = table.numpy()
     return accuracy_report(table[:, :k], table[:, k], num_classes, train_counts)
-
-
-class MetricsLog:
-    """Appends one JSON object per epoch to ``metrics.jsonl``, flushed at once so a
-    killed run keeps every finished epoch. ``stage``: the rows of one stage of a staged
-    method (their ``stage`` field); truncation leaves other stages' rows alone."""
-
-    def __init__(self, path: Path, stage: str = ""):
-        self.path, self.stage = Path(path), stage
-
-    def _mine(self, row: dict) -> bool:
-        return row.get("stage", "") == self.stage
-
-    def truncate_after(self, epoch: int) -> None:
-        """Drops this stage's lines of epochs > ``epoch`` (left by a run killed after
-        logging but before its checkpoint landed), so a resumed run logs each epoch once."""
-        if not self.path.exists():
-            return
-        rows = [json.loads(line) for line in self.path.read_text().splitlines() if line.strip()]
-        keep = [r for r in rows if not self._mine(r) or r["epoch"] <= epoch]
-        self.path.write_text("".join(json.dumps(r) + "\n" for r in keep))
-
-    def append(self, row: dict) -> None:
-        with self.path.open("a") as f:
-            f.write(json.dumps(row) + "\n")
-            f.flush()
-
-    def read(self) -> list[dict]:
-        if not self.path.exists():
-            return []
-        return [json.loads(line) for line in self.path.read_text().splitlines() if line.strip()]
-
-    def tags(self) -> dict:
-        """The fields that mark this log's rows among the others of the file."""
-        return {"stage": self.stage} if self.stage else {}
-
-    def read_stage(self) -> list[dict]:
-        """The rows of this log's stage."""
-        return [r for r in self.read() if self._mine(r)]

@@ -9,8 +9,8 @@ import torch.nn.functional as F
 from accelerate import Accelerator
 from torch import nn
 
-from gssl_fast.attacks import ATTACKS, Attack, get_attack, pgd, robust_accuracy
-from gssl_fast.metrics import evaluate
+from gssl_fast.model.attacks import ATTACKS, Attack, get_attack, pgd, robust_accuracy
+from gssl_fast.model.metrics import evaluate
 from pipelines.errors import UserError
 from pipelines.torch import make_loader
 

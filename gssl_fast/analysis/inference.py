@@ -18,8 +18,7 @@ from torch import nn
 
 from gssl_fast import checkpoint
 from pipelines.errors import UserError
-from gssl_fast.checkpoint import STAGES_DIR, stage_dir
-from gssl_fast.stages import run_folder_of
+from gssl_fast.run.stages import trained_checkpoint
 
 
 class Classifier(nn.Module):
@@ -33,56 +32,23 @@ class Classifier(nn.Module):
         return self.model(images)["logits"]
 
 
-def checkpoint_of(path: str | os.PathLike) -> tuple[Path, str]:
-    """``(checkpoint file, stage)`` of ``path``: the file itself, or the newest checkpoint
-    of the run folder ``path``; for a run of a staged method (G-SimCLR) the newest of the
-    stage whose model classifies (``Method.exported_stage``). ``stage`` is "" for a
-    run trained in one piece."""
-    path = Path(path)
-    if path.is_file():
-        folder = path.parent.parent  # <run>/stages/<stage>/checkpoints/<file>
-        return path, folder.name if folder.parent.name == STAGES_DIR else ""
-    found = checkpoint.list_checkpoints(path)
-    if not found and (path / STAGES_DIR).is_dir():
-        stage = exported_stage(path)
-        found = checkpoint.list_checkpoints(stage_dir(path, stage))
-        if not found:
-            raise UserError(f"{path} is a staged run whose {stage} stage has no checkpoint yet; finish it with "
-                            f"python -m gssl_fast.train {path / 'config.toml'} --out {path} --resume auto")
-        return found[-1], stage
-    if not found:
-        raise UserError(f"{path} is neither a checkpoint file nor a run folder with checkpoints "
-                        f"({path / checkpoint.CHECKPOINT_DIR} holds none)")
-    return found[-1], ""
-
-
-def exported_stage(run_dir: Path) -> str:
-    """The stage of a staged run whose model ``load_model`` exports, from its recipe."""
-    from gssl_fast.config import load_recipe
-    from gssl_fast.methods import method_class
-
-    recipe = load_recipe(run_dir / "config.toml")
-    return method_class(recipe.method.name).exported_stage
-
-
 def load_run(path: str | os.PathLike):
-    """``(recipe, method, state)`` of a run folder or checkpoint file: the method (for a
-    staged run, the exported stage's) built from the checkpoint's recipe, with its
-    model's weights loaded (train mode)."""
+    """``(recipe, method, state)`` of a run folder or checkpoint file
+    (``stages.trained_checkpoint``): the method whose model the checkpoint holds, built
+    from the checkpoint's recipe, with its weights loaded (train mode)."""
     from gssl_fast.config import recipe_from_dict, tomllib
     from gssl_fast.methods import MethodContext, build_method
 
-    file, stage = checkpoint_of(path)
+    trained = trained_checkpoint(path)
+    file = trained.file
     state = checkpoint.load(file)
     if "recipe" not in state or "context" not in state:
         raise UserError(f"{file} carries no recipe: it was not written by this version of gssl_fast.train")
     recipe = recipe_from_dict(tomllib.loads(state["recipe"]), f"the recipe inside {file}")
     c = state["context"]
-    run_dir = run_folder_of(file.parent.parent, stage)  # <run>[/stages/<stage>]/checkpoints/<file>
     method = build_method(recipe.method, MethodContext.of(recipe, c["class_counts"], c["mean"], c["std"],
-                                                          classes=tuple(c.get("classes", ())), run_dir=run_dir))
-    if stage:
-        method = dict(method.stages())[stage]()
+                                                          classes=tuple(c.get("classes", ())), run_dir=trained.run_dir))
+    method = trained.pick(method)
     method.model.load_state_dict(state["model"])
     method.load_state_dict(state.get("method", {}))
     return recipe, method, state

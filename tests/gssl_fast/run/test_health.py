@@ -10,7 +10,7 @@ import torch
 from accelerate import Accelerator
 
 from pipelines.errors import UserError
-from gssl_fast.health import LossGuard
+from gssl_fast.run.health import LossGuard
 from gssl_fast.train import main
 from tests.gssl_fast.tiny import write_tiny
 

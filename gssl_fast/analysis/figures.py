@@ -34,7 +34,7 @@ def _plt():
 
 
 def _load(run: Path):
-    from gssl_fast.inference import load_for_evaluation
+    from gssl_fast.analysis.inference import load_for_evaluation
 
     recipe, _, model, val = load_for_evaluation(run)
     return recipe, model, val
@@ -66,8 +66,8 @@ def gradcam_column(run: Path, count: int) -> CamColumn:
     from pytorch_grad_cam import GradCAM
     from pytorch_grad_cam.utils.model_targets import ClassifierOutputTarget
 
-    from gssl_fast.inference import Classifier
-    from gssl_fast.models import last_conv_name
+    from gssl_fast.analysis.inference import Classifier
+    from gssl_fast.model.network import last_conv_name
 
     _, model, val = _load(run)
     idx = np.linspace(0, len(val.labels) - 1, count).astype(int)

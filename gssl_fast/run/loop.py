@@ -6,7 +6,7 @@ method contract of ``gssl_fast.methods.base``: it backpropagates the step's ``lo
 logs the other scalars by name. Optimizer steps are counted (``train.steps`` or
 ``train.epochs``); an epoch of the main stream is the unit of evaluation, logging and
 checkpoints. A run of a staged method's stage is an ordinary run whose folder and log
-the stage runner (``gssl_fast.stages``) chose.
+the stage runner (``gssl_fast.run.stages``) chose.
 """
 
 from __future__ import annotations
@@ -21,10 +21,11 @@ import torch
 
 from gssl_fast import checkpoint
 from gssl_fast.config import Recipe, recipe_to_toml
-from gssl_fast.epoch import Partial, Stopped, epoch_row, stopping, train_one_epoch
+from gssl_fast.run.epoch import Partial, Stopped, epoch_row, stopping, train_one_epoch
 from gssl_fast.faults import crash_point
-from gssl_fast.metrics import MetricsLog
-from gssl_fast.peers import broadcast_buffers, register, replicas_in_sync
+from gssl_fast.run.log import MetricsLog
+from gssl_fast.run.peers import broadcast_buffers, register, replicas_in_sync
+from pipelines.errors import UserError
 
 
 @dataclass(frozen=True)
@@ -48,15 +49,33 @@ class StepPlan:
     def batches_in(self, epoch: int) -> int:
         return min(self.batches, (self.total_steps - epoch * self.steps_per_epoch) * self.accum)
 
+    @classmethod
+    def of(cls, loader, cfg) -> StepPlan:
+        """The plan of a main stream's ``loader`` under the ``[train]`` section ``cfg``: one
+        pass of it per epoch, or ``steps_per_epoch`` optimizer steps (the streams start
+        new passes as they run out), a whole number of accumulation rounds."""
+        n = cfg.steps_per_epoch * cfg.grad_accum_steps if cfg.steps_per_epoch else len(loader)
+        if len(loader) == 0:
+            n = 0
+        n -= n % cfg.grad_accum_steps
+        if n == 0:
+            raise UserError(
+                f"train.batch_size = {cfg.batch_size} x train.grad_accum_steps = {cfg.grad_accum_steps} per process "
+                f"leaves no full step in an epoch of {len(loader.dataset) if hasattr(loader, 'dataset') else '?'} "
+                "images; lower the batch size"
+            )
+        per_epoch = n // cfg.grad_accum_steps
+        return cls(n, cfg.grad_accum_steps, cfg.steps or cfg.epochs * per_epoch)
+
 
 @dataclass(frozen=True)
 class Machine:
     """What a start of the trainer set up once for every run it trains: the
-    ``Accelerator``, torch threads per process, and the data (``{split: (source, dataset)}``)."""
+    ``Accelerator``, torch threads per process, and the data (``gssl_fast.run.loaders.Data``)."""
 
     accelerator: Any
     threads: int
-    data: dict
+    data: Any
 
 
 @dataclass(frozen=True)
@@ -87,30 +106,27 @@ class Run:
 
 def open_run(recipe: Recipe, method, machine: Machine, folder: Path, log: MetricsLog) -> Run:
     """The loaders of ``method``'s streams, its optimizer and schedule, prepared."""
-    from gssl_fast.loaders import build_train_loaders, build_val_loader, steps_in_epoch
-    from gssl_fast.optim import build_optimizer, build_scheduler
+    from gssl_fast.model.optim import build_optimizer, build_scheduler
 
-    train, accelerator = recipe.train, machine.accelerator
-    train_src, val_src = machine.data["train"][0], machine.data["val"][0]
-    loaders = build_train_loaders(recipe, method.streams(), train_src, accelerator)
-    val_loader = build_val_loader(recipe, val_src, accelerator)
+    train, data = recipe.train, machine.data
+    loaders = data.stream_loaders(train, recipe.pretext.flip_axis, method.streams())
+    val_loader = data.plain_loader(train)
     crash_point("data")
-    method.attach_loaders(train_eval=lambda subset=None: build_val_loader(recipe, train_src, accelerator, subset))
-    batches = steps_in_epoch(next(iter(loaders.values())), train)
-    per_epoch = batches // train.grad_accum_steps
-    plan = StepPlan(batches, train.grad_accum_steps, train.steps or train.epochs * per_epoch)
+    method.attach_loaders(train_eval=lambda subset=None: data.plain_loader(train, "train", subset))
+    plan = StepPlan.of(next(iter(loaders.values())), train)
+    per_epoch = plan.steps_per_epoch
     optimizer = build_optimizer(method.parameters_for_optimizer(method.model), recipe.optim)
     scheduler = build_scheduler(optimizer, recipe.optim, steps_per_epoch=per_epoch, epochs=plan.total_steps / per_epoch)
     # Compiled for training only: evaluation, checkpoints and load_model use method.model.
     model = torch.compile(method.model) if train.compile else method.model
-    model, optimizer = accelerator.prepare(model, optimizer)
+    model, optimizer = machine.accelerator.prepare(model, optimizer)
     return Run(recipe, method, machine, Path(folder), log, model, optimizer, scheduler, loaders, val_loader, plan)
 
 
 def train_run(run: Run, start_from: Path | None, *, before_start=None) -> None:
     """Resumes ``run`` from ``start_from`` (None: a fresh start) and trains its epochs.
     ``before_start()`` runs once the checkpoint was accepted (it records the recipe)."""
-    from gssl_fast.progress import describe
+    from gssl_fast.run.progress import describe
 
     accelerator, plan = run.accelerator, run.plan
     first_epoch, partial, rng = (checkpoint.restore(start_from, run.method, run.optimizer, run.scheduler, accelerator)
@@ -124,7 +140,7 @@ def train_run(run: Run, start_from: Path | None, *, before_start=None) -> None:
                   flush=True)
         else:
             data = run.machine.data
-            describe(run.recipe, accelerator, run.machine.threads, data["train"][1], data["val"][1], run.method, plan,
+            describe(run.recipe, accelerator, run.machine.threads, data.train, data.datasets["val"], run.method, plan,
                      first_epoch, stage=" ".join(str(v) for v in run.log.tags().values()))
     run_epochs(run, first_epoch, Partial.of(partial, rng, accelerator.process_index))
 
@@ -133,7 +149,7 @@ def run_epochs(run: Run, first_epoch: int, partial: Partial | None = None) -> No
     """Train, evaluate, log and checkpoint each epoch from ``first_epoch`` on (from
     ``partial``'s step of it after a preemption). A SIGTERM or SIGINT writes a
     checkpoint at the next step boundary and raises ``Stopped``."""
-    from gssl_fast.progress import tracker_config
+    from gssl_fast.run.progress import tracker_config
 
     accelerator, log = run.accelerator, run.log
 
@@ -146,7 +162,7 @@ def run_epochs(run: Run, first_epoch: int, partial: Partial | None = None) -> No
     if run.recipe.train.log_with != "none":
         # Events go to <run>/<tracker>/: every scalar of metrics.jsonl, by the same name.
         accelerator.init_trackers(run.recipe.train.log_with, config=tracker_config(run.recipe))
-    best = best_so_far(log.read_stage()[:first_epoch])
+    best = best_so_far(log.read_mine()[:first_epoch])
     with stopping(register(accelerator), accelerator.process_index, resume_hint) as preemption:
         for epoch in range(first_epoch, run.plan.epochs):
             best = one_epoch(run, epoch, partial, preemption, best)
@@ -156,7 +172,7 @@ def run_epochs(run: Run, first_epoch: int, partial: Partial | None = None) -> No
 def one_epoch(run: Run, epoch: int, partial: Partial | None, preemption, best: tuple[float, int]) -> tuple[float, int]:
     """Trains, evaluates, logs and checkpoints ``epoch``; returns the best
     ``(val_acc1, epoch)`` so far."""
-    from gssl_fast.progress import Progress
+    from gssl_fast.run.progress import Progress
 
     accelerator, train, plan = run.accelerator, run.recipe.train, run.plan
     start = time.perf_counter()
@@ -218,7 +234,7 @@ def epoch_report(run: Run, epoch: int, trained: tuple, train_seconds: float,
 def log_row(run: Run, row: dict, trained: list[str]) -> None:
     """Appends ``row`` to the run's log, prints the epoch line (``trained``: the
     method's training scalars) and hands the scalars to the tracker."""
-    from gssl_fast.progress import scalars_of, summary_line
+    from gssl_fast.run.progress import scalars_of, summary_line
 
     accelerator = run.accelerator
     # Log before the checkpoint: a run killed in between redoes this epoch, and the

@@ -17,8 +17,8 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from gssl_fast.heads import GatedMultiHead
-from gssl_fast.losses import (
+from gssl_fast.model.heads import GatedMultiHead
+from gssl_fast.model.losses import (
     ClassLoss,
     build_class_loss,
     check_gate_combine,
@@ -35,7 +35,7 @@ class GSSLTask(nn.Module):
     backbone: a module mapping ``[B, 3, H, W]`` float to pooled features ``[B, D]`` with
     ``num_features == D`` (a timm model built with ``num_classes=0``).
     normalize: the input layer turning pixels (uint8, or float in [0, 1]) into the
-    backbone's input (``models.InputNormalize``); None feeds the images as they are.
+    backbone's input (``model.network.InputNormalize``); None feeds the images as they are.
     tasks: enabled pretext tasks (names of ``pipelines.localizable.TASKS``), any order.
     gate, combine, gate_pool, lam: ``pretext.gate``, ``pretext.combine``,
     ``pretext.gate_pool``, ``pretext.lambda``.
@@ -188,7 +188,7 @@ def build_task(
     (1: the raw cosines, as the authors' code). ``model.init = "kaiming"`` re-initializes
     every ``nn.Linear`` and ``nn.Conv2d`` weight, the gate's included, kaiming-normal.
     """
-    from gssl_fast.models import (  # models.py registers the CIFAR nets in timm
+    from gssl_fast.model.network import (  # network.py registers the CIFAR nets in timm
         InputNormalize,
         build_backbone,
         initialize,

@@ -13,11 +13,11 @@ import pytest
 import torch.distributed
 
 from bench.crash_points import ROOT, final, same, train
-from gssl_fast.epoch import Preemption
-from gssl_fast.peers import PEER_EXIT, Process, alive, lost_message
+from gssl_fast.run.epoch import Preemption
+from gssl_fast.run.peers import PEER_EXIT, Process, alive, lost_message
 from tests.gssl_fast.tiny import write_tiny
 
-# 12 steps an epoch: the processes agree on a stop after 10 (gssl_fast.epoch.AGREE_EVERY).
+# 12 steps an epoch: the processes agree on a stop after 10 (gssl_fast.run.epoch.AGREE_EVERY).
 ARGS = ["--set", "train.epochs=2", "--set", "train.steps_per_epoch=12", "--set", "data.train_size=192"]
 
 
@@ -91,8 +91,8 @@ def test_only_a_collective_broken_by_a_peer_becomes_a_peer_error():
 # the collective's error (str() of it), and again after it has said why it stops.
 SIGTERM_WHILE_STOPPING = """
 import os, signal, sys
-from gssl_fast.epoch import stopping
-from gssl_fast.peers import PeerLost, Process
+from gssl_fast.run.epoch import stopping
+from gssl_fast.run.peers import PeerLost, Process
 
 class Reset(RuntimeError):
     sent = False

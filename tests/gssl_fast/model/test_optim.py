@@ -4,7 +4,7 @@ import pytest
 import torch
 
 from gssl_fast.config import OptimConfig
-from gssl_fast.optim import build_optimizer, build_scheduler, lr_factor
+from gssl_fast.model.optim import build_optimizer, build_scheduler, lr_factor
 
 
 def test_step_schedule_with_warmup_matches_ldam_drw():

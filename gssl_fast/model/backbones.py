@@ -1,6 +1,6 @@
 """The CIFAR networks of the papers, registered in timm's registry.
 
-After ``import gssl_fast.backbones`` (``gssl_fast.models`` imports it), ``timm.create_model("resnet32_cifar", num_classes=10)`` builds a
+After ``import gssl_fast.model.backbones`` (``gssl_fast.model.network`` imports it), ``timm.create_model("resnet32_cifar", num_classes=10)`` builds a
 CIFAR net like any timm model, and ``timm.list_models("*cifar*")`` lists them. Every net has the
 timm API: ``num_features``, ``forward_features(x) -> [B, C, h, w]``, ``forward_head(x, pre_logits=True)
 -> [B, num_features]``, ``reset_classifier``, ``get_classifier``; ``num_classes=0`` makes ``forward``

@@ -1,12 +1,12 @@
-"""The CIFAR backbones (gssl_fast.backbones) through timm's registry, and build_backbone's user errors."""
+"""The CIFAR backbones (gssl_fast.model.backbones) through timm's registry, and build_backbone's user errors."""
 
 import pytest
 import timm
 import torch
 
-from gssl_fast.backbones import CIFAR_BACKBONES, PadShortcut
+from gssl_fast.model.backbones import CIFAR_BACKBONES, PadShortcut
 from gssl_fast.config import ModelConfig
-from gssl_fast.models import build_backbone, last_conv_name
+from gssl_fast.model.network import build_backbone, last_conv_name
 from pipelines.errors import UserError
 
 NAMES = sorted(CIFAR_BACKBONES)
@@ -187,7 +187,7 @@ def test_pretrained_weights_come_from_the_local_cache_only(tmp_path, monkeypatch
 
 
 def test_the_input_layer_normalizes_pixels_and_leaves_its_input_alone():
-    from gssl_fast.models import InputNormalize
+    from gssl_fast.model.network import InputNormalize
 
     layer = InputNormalize((0.4, 0.5, 0.6), (0.2, 0.25, 0.3))
     pixels = torch.randint(0, 256, (4, 3, 8, 8), dtype=torch.uint8)

@@ -4,7 +4,7 @@ import pytest
 import torch
 
 from gssl_fast.config import LossConfig
-from gssl_fast.losses import (
+from gssl_fast.model.losses import (
     COMBINE_MODES,
     GATE_MODES,
     ClassLoss,
@@ -214,7 +214,7 @@ def test_gate_pools_are_the_authors_two_formulas():
 
 
 def test_an_empty_class_is_named_with_a_fix_for_any_dataset():
-    from gssl_fast.losses import LDAMLoss
+    from gssl_fast.model.losses import LDAMLoss
     from pipelines.errors import UserError
 
     with pytest.raises(UserError, match=r"classes \[1\] have none.*data.imbalance_ratio.*built-in data"):

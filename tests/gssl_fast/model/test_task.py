@@ -8,9 +8,9 @@ import torch.nn.functional as F
 from torch import nn
 
 from gssl_fast.config import LossConfig, ModelConfig, PretextConfig
-from gssl_fast.heads import NormedLinear
-from gssl_fast.losses import LDAMLoss, build_class_loss, combine_pretext_losses
-from gssl_fast.task import GSSLTask, build_task, gssl_scalars
+from gssl_fast.model.heads import NormedLinear
+from gssl_fast.model.losses import LDAMLoss, build_class_loss, combine_pretext_losses
+from gssl_fast.model.task import GSSLTask, build_task, gssl_scalars
 from pipelines.errors import UserError
 from pipelines.localizable import TASKS, draw_localizable
 
@@ -200,7 +200,7 @@ def test_build_task(monkeypatch):
 
     fake = types.SimpleNamespace(build_backbone=build_backbone, InputNormalize=lambda *a, **k: nn.Identity(),
                                  initialize=lambda module, name: module)
-    monkeypatch.setitem(sys.modules, "gssl_fast.models", fake)
+    monkeypatch.setitem(sys.modules, "gssl_fast.model.network", fake)
     model_cfg = ModelConfig(backbone="tiny")
     pretext_cfg = PretextConfig(tasks=("flip", "rotation"), gate="learned", combine="sum", lam=0.3)
     task = build_task(model_cfg, pretext_cfg, LossConfig(name="ldam", ldam_scale=16.0, drw=True, pretext_scale=16.0),

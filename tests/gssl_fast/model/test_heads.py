@@ -2,7 +2,7 @@ import pytest
 import torch
 from torch import nn
 
-from gssl_fast.heads import GatedMultiHead, NormedLinear
+from gssl_fast.model.heads import GatedMultiHead, NormedLinear
 from pipelines.errors import UserError
 from pipelines.localizable import TASKS
 

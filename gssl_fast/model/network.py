@@ -1,5 +1,5 @@
 """The model's input and backbone: a fixed normalization layer, and the recipe's backbone
-by timm name (the CIFAR nets of ``gssl_fast.backbones`` included), initialized."""
+by timm name (the CIFAR nets of ``gssl_fast.model.backbones`` included), initialized."""
 
 from __future__ import annotations
 
@@ -11,7 +11,7 @@ from typing import Callable
 import timm
 import torch
 
-from gssl_fast.backbones import CIFAR_BACKBONES  # registers the CIFAR nets in timm
+from gssl_fast.model.backbones import CIFAR_BACKBONES  # registers the CIFAR nets in timm
 from gssl_fast.sections import ModelConfig
 from pipelines.errors import UserError, unknown_name
 

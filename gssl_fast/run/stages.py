@@ -14,22 +14,65 @@ auto`` continues it instead). Each stage's folder keeps the recipe that trained 
 from __future__ import annotations
 
 import json
+import os
 import time
+from dataclasses import dataclass
 from pathlib import Path
 
 from gssl_fast import checkpoint
 from pipelines.errors import UserError
 from gssl_fast.faults import crash_point
 from gssl_fast.checkpoint import stage_dir
-from gssl_fast.run_folder import CONFIG, METRICS, record_recipe
+from gssl_fast.run.folder import CONFIG, METRICS, record_recipe
 from pipelines.atomic import write_text_atomic
 
 DONE = "done.json"
 
 
-def run_folder_of(folder: Path, stage: str) -> Path:
-    """The run folder of a training folder: itself, or the run above a stage's folder."""
-    return Path(folder).parent.parent if stage else Path(folder)
+@dataclass(frozen=True)
+class Trained:
+    """A checkpoint file and what trained it: ``run_dir``, the run folder; ``stage``,
+    the stage whose model the file holds ("" for a run trained in one piece)."""
+
+    file: Path
+    run_dir: Path
+    stage: str = ""
+
+    def pick(self, method):
+        """The method whose model the file holds: ``method`` itself, or its stage."""
+        return dict(method.stages())[self.stage]() if self.stage else method
+
+
+def trained_checkpoint(path: str | os.PathLike) -> Trained:
+    """The checkpoint ``path`` names: the file itself, or the newest checkpoint of the
+    run folder ``path``; for a run of a staged method (G-SimCLR) the newest of the stage
+    whose model classifies (``Method.exported_stage``)."""
+    path = Path(path)
+    if path.is_file():
+        folder = path.parent.parent  # <run>[/stages/<stage>]/checkpoints/<file>
+        if folder.parent.name == checkpoint.STAGES_DIR:
+            return Trained(path, folder.parent.parent, folder.name)
+        return Trained(path, folder)
+    found = checkpoint.list_checkpoints(path)
+    if not found and (path / checkpoint.STAGES_DIR).is_dir():
+        stage = exported_stage(path)
+        found = checkpoint.list_checkpoints(stage_dir(path, stage))
+        if not found:
+            raise UserError(f"{path} is a staged run whose {stage} stage has no checkpoint yet; finish it with "
+                            f"python -m gssl_fast.train {path / CONFIG} --out {path} --resume auto")
+        return Trained(found[-1], path, stage)
+    if not found:
+        raise UserError(f"{path} is neither a checkpoint file nor a run folder with checkpoints "
+                        f"({path / checkpoint.CHECKPOINT_DIR} holds none)")
+    return Trained(found[-1], path)
+
+
+def exported_stage(run_dir: Path) -> str:
+    """The stage of a staged run whose model ``load_model`` exports, from its recipe."""
+    from gssl_fast.config import load_recipe
+    from gssl_fast.methods import method_class
+
+    return method_class(load_recipe(run_dir / CONFIG).method.name).exported_stage
 
 
 def is_done(run_dir: Path, name: str) -> bool:
@@ -44,7 +87,7 @@ def mark_done(run_dir: Path, name: str, row: dict | None = None) -> None:
 def run_stages(recipe, method, run_dir: Path, machine, *, resume: str | None, only: str | None) -> None:
     """Every stage of ``method`` in order (or ``only``): skip the done ones, resume the
     interrupted one, run the rest, each trained as one run of the loop
-    (``gssl_fast.loop``; ``machine``: its ``Machine``). ``only`` without ``resume``
+    (``gssl_fast.run.loop``; ``machine``: its ``Machine``). ``only`` without ``resume``
     reruns that stage from its start and marks the stages after it as to be rerun. Each
     stage's folder keeps the recipe that trained it (config.toml)."""
     accelerator = machine.accelerator
@@ -88,8 +131,8 @@ def _run_stage(recipe, run_dir: Path, name: str, make, machine) -> None:
     """One stage, from its newest checkpoint if it has one; marks it done."""
     from accelerate.utils import set_seed
 
-    from gssl_fast.loop import open_run, train_run
-    from gssl_fast.metrics import MetricsLog
+    from gssl_fast.run.loop import open_run, train_run
+    from gssl_fast.run.log import MetricsLog
     from pipelines.sampling import derive_seed
 
     accelerator = machine.accelerator
@@ -103,7 +146,7 @@ def _run_stage(recipe, run_dir: Path, name: str, make, machine) -> None:
     stage = make()
     record_recipe(recipe, folder, accelerator, note=f"stage {name}: resuming")
     if stage.trains:
-        log = MetricsLog(Path(run_dir) / METRICS, stage=name)
+        log = MetricsLog(Path(run_dir) / METRICS, tags={"stage": name})
         run = open_run(stage.stage_sections(recipe), stage, machine, folder, log)
         train_run(run, checkpoint.resolve_resume("auto", folder))
         stage.finish(accelerator)
@@ -113,7 +156,7 @@ def _run_stage(recipe, run_dir: Path, name: str, make, machine) -> None:
         if accelerator.is_main_process:
             print(f"stage {name}: " + ", ".join(f"{k} {v}" for k, v in row.items() if k not in ("stage", "epoch")),
                   flush=True)
-            log = MetricsLog(Path(run_dir) / METRICS, stage=name)
+            log = MetricsLog(Path(run_dir) / METRICS, tags={"stage": name})
             log.truncate_after(-1)
             log.append(row)
     accelerator.wait_for_everyone()
@@ -128,7 +171,7 @@ def reset_stages(run_dir: Path, names: list[str], accelerator) -> None:
     checkpoints, done markers, recorded recipes and metrics rows are removed."""
     import shutil
 
-    from gssl_fast.metrics import MetricsLog
+    from gssl_fast.run.log import MetricsLog
 
     if accelerator.is_main_process:
         for name in names:
@@ -136,7 +179,7 @@ def reset_stages(run_dir: Path, names: list[str], accelerator) -> None:
             if folder.is_dir() and any(folder.iterdir()):
                 print(f"stage {name}: to be rerun from its start", flush=True)
             shutil.rmtree(folder, ignore_errors=True)
-            MetricsLog(Path(run_dir) / METRICS, stage=name).truncate_after(-1)
+            MetricsLog(Path(run_dir) / METRICS, tags={"stage": name}).truncate_after(-1)
     accelerator.wait_for_everyone()
 
 

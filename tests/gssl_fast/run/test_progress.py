@@ -6,7 +6,7 @@ from __future__ import annotations
 import io
 import sys
 
-from gssl_fast.progress import Progress, number, summary_line
+from gssl_fast.run.progress import Progress, number, summary_line
 from gssl_fast.train import main
 from tests.gssl_fast.tiny import write_tiny
 

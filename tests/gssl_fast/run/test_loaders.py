@@ -3,7 +3,7 @@
 import numpy as np
 import pytest
 
-from gssl_fast.loaders import SKIPPED_FILE
+from gssl_fast.run.loaders import SKIPPED_FILE
 from gssl_fast.train import main
 from pipelines.datasets.testing import write_image_folder, write_unreadable
 from tests.gssl_fast.tiny import write_tiny

@@ -1,7 +1,7 @@
 import numpy as np
 import pytest
 
-from gssl_fast.metrics import MetricsLog, accuracy_report
+from gssl_fast.model.metrics import accuracy_report
 
 
 def test_accuracy_report_top1_top5_per_class_and_shots():
@@ -12,11 +12,3 @@ def test_accuracy_report_top1_top5_per_class_and_shots():
     assert r["val_acc5"] == pytest.approx(100 * 4 / 6)
     assert r["val_per_class"] == [50.0, 100.0, 0.0]
     assert (r["val_many_shot"], r["val_medium_shot"], r["val_few_shot"]) == (50.0, 100.0, 0.0)
-
-
-def test_metrics_log_truncates_orphaned_epochs(tmp_path):
-    log = MetricsLog(tmp_path / "m.jsonl")
-    for e in range(3):
-        log.append({"epoch": e})
-    log.truncate_after(0)
-    assert [r["epoch"] for r in log.read()] == [0]

@@ -21,8 +21,8 @@ import torch
 
 from pipelines.errors import UserError
 from gssl_fast.faults import crash_point
-from gssl_fast.health import LossGuard
-from gssl_fast.peers import Process, watching
+from gssl_fast.run.health import LossGuard
+from gssl_fast.run.peers import Process, watching
 
 # Steps between two looks, agreed by every process, at whether a stop was asked for.
 AGREE_EVERY = 10
@@ -146,7 +146,7 @@ NO_PREEMPTION = Preemption()
 
 def train_one_epoch(run, epoch: int, *, steps: int, progress, start: Partial | None = None,
                     preemption: Preemption = NO_PREEMPTION) -> tuple[list[str], torch.Tensor, int]:
-    """``steps`` steps of ``run``'s method (``gssl_fast.loop.Run``: its prepared model,
+    """``steps`` steps of ``run``'s method (``gssl_fast.run.loop.Run``: its prepared model,
     optimizer, schedule, loaders and accelerator) from ``start.step`` on, the streams
     replayed to there; returns the names of the step's scalars, their sums as a ``[S]``
     float32 tensor (not yet reduced across processes) and the images of the main stream

@@ -15,7 +15,7 @@ from pathlib import Path
 
 from gssl_fast import checkpoint
 from gssl_fast.checkpoint import STAGES_DIR
-from gssl_fast.loaders import SKIPPED_FILE
+from gssl_fast.run.loaders import SKIPPED_FILE
 from pipelines.errors import UserError
 
 CONFIG, HISTORY, METRICS = "config.toml", "config_history", "metrics.jsonl"

@@ -1,0 +1,169 @@
+"""The data of a run and its loaders: the step between the datasets
+(``pipelines.datasets``) and the backends (``pipelines``) for the trainer.
+
+``open_data`` opens both splits once per start (each backend's own rule of what its
+loader reads, ``pipelines.open_source``); the run asks the ``Data`` for the loader of
+each stream. One shard per process: loaders are sharded by their own ``shard_id`` /
+``num_shards`` and must not be passed to ``accelerator.prepare``.
+"""
+
+from __future__ import annotations
+
+from contextlib import contextmanager
+from dataclasses import dataclass, replace
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from gssl_fast.sections import DataConfig, TrainConfig
+from pipelines.errors import UserError
+
+SKIPPED_FILE = "skipped_images.txt"
+SPLITS = ("train", "val")
+
+
+@dataclass(frozen=True)
+class Data:
+    """Both splits of a run's dataset as its loaders read them.
+
+    cfg: the ``[data]`` section; backend: ``train.loader``; sources: ``{split: what the
+    backend's loader reads}``; datasets: ``{split: the dataset}`` (``labels [N] int64``,
+    ``classes``); mean, std: the model input's normalization in [0, 1] units
+    (``data.mean`` / ``data.std``, else the dataset's, else ImageNet's);
+    accelerator: whose process reads which shard, and on which device.
+    """
+
+    cfg: DataConfig
+    backend: str
+    sources: dict
+    datasets: dict
+    mean: tuple[float, ...]
+    std: tuple[float, ...]
+    accelerator: Any
+
+    @property
+    def train(self):
+        return self.datasets["train"]
+
+    @property
+    def class_counts(self) -> np.ndarray:
+        """``[K]`` int64 training images per class."""
+        return np.bincount(self.train.labels, minlength=len(self.train.classes))
+
+    def kept(self, run_dir: Path) -> Data:
+        """This data with what each loader reads written into the open run folder where
+        the backend reads a file of its own (FFCV's ``.beton`` in ``<run>/data/``,
+        converted once by the main process), and the images ``data.on_corrupt = "skip"``
+        left out listed in ``<run>/skipped_images.txt``."""
+        from pipelines import kept_source
+
+        if self.accelerator.is_main_process:
+            report_skipped(self.datasets, run_dir / SKIPPED_FILE)
+        sources = {}
+        for split in SPLITS:
+            with main_first(self.accelerator):
+                sources[split] = kept_source(self.backend, self.sources[split], self.datasets[split], split,
+                                             run_dir / "data")
+        return replace(self, sources=sources)
+
+    def stream_loaders(self, train: TrainConfig, flip_axis: str, streams: dict) -> dict:
+        """One loader per stream of a method (``{name: Stream}``), one shard per process.
+        The main (first) stream draws with ``train.seed``; every other stream with a seed
+        of its own, so two streams of one dataset do not repeat each other."""
+        from pipelines import make_loader
+        from pipelines.sampling import derive_seed
+
+        loaders = {}
+        for i, (name, stream) in enumerate(streams.items()):
+            seed = train.seed if i == 0 else derive_seed(train.seed, "stream", name) % (1 << 31)
+            # drop_last keeps every process at the same number of steps (DDP needs it).
+            loaders[name] = make_loader(self.sources["train"], batch_size=stream.batch_size,
+                                        views=stream_views(self.cfg, flip_axis, stream), shuffle=True,
+                                        drop_last=True, seed=seed, subset=stream.indices, plan=stream.plan,
+                                        **self._common())
+        return loaders
+
+    def plain_loader(self, train: TrainConfig, split: str = "val", subset=None):
+        """The images of ``split`` (of ``subset`` of it) as they are, each once over all
+        processes: the validation loader, or the training images for a method's own use."""
+        from pipelines import make_loader
+
+        return make_loader(self.sources[split], batch_size=train.eval_batch_size, tasks=(), augment=False,
+                           shuffle=False, drop_last=False, seed=train.seed, subset=subset, **self._common())
+
+    def _common(self) -> dict:
+        # Loaders deliver uint8 pixels; the model's first layer normalizes (model.network.InputNormalize).
+        a = self.accelerator
+        return dict(backend=self.backend, image_size=self.cfg.image_size, shard_id=a.process_index,
+                    num_shards=a.num_processes, device=a.device, normalize=False)
+
+
+def open_data(cfg: DataConfig, backend: str, accelerator) -> Data:
+    """Both splits of ``cfg`` (fetched first with ``data.download``) for the loader
+    ``backend`` (``pipelines.open_source``:
+    each backend's own rule); writes nothing into the run folder (:meth:`Data.kept`
+    does, once it is open). The main process reads first: it fills the decode cache (and
+    DALI's screen of the files), which the others then read instead of each decoding
+    every file."""
+    from pipelines import open_source
+    from pipelines.datasets import IMAGENET_MEAN, IMAGENET_STD
+
+    if cfg.download:
+        from pipelines.datasets.fetch import fetch, root_for
+
+        with main_first(accelerator):  # the main process downloads; the others find the folder there
+            fetch(cfg.name, root_for(cfg.name, cfg.root), mirror=cfg.mirror or None)
+    sources, datasets = {}, {}
+    for split in SPLITS:
+        with main_first(accelerator):
+            sources[split], datasets[split] = open_source(backend, cfg, split)
+    train = datasets["train"]
+    mean = cfg.mean or getattr(train, "mean", None) or IMAGENET_MEAN
+    std = cfg.std or getattr(train, "std", None) or IMAGENET_STD
+    return Data(cfg, backend, sources, datasets, tuple(mean), tuple(std), accelerator)
+
+
+@contextmanager
+def main_first(accelerator):
+    """The main process runs the block first, the others after it, even when it fails
+    there (then each meets the same error and says so, instead of waiting for it, as they
+    would under Accelerate's ``main_process_first``)."""
+    if not accelerator.is_main_process:
+        accelerator.wait_for_everyone()
+    try:
+        yield
+    finally:
+        if accelerator.is_main_process:
+            accelerator.wait_for_everyone()
+
+
+def report_skipped(datasets: dict, path: Path) -> None:
+    """Counts the unreadable images ``data.on_corrupt = "skip"`` left out of each split
+    (``datasets``: ``{split: dataset}``) in the log, and lists them in ``path`` (split,
+    file, what is wrong; tab-separated)."""
+    skipped = {split: getattr(dataset, "skipped", ()) for split, dataset in datasets.items()}
+    if not any(skipped.values()):
+        return
+    from pipelines.atomic import write_text_atomic
+    from pipelines.datasets.decode import shown
+
+    write_text_atomic(path, "".join(f"{split}\t{shown(p)}\t{why}\n" for split, rows in skipped.items()
+                                    for p, why in rows))
+    for split, rows in skipped.items():
+        if rows:
+            print(f"data: left out {len(rows)} unreadable {split} image{'s' if len(rows) > 1 else ''} "
+                  f"(data.on_corrupt = \"skip\"), e.g. {shown(rows[0][0])}: it {rows[0][1]}; all listed in {path}",
+                  flush=True)
+
+
+def stream_views(data, flip_axis: str, stream) -> dict:
+    """The views of a method's stream: its own, or the G-SSL training view built from
+    ``[data]`` (crop padding, whole-image flip) and the stream's tasks."""
+    from pipelines.views import DEFAULT_VIEW, standard_view
+
+    if stream.views is not None:
+        return dict(stream.views)
+    return {DEFAULT_VIEW: standard_view(augment=stream.augment, padding=data.crop_padding, hflip=data.hflip,
+                                        tasks=stream.tasks, flip_axis=flip_axis)}
+
