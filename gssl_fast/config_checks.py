@@ -68,10 +68,26 @@ def check_data(cfg: DataConfig, source: str) -> None:
     rule(cfg.val_size > 0, "data.val_size", "be > 0", cfg.val_size, source)
     rule(cfg.seed >= 0, "data.seed", "be >= 0", cfg.seed, source)
     one_of(cfg.on_corrupt, list(ON_CORRUPT), "data.on_corrupt", source)
+    check_stream(cfg, source)
     rule(not cfg.download or cfg.name in ARCHIVES, "data.download",
          "be false for a dataset without an official archive (those with one: " + ", ".join(ARCHIVES) + ")",
          cfg.download, source)
     rule(not cfg.mirror or cfg.download, "data.mirror", "come with data.download = true", cfg.mirror, source)
+
+
+def check_stream(cfg: DataConfig, source: str) -> None:
+    from pipelines.datasets import FOLDER_DATASETS
+
+    rule(not cfg.stream or cfg.name in FOLDER_DATASETS, "data.stream", "be false for a dataset that is not a "
+         "folder of image files (those that are: " + ", ".join(FOLDER_DATASETS) + ")", cfg.stream, source)
+    one_of(cfg.crop, ("pad", "random_resized"), "data.crop", source)
+    rule(cfg.crop == "pad" or cfg.stream, "data.crop", "be \"pad\" unless data.stream = true (the random-resized "
+         "crop is taken as each file is decoded)", cfg.crop, source)
+    for key, pair in (("data.crop_scale", cfg.crop_scale), ("data.crop_ratio", cfg.crop_ratio)):
+        rule(len(pair) == 2 and 0 < pair[0] <= pair[1], key, "be [min, max] with 0 < min <= max", pair, source)
+    rule(cfg.crop_scale[-1] <= 1, "data.crop_scale", "stay within (0, 1]: a share of the image", cfg.crop_scale, source)
+    rule(0 < cfg.val_crop_fraction <= 1, "data.val_crop_fraction", "be in (0, 1]", cfg.val_crop_fraction, source)
+    rule(cfg.workers >= 0, "data.workers", "be >= 0 (0: the cores this process may use)", cfg.workers, source)
 
 
 def check_model(cfg: ModelConfig, source: str) -> None:

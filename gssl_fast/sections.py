@@ -30,6 +30,12 @@ class DataConfig:
     on_corrupt: str = "error"  # an unreadable image file: "error" (stop, naming it) | "skip" (leave it out, counted)
     decode_cache: bool = True  # keep folder datasets decoded by PIL on disk, so a restart does not decode again
     cache_dir: str = ""  # where data.decode_cache keeps them; "" = $GSSL_FAST_CACHE or ~/.cache/gssl_fast/decoded
+    stream: bool = False  # read a folder dataset's files every epoch (pipelines.stream), never holding it in memory; tinyimagenet, imagefolder
+    crop: str = "pad"  # "pad": resize, then the padded crop of data.crop_padding | "random_resized": a random window taken at decode (data.stream)
+    crop_scale: tuple[float, float] = (0.08, 1.0)  # data.crop = "random_resized": the window's area fraction of the image, [min, max]
+    crop_ratio: tuple[float, float] = (0.75, 1.3333333333333333)  # data.crop = "random_resized": the window's aspect ratio w / h, [min, max]
+    val_crop_fraction: float = 0.875  # data.crop = "random_resized": validation takes the centred square of this share of the shorter side (timm's crop_pct)
+    workers: int = 0  # decoding processes of the torch stream (threads for DALI and FFCV); 0 = the cores this process may use
     download: bool = False  # fetch the official archive of data.name (cifar10, cifar100, tinyimagenet) into data.root's folder first, when missing
     mirror: str = ""  # with data.download: fetch the archive's file name from this URL instead of the official one (same checksum)
 

@@ -23,8 +23,9 @@ LOADERS: dict[str, str] = {
     "ffcv": "pipelines.ffcv",
 }
 
-# Keywords a backend takes besides the spec: DALI's CPU threads, FFCV's threads.
-BACKEND_OPTIONS = {"torch": (), "dali": ("num_threads",), "ffcv": ("num_workers",)}
+# Keywords a backend takes besides the spec: the torch stream's decoding processes,
+# DALI's CPU threads, FFCV's threads.
+BACKEND_OPTIONS = {"torch": ("num_workers",), "dali": ("num_threads",), "ffcv": ("num_workers",)}
 
 
 def make_loader(source, *, backend: str = "torch", **kwargs):
@@ -33,11 +34,13 @@ def make_loader(source, *, backend: str = "torch", **kwargs):
 
     source: ``(images [N, H, W, 3] uint8, labels [N] int)``, an ``ArrayDataset``, a
     folder (ImageFolder or Tiny-ImageNet; ``split`` picks train or val), and for FFCV a
-    ``.beton`` file; DALI decodes the files of a folder itself.
+    ``.beton`` file; DALI decodes the files of a folder itself. A
+    ``pipelines.stream.StreamSource`` (files decoded every epoch, cropped at decode)
+    is read by the backends that stream.
     kwargs: those of :func:`pipelines.spec.make_spec` (batch_size, image_size, views or
     tasks / augment / crop_padding / hflip / flip_axis, normalize, mean, std, shuffle,
-    drop_last, seed, shard_id, num_shards, device, split, subset), plus the backend's options
-    (``num_threads`` for DALI, ``num_workers`` for FFCV).
+    drop_last, seed, shard_id, num_shards, device, split, subset, plan, decode), plus the
+    backend's options (``num_workers`` for the torch stream and FFCV, ``num_threads`` for DALI).
 
     Batches: each view's images ``[B, 3, H, W]`` (float32 normalized, or uint8) under
     the view's name, ``labels`` and ``indices`` ``[B]`` int64, and each view's drawn

@@ -30,7 +30,10 @@ class LoaderSpec:
     say), or None for every image; epochs shuffle, shard and batch the subset.
     plan: ``fn(epoch) -> [num_batches, batch_size * num_shards]`` int64 global batches of
     dataset positions (G-SimCLR's guided batches, ``pipelines.sampling.guided_batches``),
-    each shard taking its slice of every one; None: shuffled or in order as above."""
+    each shard taking its slice of every one; None: shuffled or in order as above.
+    decode: how a stream source's files are decoded (``pipelines.stream.Decode``), for
+    this loader instead of the source's own (a centre crop to evaluate training images
+    streamed with a random one); None: the source's."""
 
     batch_size: int
     views: tuple[tuple[str, View], ...]
@@ -47,6 +50,7 @@ class LoaderSpec:
     split: str
     subset: torch.Tensor | None = None
     plan: Any = None
+    decode: Any = None
 
     def planned(self, epoch: int, shard_id: int) -> torch.Tensor:
         """``[num_batches * batch_size]`` this shard's slice of every planned global batch."""
@@ -117,6 +121,7 @@ def make_spec(
     split: str = "train",
     subset=None,
     plan=None,
+    decode=None,
 ) -> LoaderSpec:
     """The keywords of ``make_loader``, checked. Without ``views``, one view called
     ``images``: crop with ``crop_padding`` and flip (``augment``, ``hflip``), then the
@@ -143,7 +148,7 @@ def make_spec(
         batch_size=batch_size, views=tuple(check_views(views).items()), image_size=image_size, normalize=normalize,
         mean=tuple(mean) if mean else None, std=tuple(std) if std else None, shuffle=shuffle, drop_last=drop_last,
         seed=seed, shard_id=shard_id, num_shards=num_shards, device=torch.device(device), split=split, subset=subset,
-        plan=plan,
+        plan=plan, decode=decode,
     )
 
 

@@ -124,11 +124,33 @@ def _stage(images: np.ndarray, device: torch.device, *, padding: int, mirrored: 
     return staged
 
 
-def build_loader(source, spec: LoaderSpec) -> TorchLoader:
+def build_loader(source, spec: LoaderSpec, *, num_workers: int | None = None):
     """The torch loader of ``spec`` over an array pair, ``ArrayDataset`` or folder
     (decoded with PIL; normalization defaults: CIFAR statistics for a plain array
-    pair, the dataset's own otherwise)."""
+    pair, the dataset's own otherwise); over a ``StreamSource``, the stream
+    (``pipelines.torch_stream``, ``num_workers`` decoding processes)."""
+    from pipelines.stream import StreamSource
+
+    if isinstance(source, StreamSource):
+        from pipelines.torch_stream import StreamLoader
+
+        return StreamLoader(source, spec, num_workers=num_workers)
     return TorchLoader(as_array_dataset(source, image_size=spec.image_size, split=spec.split), spec)
+
+
+def open_source(cfg, split: str):
+    """``(source, dataset)`` of ``split`` of the recipe's data section ``cfg``: the
+    files with how to decode them when ``cfg.stream`` (``pipelines.stream``), else the
+    decoded ``ArrayDataset`` (``pipelines.datasets.load_dataset``)."""
+    if getattr(cfg, "stream", False):
+        from pipelines.stream import open_stream
+
+        source = open_stream(cfg, split)
+        return source, source
+    from pipelines.datasets import load_dataset
+
+    dataset = load_dataset(cfg, split)
+    return dataset, dataset
 
 
 make_loader = loader_factory("torch")

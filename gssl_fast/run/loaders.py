@@ -17,7 +17,6 @@ from typing import Any
 import numpy as np
 
 from gssl_fast.sections import DataConfig, TrainConfig
-from pipelines.errors import UserError
 
 SKIPPED_FILE = "skipped_images.txt"
 SPLITS = ("train", "val")
@@ -89,14 +88,25 @@ class Data:
         processes: the validation loader, or the training images for a method's own use."""
         from pipelines import make_loader
 
+        # A streamed split is decoded as validation is: no random window of the training images.
+        decode = self.stream_decodes()["val"] if self.cfg.stream else None
         return make_loader(self.sources[split], batch_size=train.eval_batch_size, tasks=(), augment=False,
-                           shuffle=False, drop_last=False, seed=train.seed, subset=subset, **self._common())
+                           shuffle=False, drop_last=False, seed=train.seed, subset=subset, decode=decode,
+                           **self._common())
+
+    def stream_decodes(self) -> dict:
+        from pipelines.stream import decodes
+
+        return decodes(self.cfg)
 
     def _common(self) -> dict:
         # Loaders deliver uint8 pixels; the model's first layer normalizes (model.network.InputNormalize).
+        from pipelines import BACKEND_OPTIONS
+
         a = self.accelerator
+        workers = {k: self.cfg.workers for k in BACKEND_OPTIONS[self.backend] if self.cfg.workers}
         return dict(backend=self.backend, image_size=self.cfg.image_size, shard_id=a.process_index,
-                    num_shards=a.num_processes, device=a.device, normalize=False)
+                    num_shards=a.num_processes, device=a.device, normalize=False, **workers)
 
 
 def open_data(cfg: DataConfig, backend: str, accelerator) -> Data:
@@ -159,11 +169,14 @@ def report_skipped(datasets: dict, path: Path) -> None:
 
 def stream_views(data, flip_axis: str, stream) -> dict:
     """The views of a method's stream: its own, or the G-SSL training view built from
-    ``[data]`` (crop padding, whole-image flip) and the stream's tasks."""
+    ``[data]`` (crop padding, unless the crop was taken at decode; whole-image flip) and
+    the stream's tasks."""
     from pipelines.views import DEFAULT_VIEW, standard_view
 
     if stream.views is not None:
         return dict(stream.views)
-    return {DEFAULT_VIEW: standard_view(augment=stream.augment, padding=data.crop_padding, hflip=data.hflip,
+    # A window cropped at decode needs no padded crop after it: the flip alone.
+    padding = 0 if data.crop == "random_resized" else data.crop_padding
+    return {DEFAULT_VIEW: standard_view(augment=stream.augment, padding=padding, hflip=data.hflip,
                                         tasks=stream.tasks, flip_axis=flip_axis)}
 

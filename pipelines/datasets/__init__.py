@@ -31,7 +31,7 @@ from pipelines.datasets.arrays import (
 )
 from pipelines.datasets.cifar import cifar10, cifar100
 from pipelines.datasets.decode import decode_files, imagefolder, tinyimagenet
-from pipelines.datasets.folders import FileList, list_folder
+from pipelines.datasets.folders import FileList, imagefolder_files, list_folder, tinyimagenet_files
 from pipelines.datasets.longtail import longtail_counts, longtail_indices
 from pipelines.datasets.shapes import make_shapes, shapes
 from pipelines.errors import UserError, unknown_name
@@ -44,6 +44,34 @@ DATASETS: dict[str, Callable] = {
     "tinyimagenet": tinyimagenet,
     "imagefolder": imagefolder,
 }
+
+
+# data.name -> fn(cfg, split) -> FileList: the datasets that are folders of image files,
+# which a loader may stream (``pipelines.stream``) instead of decoding them whole.
+FOLDER_DATASETS: dict[str, Callable] = {
+    "tinyimagenet": tinyimagenet_files,
+    "imagefolder": imagefolder_files,
+}
+
+
+def list_files(cfg, split: str) -> FileList:
+    """The files of ``split`` of the folder dataset ``cfg.name``, the train split
+    subsampled to a long tail as :func:`load_dataset` does; nothing decoded."""
+    check_split(split)
+    if cfg.name not in FOLDER_DATASETS:
+        raise unknown_name("dataset of image files (data.name, with data.stream)", cfg.name, FOLDER_DATASETS)
+    files = FOLDER_DATASETS[cfg.name](cfg, split)
+    if split == "train" and cfg.longtail != "none":
+        keep = _longtail_keep(files.labels, cfg, len(files.classes))
+        files = FileList(tuple(files.paths[i] for i in keep), files.labels[keep], files.classes, files.skipped)
+    return files
+
+
+def _longtail_keep(labels, cfg, num_classes: int):
+    try:
+        return longtail_indices(labels, cfg.longtail, cfg.imbalance_ratio, num_classes=num_classes)
+    except ValueError as e:  # a bad data.longtail / data.imbalance_ratio
+        raise UserError(str(e)) from None
 
 
 def load_dataset(cfg, split: str) -> ArrayDataset:
@@ -59,13 +87,7 @@ def load_dataset(cfg, split: str) -> ArrayDataset:
         raise unknown_name("dataset (data.name)", cfg.name, DATASETS)
     dataset = DATASETS[cfg.name](cfg, split)
     if split == "train" and cfg.longtail != "none":
-        try:
-            keep = longtail_indices(
-                dataset.labels, cfg.longtail, cfg.imbalance_ratio, num_classes=dataset.num_classes
-            )
-        except ValueError as e:  # a bad data.longtail / data.imbalance_ratio
-            raise UserError(str(e)) from None
-        dataset = dataset.subset(keep)
+        dataset = dataset.subset(_longtail_keep(dataset.labels, cfg, dataset.num_classes))
     return dataset.resized(cfg.image_size)
 
 
@@ -74,10 +96,12 @@ __all__ = [
     "CIFAR_MEAN",
     "CIFAR_STD",
     "DATASETS",
+    "FOLDER_DATASETS",
     "FileList",
     "IMAGENET_MEAN",
     "IMAGENET_STD",
     "decode_files",
+    "list_files",
     "list_folder",
     "load_dataset",
     "longtail_counts",

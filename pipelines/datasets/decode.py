@@ -16,7 +16,7 @@ import numpy as np
 from PIL import Image
 
 from pipelines.datasets.arrays import IMAGENET_MEAN, IMAGENET_STD, ArrayDataset, resize_image
-from pipelines.datasets.folders import FileList, list_folder, list_tinyimagenet
+from pipelines.datasets.folders import FileList, imagefolder_files, tinyimagenet_files
 from pipelines.errors import UserError, unknown_name
 from pipelines.system import usable_cores
 
@@ -176,10 +176,10 @@ def decoded(files: FileList, cfg) -> ArrayDataset:
 
 def tinyimagenet(cfg, split: str) -> ArrayDataset:
     """Registry entry: Tiny-ImageNet-200 from ``cfg.root`` at ``cfg.image_size``."""
-    return decoded(list_tinyimagenet(cfg.root, split), cfg)
+    return decoded(tinyimagenet_files(cfg, split), cfg)
 
 
 def imagefolder(cfg, split: str) -> ArrayDataset:
     """Registry entry: an ImageFolder (or Tiny-ImageNet) tree at ``cfg.root``, ``cfg.image_size``
     (a single tree's val split: ``cfg.val_fraction`` of it, seeded by ``cfg.seed``)."""
-    return decoded(list_folder(cfg.root, split, val_fraction=cfg.val_fraction, seed=cfg.seed), cfg)
+    return decoded(imagefolder_files(cfg, split), cfg)

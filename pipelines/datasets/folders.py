@@ -253,3 +253,14 @@ def held_out(files: FileList, split: str, fraction: float, seed: int) -> FileLis
     val = held_out_positions(files.labels, fraction, seed)
     keep = val if split == "val" else np.setdiff1d(np.arange(len(files)), val)
     return FileList(tuple(files.paths[i] for i in keep), files.labels[keep], files.classes)
+
+
+def tinyimagenet_files(cfg, split: str) -> FileList:
+    """Registry entry: the files of Tiny-ImageNet-200 at ``cfg.root`` (a recipe's data section)."""
+    return list_tinyimagenet(cfg.root, split)
+
+
+def imagefolder_files(cfg, split: str) -> FileList:
+    """Registry entry: the files of an ImageFolder (or Tiny-ImageNet) tree at ``cfg.root``
+    (a single tree's val split: ``cfg.val_fraction`` of it, seeded by ``cfg.seed``)."""
+    return list_folder(cfg.root, split, val_fraction=cfg.val_fraction, seed=cfg.seed)

@@ -1,0 +1,171 @@
+"""Folder datasets read from their files every epoch, each image cropped as it is decoded.
+
+    Decode(kind, scale, ratio, fraction)   how one file becomes an ``[S, S, 3]`` uint8 image
+    StreamSource(files, decode, ...)       what a stream loader reads: the files, never the pixels
+    read_image(path, decode, size, ...)    one file -> ``[S, S, 3]`` uint8: the reference every
+                                           backend's stream is tested against
+
+Kinds of ``Decode``:
+    "resize"          the whole image squashed to ``S x S`` (PIL bilinear, antialiased), the
+                      pixels of the in-memory path (``pipelines.datasets.decode.read_rgb``);
+    "random_resized"  a window of area fraction in ``scale`` and aspect ratio in ``ratio``
+                      (torchvision's ``RandomResizedCrop`` rule, ``pipelines.resized_crop``),
+                      drawn from (seed, epoch, index), resized to ``S x S``;
+    "centre"          the centred square of side ``fraction * min(H, W)`` resized to
+                      ``S x S``: timm's evaluation crop (resize to ``S / crop_pct``, then
+                      centre-crop ``S``).
+A window of a JPEG is decoded at the smallest of libjpeg's scales (1/8, 1/4, 1/2, 1) that
+still gives the window at least ``S`` pixels a side (PIL ``draft``): a large photo is not
+decoded at full size when the crop is small. Draws depend on (seed, epoch, index) alone,
+so a resumed run and any worker process draw the same windows.
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass, field
+
+import numpy as np
+from PIL import Image
+
+from pipelines.datasets.decode import PIL_ERRORS, problem, to_rgb
+from pipelines.datasets.arrays import resize_image
+from pipelines.datasets.folders import FileList
+from pipelines.errors import unknown_name
+
+KINDS = {
+    "resize": "the whole image squashed to the output square",
+    "random_resized": "a random window (area fraction in scale, aspect ratio in ratio) resized to the square",
+    "centre": "the centred square of side fraction * the shorter side, resized to the square",
+}
+
+
+@dataclass(frozen=True)
+class Decode:
+    """How a stream decodes one file (module docstring). ``scale``, ``ratio``: the
+    random-resized window's area fraction and aspect-ratio ranges; ``fraction``: the
+    centre crop's share of the shorter side."""
+
+    kind: str = "resize"
+    scale: tuple[float, float] = (0.08, 1.0)
+    ratio: tuple[float, float] = (3 / 4, 4 / 3)
+    fraction: float = 0.875
+
+    def __post_init__(self):
+        if self.kind not in KINDS:
+            raise unknown_name("decode kind", self.kind, KINDS)
+        object.__setattr__(self, "scale", tuple(float(v) for v in self.scale))
+        object.__setattr__(self, "ratio", tuple(float(v) for v in self.ratio))
+        if not 0 < self.fraction <= 1:
+            raise ValueError(f"the centre crop's fraction must be in (0, 1], got {self.fraction}")
+        for name, pair in (("scale", self.scale), ("ratio", self.ratio)):
+            if len(pair) != 2 or not 0 < pair[0] <= pair[1]:
+                raise ValueError(f"the random-resized crop's {name} must be [min, max], 0 < min <= max, got {pair}")
+
+    @property
+    def random(self) -> bool:
+        return self.kind == "random_resized"
+
+    def window(self, height: int, width: int, seed: int, epoch: int, index: int) -> tuple[int, int, int, int]:
+        """``(top, left, h, w)`` in pixels of an image of ``height x width``: the part of
+        it that becomes the output (the whole image for "resize")."""
+        if self.kind == "resize":
+            return 0, 0, height, width
+        if self.kind == "centre":
+            side = max(1, round(self.fraction * min(height, width)))
+            return (height - side) // 2, (width - side) // 2, side, side
+        from pipelines.resized_crop import RandomResizedCrop
+        from pipelines.sampling import generator
+
+        op = RandomResizedCrop(self.scale, self.ratio, input_size=(height, width))
+        box = op.draw(1, generator(seed, "decode", epoch, index))
+        return tuple(int(box[k][0]) for k in op.keys)
+
+
+@dataclass(frozen=True, eq=False)
+class StreamSource:
+    """What a stream loader reads: ``files`` (paths, labels, classes), decoded each epoch
+    as ``decode`` says; ``on_corrupt``: an unreadable file stops the run ("error", naming
+    it) or is left out of its batch ("skip", named once in the log)."""
+
+    files: FileList
+    decode: Decode = field(default_factory=Decode)
+    on_corrupt: str = "error"
+
+    def __len__(self) -> int:
+        return len(self.files)
+
+    @property
+    def labels(self) -> np.ndarray:
+        return self.files.labels
+
+    @property
+    def classes(self) -> tuple[str, ...]:
+        return self.files.classes
+
+
+def draft_scale(image_size: tuple[int, int], window: tuple[int, int, int, int], size: int) -> tuple[int, int]:
+    """The ``(width, height)`` to ask PIL's ``draft`` for: the image scaled so that the
+    window keeps at least ``size`` pixels a side (libjpeg then picks the smallest of its
+    scales at or above it)."""
+    width, height = image_size
+    _, _, h, w = window
+    factor = max(size / max(w, 1), size / max(h, 1))
+    return math.ceil(width * min(factor, 1.0)), math.ceil(height * min(factor, 1.0))
+
+
+def decode_window(image: Image.Image, window: tuple[int, int, int, int], size: int, *, draft: bool = True) -> np.ndarray:
+    """An opened PIL image's ``window`` (``(top, left, h, w)`` of its full size) as
+    ``[size, size, 3]`` uint8 RGB (PIL bilinear, antialiased); a JPEG decoded at reduced
+    scale when ``draft`` and the window allows."""
+    full = image.size
+    top, left, h, w = window
+    if window == (0, 0, full[1], full[0]):  # the whole image: the in-memory path's pixels
+        return np.asarray(resize_image(to_rgb(image), size))
+    if draft and image.format == "JPEG":
+        image.draft("RGB", draft_scale(full, window, size))
+    image = to_rgb(image)
+    if image.size == full:
+        # Cropped, then resized, as torchvision's resized_crop does: its pixels exactly.
+        return np.asarray(resize_image(image.crop((left, top, left + w, top + h)), size))
+    # Decoded at reduced scale: the window falls between pixels there, and PIL's box
+    # resamples it where it lies (rounding it to whole pixels would shift it by up to
+    # half a reduced pixel, several pixels of the full image).
+    sx, sy = image.size[0] / full[0], image.size[1] / full[1]
+    box = (left * sx, top * sy, (left + w) * sx, (top + h) * sy)
+    return np.asarray(image.resize((size, size), Image.BILINEAR, box=box))
+
+
+def read_image(path: str, decode: Decode, size: int, *, seed: int = 0, epoch: int = 0, index: int = 0,
+               draft: bool = True) -> np.ndarray:
+    """The file ``path`` as ``[size, size, 3]`` uint8 RGB under ``decode``, the window
+    drawn for ``(seed, epoch, index)``. Raises ValueError saying what is wrong with a
+    file PIL cannot read."""
+    try:
+        with Image.open(path) as image:
+            window = decode.window(image.size[1], image.size[0], seed, epoch, index)
+            return decode_window(image, window, size, draft=draft)
+    except PIL_ERRORS as e:
+        raise ValueError(problem(path, e)) from None
+
+
+def decodes(cfg) -> dict[str, Decode]:
+    """``{"train": ..., "val": ...}``: how a recipe's data section ``cfg`` decodes each
+    split when streamed. ``cfg.crop = "random_resized"``: a random window of the training
+    images (``crop_scale``, ``crop_ratio``), the centre crop (``val_crop_fraction``) of
+    the validation ones; ``"pad"``: both squashed whole (the padded crop then runs on the
+    device, as for arrays)."""
+    if cfg.crop == "random_resized":
+        return {"train": Decode("random_resized", tuple(cfg.crop_scale), tuple(cfg.crop_ratio)),
+                "val": Decode("centre", fraction=cfg.val_crop_fraction)}
+    return {"train": Decode("resize"), "val": Decode("resize")}
+
+
+def open_stream(cfg, split: str) -> StreamSource:
+    """The ``split`` of the folder dataset ``cfg.name`` (a recipe's data section) as a
+    stream: its files listed (a long-tailed train split subsampled as
+    ``pipelines.datasets.load_dataset`` does), none decoded."""
+    from pipelines.datasets import list_files
+    from pipelines.datasets.decode import check_on_corrupt
+
+    return StreamSource(list_files(cfg, split), decodes(cfg)[split], check_on_corrupt(cfg.on_corrupt))

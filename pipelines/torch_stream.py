@@ -1,0 +1,141 @@
+"""The torch backend's stream: files decoded in worker processes every epoch, cropped at
+decode (``pipelines.stream``), then every view batched on the device as for arrays.
+
+    from pipelines import make_loader
+    from pipelines.stream import Decode, StreamSource
+    source = StreamSource(files, Decode("random_resized"))      # files: a FileList
+    loader = make_loader(source, batch_size=256, image_size=224, crop_padding=0, device="cuda")
+
+Workers decode whole batches: a batch's files are one task, read with PIL
+(libjpeg-turbo, at reduced scale where the window allows), and arrive as one
+``[B, S, S, 3]`` uint8 array in shared memory. Nothing of the dataset is held in memory
+but the file list and the batches in flight.
+"""
+
+from __future__ import annotations
+
+import sys
+from typing import Iterator
+
+import numpy as np
+import torch
+
+from pipelines.datasets.decode import SKIP_HINT, shown
+from pipelines.errors import UserError
+from pipelines.sampling import generator
+from pipelines.spec import LoaderSpec
+from pipelines.stream import Decode, StreamSource, read_image
+from pipelines.system import usable_cores
+from pipelines.views import apply_ops, finish_view
+
+PREFETCH_BATCHES = 2  # per worker: enough to hide a slow file, little memory
+
+
+class _Batches(torch.utils.data.Dataset):
+    """Key ``(epoch, positions)`` -> ``(images [B, S, S, 3] uint8, positions [B] int64,
+    problems)``: the batch's files decoded, a file that cannot be read left black with what
+    is wrong in ``problems`` (``{row: why}``), so the main process decides what it means."""
+
+    def __init__(self, paths: tuple[str, ...], decode: Decode, size: int, seed: int):
+        self.paths, self.decode, self.size, self.seed = paths, decode, size, seed
+
+    def __len__(self) -> int:
+        return len(self.paths)
+
+    def __getitem__(self, key):
+        epoch, positions = key
+        out = np.zeros((len(positions), self.size, self.size, 3), dtype=np.uint8)
+        problems = {}
+        for row, i in enumerate(positions):
+            try:
+                out[row] = read_image(self.paths[i], self.decode, self.size, seed=self.seed, epoch=epoch, index=i)
+            except ValueError as e:
+                problems[row] = str(e)
+        return torch.from_numpy(out), torch.as_tensor(positions, dtype=torch.int64), problems
+
+
+def _one_thread(_worker: int) -> None:
+    torch.set_num_threads(1)  # a worker decodes with PIL; torch's pool would only compete
+
+
+class StreamLoader:
+    """Iterable of batches with ``len()`` over a :class:`~pipelines.stream.StreamSource`,
+    the contract of every loader (``pipelines.make_loader``); each iteration is one epoch
+    (``set_epoch`` as with a ``DistributedSampler``). ``num_workers``: decoding processes
+    (0: decode in this process). ``skipped``: ``(path, what is wrong)`` of the files
+    ``on_corrupt = "skip"`` left out so far."""
+
+    def __init__(self, source: StreamSource, spec: LoaderSpec, *, num_workers: int | None = None):
+        if spec.image_size is None:
+            raise ValueError("a stream needs image_size: its files may have any size")
+        self.source, self.spec, self.dataset = source, spec, source.files
+        self.decode = spec.decode or source.decode
+        self.num_workers = max(usable_cores() - 1, 1) if num_workers is None else num_workers
+        self.normalize_to = spec.normalize_to(*_imagenet())
+        self.epoch, self.skipped = 0, []
+
+    def __len__(self) -> int:
+        return self.spec.num_batches(len(self.source))
+
+    def set_epoch(self, epoch: int) -> None:
+        self.epoch = epoch
+
+    def __iter__(self) -> Iterator[dict[str, torch.Tensor]]:
+        epoch, s = self.epoch, self.spec
+        self.epoch += 1
+        order = s.epoch_order(len(self.source), epoch).tolist()
+        keys = [(epoch, order[i:i + s.batch_size]) for i in range(0, len(order), s.batch_size)]
+        batches = _Batches(self.source.files.paths, self.decode, s.image_size, s.seed)
+        cuda = s.device.type == "cuda"
+        if self.num_workers == 0:
+            decoded = map(batches.__getitem__, keys)
+        else:
+            decoded = torch.utils.data.DataLoader(
+                batches, sampler=keys, batch_size=None, num_workers=min(self.num_workers, max(len(keys), 1)),
+                pin_memory=cuda, prefetch_factor=PREFETCH_BATCHES, worker_init_fn=_one_thread)
+        gen = generator(s.seed, "augment", s.shard_id, epoch)
+        for images, positions, problems in decoded:
+            yield self._batch(*self._kept(images, positions, problems), gen)
+
+    def _kept(self, images: torch.Tensor, positions: torch.Tensor, problems: dict):
+        """The batch less the files that could not be read (``on_corrupt = "skip"``), or
+        a one-line error naming the first of them."""
+        if not problems:
+            return images, positions
+        paths = self.source.files.paths
+        row = min(problems)
+        if self.source.on_corrupt != "skip":
+            raise UserError(f"cannot read image {shown(paths[int(positions[row])])}: it {problems[row]}; {SKIP_HINT}")
+        for row, why in sorted(problems.items()):
+            path = paths[int(positions[row])]
+            if all(path != p for p, _ in self.skipped):
+                self.skipped.append((path, why))
+                print(f"data: left out unreadable image {shown(path)}: it {why} (data.on_corrupt = \"skip\")",
+                      file=sys.stderr, flush=True)
+        keep = torch.tensor([r for r in range(len(positions)) if r not in problems], dtype=torch.int64)
+        if not len(keep):
+            raise UserError(f"every image of a batch was unreadable, e.g. {shown(paths[int(positions[row])])}: "
+                            f"it {problems[row]}; fix or remove those files")
+        return images.index_select(0, keep), positions.index_select(0, keep)
+
+    def _batch(self, images: torch.Tensor, positions: torch.Tensor, gen: torch.Generator) -> dict[str, torch.Tensor]:
+        dev = self.spec.device
+        labels = torch.from_numpy(self.source.labels).index_select(0, positions)
+        out = {"labels": labels.to(dev, non_blocking=True), "indices": positions.to(dev)}
+        pixels = images.to(dev, non_blocking=True).permute(0, 3, 1, 2)  # [B, 3, S, S] uint8, channels last in memory
+        for i, (name, view) in enumerate(self.spec.views):
+            last = i == len(self.spec.views) - 1
+            batch = pixels if last else pixels.clone()
+            batch, params = apply_ops(batch, view, gen, owned=True)
+            out.update(finish_view(name, batch, params, normalize_to=self.normalize_to))
+        return out
+
+
+def _imagenet():
+    from pipelines.datasets import IMAGENET_MEAN, IMAGENET_STD
+
+    return IMAGENET_MEAN, IMAGENET_STD
+
+
+def build_loader(source: StreamSource, spec: LoaderSpec, *, num_workers: int | None = None) -> StreamLoader:
+    return StreamLoader(source, spec, num_workers=num_workers)
