@@ -1,5 +1,6 @@
 """What the DALI loader reads: the files of a folder dataset, which DALI decodes itself
-(on the GPU where there is one), or in-memory arrays; the files screened first.
+(on the GPU where there is one), in-memory arrays, or a stream (``pipelines.stream``,
+read by :mod:`pipelines.dali.stream`); the files screened first.
 
 DALI's CPU decoder does not always fail cleanly on a bad file: a text file, a run of
 zeros, a JPEG of markers only, a PNG without its end chunk or a GIF can kill the process
@@ -7,7 +8,9 @@ with a segmentation fault instead of raising, depending on where the file falls 
 pipeline's first batches. So a file list is screened before the pipeline sees it: each
 file must be readable by PIL (decoded at a reduced scale, which still reads every byte),
 in one of DALI's formats, and a PNG must end with its IEND chunk. The result is kept in
-the decode cache beside the list (same stamp), so a restart reads no file again.
+the decode cache beside the list (same stamp), so a restart reads no file again. A
+stream screens each file with the same rules (:func:`probe`) when it is first fed,
+during the epoch, instead of all of them before training.
 """
 
 from __future__ import annotations
@@ -18,6 +21,10 @@ from pathlib import Path
 
 from pipelines.datasets.folders import FileList
 from pipelines.errors import UserError
+
+# Side of the reduced-scale decode the screen asks PIL for (``Image.draft``): small, so a
+# JPEG's pixels cost little, while every byte of the file is still read.
+SCREEN_SIDE = 8
 
 # PIL's names of the formats DALI is handed: those a folder's file names admit (.jpg,
 # .jpeg, .png, .bmp, .webp). DALI's decoder also reads TIFF, but a 1-bit or int32 TIFF
@@ -59,6 +66,26 @@ def dali_problem(path: str, image) -> str | None:
     return None
 
 
+def probe(path: str) -> tuple[int, int] | str:
+    """``(height, width)`` of the image file ``path`` when DALI may be handed it, else
+    what is wrong with it: the screen of :func:`screened` for one file (PIL decodes it
+    at a reduced scale, then :func:`dali_problem`). The size is the stored one, before
+    any EXIF orientation."""
+    from PIL import Image
+
+    from pipelines.datasets.decode import PIL_ERRORS, problem
+
+    try:
+        with Image.open(path) as image:
+            width, height = image.size
+            image.draft("RGB", (SCREEN_SIDE, SCREEN_SIDE))
+            image.load()
+            why = dali_problem(path, image)
+    except PIL_ERRORS as e:
+        why = problem(path, e)
+    return why or (height, width)
+
+
 def screened(files: FileList, *, on_corrupt: str = "error", cache_dir=None) -> FileList:
     """``files`` less those DALI must not be handed. ``on_corrupt="error"`` raises
     UserError naming the first of them (in list order); ``"skip"`` moves them to
@@ -67,7 +94,7 @@ def screened(files: FileList, *, on_corrupt: str = "error", cache_dir=None) -> F
     from pipelines.datasets.decode import SKIP_HINT, check_on_corrupt, screen_files, shown
 
     check_on_corrupt(on_corrupt)
-    screen = partial(screen_files, check=dali_problem)
+    screen = partial(screen_files, image_size=SCREEN_SIDE, check=dali_problem)
     if cache_dir is None:
         result = screen(files)
     else:
@@ -82,16 +109,20 @@ def screened(files: FileList, *, on_corrupt: str = "error", cache_dir=None) -> F
     return result
 
 
-# Datasets read from image files, which DALI decodes instead of receiving PIL's arrays.
-FILE_DATASETS = ("tinyimagenet", "imagefolder")
-
-
 def open_source(cfg, split: str):
     """``(source, dataset)`` of ``split`` for the DALI loader (``cfg``: the recipe's data
-    section): a folder dataset's screened ``FileList`` twice (a long-tailed train split
-    stays an array subset), else the decoded ``ArrayDataset`` twice. Writes nothing but
-    the decode cache."""
-    if cfg.name not in FILE_DATASETS or (split == "train" and cfg.longtail != "none"):
+    section): with ``cfg.stream`` the ``StreamSource`` twice (``pipelines.stream.open_stream``:
+    nothing read yet, each file screened when first fed); else a folder dataset's screened
+    ``FileList`` twice (a long-tailed train split stays an array subset), else the
+    decoded ``ArrayDataset`` twice. Writes nothing but the decode cache."""
+    if getattr(cfg, "stream", False):
+        from pipelines.stream import open_stream
+
+        source = open_stream(cfg, split)
+        return source, source
+    from pipelines.datasets import FOLDER_DATASETS
+
+    if cfg.name not in FOLDER_DATASETS or (split == "train" and cfg.longtail != "none"):
         from pipelines.datasets import load_dataset
 
         dataset = load_dataset(cfg, split)

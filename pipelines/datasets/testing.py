@@ -6,6 +6,7 @@ downloaded, so fixtures are written from arrays, e.g. ``make_shapes(...).images`
     write_cifar10(root, images, labels)            root = a cifar-10-batches-py folder
     write_cifar100(root, images, labels)           root = a cifar-100-python folder
     write_image_folder(root, images, labels)       root/<class>/<i>.png
+    write_imagenet_style(root, per_class, ...)     root/{train,val}/<wnid>/*.JPEG: photo-like JPEGs of mixed sizes
     write_tinyimagenet(root, train_images, train_labels, val_images, val_labels)
     write_cifar10_archive(path, images, labels)    cifar-10-python.tar.gz, as published
     write_cifar100_archive(path, images, labels)   cifar-100-python.tar.gz
@@ -150,6 +151,32 @@ def write_image_folder(root, images: Sequence[np.ndarray], labels, *, ext: str =
         (root / name).mkdir(parents=True, exist_ok=True)
     for i, (image, label) in enumerate(zip(images, labels)):
         save_image(image, root / classes[label] / f"{i:06d}.{ext}", ext)
+    return root
+
+
+def photo_like(n: int, *, sizes: tuple[int, int] = (40, 90), seed: int = 0) -> list[np.ndarray]:
+    """``n`` smooth random ``[H, W, 3]`` uint8 images, each side drawn from ``sizes``
+    (``[lo, hi)``): colour fields of ~24-pixel detail, which JPEG keeps as photos."""
+    rng = np.random.default_rng(seed)
+    out = []
+    for _ in range(n):
+        h, w = (int(v) for v in rng.integers(*sizes, 2))
+        coarse = rng.integers(0, 256, (h // 24 + 2, w // 24 + 2, 3), dtype=np.uint8)
+        out.append(np.asarray(Image.fromarray(coarse).resize((w, h), Image.BICUBIC)))
+    return out
+
+
+def write_imagenet_style(root, per_class: tuple[int, int], classes: int, *, sizes: tuple[int, int] = (40, 90),
+                         seed: int = 0, ext: str = "JPEG") -> Path:
+    """An ImageNet-style tree: ``root/train/<wnid>/*.<ext>`` and ``root/val/<wnid>/*.<ext>``
+    with ``per_class = (train, val)`` :func:`photo_like` images of each of ``classes``
+    classes (wnid-like folder names ``n0000000k``)."""
+    root = Path(root)
+    names = tuple(f"n{k:08d}" for k in range(classes))
+    for split, count, salt in (("train", per_class[0], 0), ("val", per_class[1], 1)):
+        labels = np.repeat(np.arange(classes), count)
+        write_image_folder(root / split, photo_like(len(labels), sizes=sizes, seed=seed * 2 + salt), labels,
+                           ext=ext, classes=names)
     return root
 
 

@@ -13,21 +13,15 @@ from torchvision.transforms import InterpolationMode
 from pipelines import make_loader
 from pipelines.datasets import list_folder
 from pipelines.datasets.decode import decode_files
-from pipelines.datasets.testing import save_image, write_image_folder, write_unreadable
+from pipelines.datasets.testing import photo_like, save_image, write_image_folder, write_unreadable
 from pipelines.errors import UserError
 from pipelines.stream import Decode, StreamSource, decode_window, read_image
 from pipelines.torch import make_loader as torch_loader
 
 
 def photos(n: int, seed: int = 0, lo: int = 40, hi: int = 90) -> tuple[list[np.ndarray], np.ndarray]:
-    """``n`` smooth random images of random sizes (JPEG-friendly) and 4 classes."""
-    rng = np.random.default_rng(seed)
-    out = []
-    for _ in range(n):
-        h, w = (int(v) for v in rng.integers(lo, hi, 2))
-        small = rng.integers(0, 256, (h // 24 + 2, w // 24 + 2, 3), dtype=np.uint8)
-        out.append(np.asarray(Image.fromarray(small).resize((w, h), Image.BICUBIC)))
-    return out, np.arange(n) % 4
+    """``n`` photo-like images of random sizes in ``[lo, hi)`` and 4 classes."""
+    return photo_like(n, sizes=(lo, hi), seed=seed), np.arange(n) % 4
 
 
 @pytest.fixture(scope="module")
