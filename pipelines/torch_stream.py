@@ -54,6 +54,20 @@ class _Batches(torch.utils.data.Dataset):
         return torch.from_numpy(out), torch.as_tensor(positions, dtype=torch.int64), problems
 
 
+class _Keys:
+    """The sampler of the worker processes: the keys of the epoch being read (``now``),
+    set by the loader before each pass; it lives in the loader's process."""
+
+    def __init__(self):
+        self.now: list = []
+
+    def __iter__(self):
+        return iter(self.now)
+
+    def __len__(self) -> int:
+        return len(self.now)
+
+
 def _one_thread(_worker: int) -> None:
     torch.set_num_threads(1)  # a worker decodes with PIL; torch's pool would only compete
 
@@ -73,6 +87,8 @@ class StreamLoader:
         self.num_workers = max(usable_cores() - 1, 1) if num_workers is None else num_workers
         self.normalize_to = spec.normalize_to(*_imagenet())
         self.epoch, self.skipped = 0, []
+        self._batches = _Batches(source.files.paths, self.decode, spec.image_size, spec.seed)
+        self._keys, self._loader = _Keys(), None
 
     def __len__(self) -> int:
         return self.spec.num_batches(len(self.source))
@@ -84,18 +100,21 @@ class StreamLoader:
         epoch, s = self.epoch, self.spec
         self.epoch += 1
         order = s.epoch_order(len(self.source), epoch).tolist()
-        keys = [(epoch, order[i:i + s.batch_size]) for i in range(0, len(order), s.batch_size)]
-        batches = _Batches(self.source.files.paths, self.decode, s.image_size, s.seed)
-        cuda = s.device.type == "cuda"
-        if self.num_workers == 0:
-            decoded = map(batches.__getitem__, keys)
-        else:
-            decoded = torch.utils.data.DataLoader(
-                batches, sampler=keys, batch_size=None, num_workers=min(self.num_workers, max(len(keys), 1)),
-                pin_memory=cuda, prefetch_factor=PREFETCH_BATCHES, worker_init_fn=_one_thread)
+        self._keys.now = [(epoch, order[i:i + s.batch_size]) for i in range(0, len(order), s.batch_size)]
+        decoded = map(self._batches.__getitem__, self._keys) if self.num_workers == 0 else self._workers()
         gen = generator(s.seed, "augment", s.shard_id, epoch)
         for images, positions, problems in decoded:
             yield self._batch(*self._kept(images, positions, problems), gen)
+
+    def _workers(self):
+        """The worker processes, started once and kept across epochs: the keys of each
+        epoch reach them through :attr:`_keys`, read in this process."""
+        if self._loader is None:
+            self._loader = torch.utils.data.DataLoader(
+                self._batches, sampler=self._keys, batch_size=None, num_workers=self.num_workers,
+                pin_memory=self.spec.device.type == "cuda", prefetch_factor=PREFETCH_BATCHES,
+                persistent_workers=True, worker_init_fn=_one_thread)
+        return self._loader
 
     def _kept(self, images: torch.Tensor, positions: torch.Tensor, problems: dict):
         """The batch less the files that could not be read (``on_corrupt = "skip"``), or
