@@ -25,7 +25,7 @@ from torchvision.transforms import InterpolationMode
 
 from pipelines.views import Op
 
-__all__ = ["RandomResizedCrop", "reference_resized_crop", "resized_crop"]
+__all__ = ["RandomResizedCrop", "boxes_of", "reference_resized_crop", "resized_crop"]
 
 ATTEMPTS = 10  # torchvision's RandomResizedCrop tries 10 boxes before its central fallback
 
@@ -127,7 +127,7 @@ class RandomResizedCrop(Op):
     """torchvision's ``RandomResizedCrop(size, scale, ratio)`` (bilinear, antialias). Per
     image, up to 10 attempts of an area fraction ``a`` uniform in ``scale`` and a ratio ``r``
     log-uniform in ``ratio`` give ``w = round(sqrt(a H W r))``, ``h = round(sqrt(a H W / r))``;
-    the first box that fits is taken at a uniform position, else :meth:`_fallback`.
+    the first box that fits is taken at a uniform position, else the central fallback (:func:`boxes_of`).
 
     ``input_size``: the side (or ``(H, W)``) of the images the op receives, which the draw
     needs (torchvision accepts an attempt by its size in pixels); ``apply`` refuses others.
@@ -171,30 +171,8 @@ class RandomResizedCrop(Op):
     def boxes(self, area: torch.Tensor, aspect: torch.Tensor, top: torch.Tensor,
               left: torch.Tensor) -> dict[str, torch.Tensor]:
         """The rule on the numbers of :meth:`attempts`, vectorized over the batch."""
-        h, w = self.input_size
-        target, aspect = area.double() * (h * w), aspect.double()
-        widths, heights = (target * aspect).sqrt_().round_(), (target / aspect).sqrt_().round_()  # half to even
-        fits = (widths > 0) & (widths <= w) & (heights > 0) & (heights <= h)
-        first = fits.to(torch.uint8).argmax(0, keepdim=True)  # the first attempt that fits
-        found = fits.any(0)
-        fallback_h, fallback_w = self._fallback()
-        height = torch.where(found, heights.gather(0, first)[0], fallback_h).long()
-        width = torch.where(found, widths.gather(0, first)[0], fallback_w).long()
-
-        def place(u, room):  # uniform in 0 .. room where found, the centre otherwise
-            return torch.where(found, torch.minimum((u * (room + 1)).long(), room), room // 2)
-
-        return {"rrc_top": place(top, h - height), "rrc_left": place(left, w - width),
-                "rrc_height": height, "rrc_width": width}
-
-    def _fallback(self) -> tuple[int, int]:
-        """torchvision's fallback: the central crop of the ratio clamped into ``ratio``."""
-        h, w = self.input_size
-        if w / h < self.ratio[0]:
-            return round(w / self.ratio[0]), w
-        if w / h > self.ratio[1]:
-            return h, round(h * self.ratio[1])
-        return h, w
+        h, w = (torch.full(top.shape, v, dtype=torch.int64, device=top.device) for v in self.input_size)
+        return boxes_of(area, aspect, top, left, h, w, self.ratio)
 
     def draw(self, batch_size, generator):
         return self.boxes(*self.attempts(batch_size, generator))
@@ -203,3 +181,31 @@ class RandomResizedCrop(Op):
         if tuple(images.shape[-2:]) != self.input_size:
             raise ValueError(f"RandomResizedCrop(input_size={self.input_size}) got {tuple(images.shape[-2:])} images")
         return resized_crop(images, *(params[k] for k in self.keys), self.output_size)
+
+
+def boxes_of(area: torch.Tensor, aspect: torch.Tensor, top: torch.Tensor, left: torch.Tensor,
+             heights: torch.Tensor, widths: torch.Tensor, ratio: tuple[float, float]) -> dict[str, torch.Tensor]:
+    """torchvision's ``RandomResizedCrop`` rule on the numbers of
+    :meth:`RandomResizedCrop.attempts` (``[10, B]`` area fractions and aspect ratios, ``[B]``
+    top and left fractions) for images of ``heights x widths`` (``[B]`` int64, each its
+    own size): the first of the 10 boxes that fits, at a uniform position, else the
+    central crop of the image's ratio clamped into ``ratio``. ``{rrc_top, rrc_left,
+    rrc_height, rrc_width}``, ``[B]`` int64 pixels."""
+    h, w = heights.double(), widths.double()
+    target, aspect = area.double() * (h * w), aspect.double()
+    box_w, box_h = (target * aspect).sqrt_().round_(), (target / aspect).sqrt_().round_()  # half to even
+    fits = (box_w > 0) & (box_w <= w) & (box_h > 0) & (box_h <= h)
+    first = fits.to(torch.uint8).argmax(0, keepdim=True)  # the first attempt that fits
+    found = fits.any(0)
+    # The fallback: the whole image where its ratio is inside ``ratio``, else clamped to it.
+    narrow, wide = w / h < ratio[0], w / h > ratio[1]
+    fallback_h = torch.where(narrow, (w / ratio[0]).round(), h)
+    fallback_w = torch.where(wide, (h * ratio[1]).round(), w)
+    height = torch.where(found, box_h.gather(0, first)[0], fallback_h).long()
+    width = torch.where(found, box_w.gather(0, first)[0], fallback_w).long()
+
+    def place(u, room):  # uniform in 0 .. room where found, the centre otherwise
+        return torch.where(found, torch.minimum((u * (room + 1)).long(), room), room // 2)
+
+    return {"rrc_top": place(top, heights - height), "rrc_left": place(left, widths - width),
+            "rrc_height": height, "rrc_width": width}

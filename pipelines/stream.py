@@ -69,17 +69,28 @@ class Decode:
     def window(self, height: int, width: int, seed: int, epoch: int, index: int) -> tuple[int, int, int, int]:
         """``(top, left, h, w)`` in pixels of an image of ``height x width``: the part of
         it that becomes the output (the whole image for "resize")."""
+        return tuple(self.windows([height], [width], seed, epoch, [index])[0].tolist())
+
+    def windows(self, heights, widths, seed: int, epoch: int, indices) -> np.ndarray:
+        """:meth:`window` of a batch at once: ``[B, 4]`` int64 ``(top, left, h, w)`` of
+        images of ``heights x widths`` (``[B]`` ints) at dataset positions ``indices``."""
+        h, w = np.asarray(heights, dtype=np.int64), np.asarray(widths, dtype=np.int64)
         if self.kind == "resize":
-            return 0, 0, height, width
+            return np.stack([np.zeros_like(h), np.zeros_like(h), h, w], 1)
         if self.kind == "centre":
-            side = max(1, round(self.fraction * min(height, width)))
-            return (height - side) // 2, (width - side) // 2, side, side
-        from pipelines.resized_crop import RandomResizedCrop
+            side = np.maximum(np.rint(self.fraction * np.minimum(h, w)), 1).astype(np.int64)
+            return np.stack([(h - side) // 2, (w - side) // 2, side, side], 1)
+        import torch
+
+        from pipelines.resized_crop import RandomResizedCrop, boxes_of
         from pipelines.sampling import generator
 
-        op = RandomResizedCrop(self.scale, self.ratio, input_size=(height, width))
-        box = op.draw(1, generator(seed, "decode", epoch, index))
-        return tuple(int(box[k][0]) for k in op.keys)
+        op = RandomResizedCrop(self.scale, self.ratio)
+        # Each image's numbers from its own stream: a window is the same in any batch, worker or run.
+        drawn = [op.attempts(1, generator(seed, "decode", epoch, int(i))) for i in indices]
+        area, aspect, top, left = (torch.cat(parts, dim=-1) for parts in zip(*drawn))
+        box = boxes_of(area, aspect, top, left, torch.from_numpy(h), torch.from_numpy(w), self.ratio)
+        return torch.stack([box[k] for k in op.keys], 1).numpy()
 
 
 @dataclass(frozen=True, eq=False)

@@ -19,12 +19,13 @@ from typing import Iterator
 
 import numpy as np
 import torch
+from PIL import Image
 
-from pipelines.datasets.decode import SKIP_HINT, shown
+from pipelines.datasets.decode import PIL_ERRORS, SKIP_HINT, problem, shown
 from pipelines.errors import UserError
 from pipelines.sampling import generator
 from pipelines.spec import LoaderSpec
-from pipelines.stream import Decode, StreamSource, read_image
+from pipelines.stream import Decode, StreamSource, decode_window
 from pipelines.system import usable_cores
 from pipelines.views import apply_ops, finish_view
 
@@ -45,12 +46,24 @@ class _Batches(torch.utils.data.Dataset):
     def __getitem__(self, key):
         epoch, positions = key
         out = np.zeros((len(positions), self.size, self.size, 3), dtype=np.uint8)
-        problems = {}
-        for row, i in enumerate(positions):
-            try:
-                out[row] = read_image(self.paths[i], self.decode, self.size, seed=self.seed, epoch=epoch, index=i)
-            except ValueError as e:
-                problems[row] = str(e)
+        problems, opened = {}, {}
+        try:
+            for row, i in enumerate(positions):  # headers only: the sizes the windows need
+                try:
+                    opened[row] = Image.open(self.paths[i])
+                except PIL_ERRORS as e:
+                    problems[row] = problem(self.paths[i], e)
+            rows = sorted(opened)
+            windows = self.decode.windows([opened[r].size[1] for r in rows], [opened[r].size[0] for r in rows],
+                                          self.seed, epoch, [positions[r] for r in rows])
+            for row, window in zip(rows, windows):
+                try:
+                    out[row] = decode_window(opened[row], tuple(window.tolist()), self.size)
+                except PIL_ERRORS as e:
+                    problems[row] = problem(self.paths[positions[row]], e)
+        finally:
+            for image in opened.values():
+                image.close()
         return torch.from_numpy(out), torch.as_tensor(positions, dtype=torch.int64), problems
 
 

@@ -128,3 +128,14 @@ def test_reading_a_file_reports_what_is_wrong(tmp_path):
     path = write_unreadable(tmp_path / "x.jpg", "not_image")
     with pytest.raises(ValueError, match="not an image"):
         read_image(str(path), Decode(), 16)
+
+
+def test_a_batch_holds_each_files_reference_decode(folder):
+    """What the workers deliver is ``read_image`` of each file with its own window."""
+    rrc = Decode("random_resized", scale=(0.1, 0.5))
+    loader = stream(folder, rrc, tasks=(), augment=False, num_workers=1)
+    loader.set_epoch(3)
+    for batch in loader:
+        for image, i in zip(batch["images"], batch["indices"].tolist()):
+            want = read_image(folder.paths[i], rrc, 32, seed=5, epoch=3, index=i)
+            assert torch.equal(image, torch.from_numpy(want.copy()).permute(2, 0, 1)), i
