@@ -8,8 +8,9 @@ Where CUDA is present it runs, each as a subprocess with its own time limit:
    GPU-only cases, a bf16 step of each method and the adversarial step
    (tests/gssl_fast/methods/test_gpu.py);
 2. the benchmarks: the batched transform at 64x64, DALI against torchvision on a 64x64
-   JPEG folder, the loaders on CIFAR-sized data, and the step of each method with
-   ResNet-18 at 64x64 (supervised, G-SSL, MixUp, CutMix, adversarial).
+   JPEG folder, the loaders on CIFAR-sized data, the step of each method with
+   ResNet-18 at 64x64 (supervised, G-SSL, MixUp, CutMix, adversarial), and the streams
+   at 224 px (DALI's "mixed" decode on the GPU) against torchvision's ImageFolder.
 It writes each benchmark's JSON and ``summary.json`` (device, versions, the tests'
 closing line, each part's seconds, loader throughput against model throughput) into
 DIR. Without CUDA it says so, writes ``summary.json`` with ``"cuda": false`` and exits 3.
@@ -30,7 +31,7 @@ ROOT = Path(__file__).resolve().parents[1]
 NO_CUDA_EXIT = 3
 
 TESTS = ["tests/pipelines/test_loaders.py", "tests/pipelines/test_localizable.py", "tests/pipelines/test_dali.py",
-         "tests/gssl_fast/methods/test_gpu.py", "tests/gssl_fast/model/test_attacks.py"]
+         "tests/pipelines/test_stream.py", "tests/gssl_fast/methods/test_gpu.py", "tests/gssl_fast/model/test_attacks.py"]
 # name -> (command after `python`, time limit in seconds)
 BENCHES = {
     "transform": (["-m", "bench.transform", "--device", "cuda", "--sizes", "64", "--repeats", "5"], 90),
@@ -38,6 +39,8 @@ BENCHES = {
     "loaders": (["-m", "bench.loaders", "--data", "cifar", "--rounds", "1", "--device", "cuda"], 120),
     "method_step": (["-m", "bench.method_step", "--device", "cuda", "--backbone", "resnet18_cifar", "--side", "64",
                      "--batch", "128", "--rounds", "3"], 150),
+    "stream": (["-m", "bench.stream", "--device", "cuda", "--images", "1000", "--workers", "8", "--rounds", "2",
+                "--no-memory"], 150),
 }
 
 
