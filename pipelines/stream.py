@@ -2,8 +2,9 @@
 
     Decode(kind, scale, ratio, fraction)   how one file becomes an ``[S, S, 3]`` uint8 image
     StreamSource(files, decode, ...)       what a stream loader reads: the files, never the pixels
-    read_image(path, decode, size, ...)    one file -> ``[S, S, 3]`` uint8: the reference every
-                                           backend's stream is tested against
+    ShardSource(shards, decode, ...)       the same for WebDataset shards (pipelines.datasets.shards)
+    read_image(path, decode, size, ...)    one file (or its bytes) -> ``[S, S, 3]`` uint8: the
+                                           reference every backend's stream is tested against
 
 Kinds of ``Decode``:
     "resize"          the whole image squashed to ``S x S`` (PIL bilinear, antialiased), the
@@ -22,6 +23,7 @@ so a resumed run and any worker process draw the same windows.
 
 from __future__ import annotations
 
+import io
 import math
 from dataclasses import dataclass, field
 
@@ -31,7 +33,11 @@ from PIL import Image
 from pipelines.datasets.decode import PIL_ERRORS, problem, to_rgb
 from pipelines.datasets.arrays import resize_image
 from pipelines.datasets.folders import FileList
+from pipelines.datasets.shards import ShardSet
 from pipelines.errors import unknown_name
+
+# data.name of the datasets that are read from shards, always as a stream.
+SHARD_DATASETS = ("webdataset",)
 
 KINDS = {
     "resize": "the whole image squashed to the output square",
@@ -115,6 +121,32 @@ class StreamSource:
         return self.files.classes
 
 
+@dataclass(frozen=True, eq=False)
+class ShardSource:
+    """What a shard loader reads: ``shards`` (``pipelines.datasets.shards.ShardSet``),
+    each sample decoded as ``decode`` says with its key as the index of its window;
+    ``on_corrupt`` as for :class:`StreamSource` (a shard that ends early too);
+    ``shuffle_buffer``: samples each process holds to shuffle its stream of shards
+    (0: the shards' order alone)."""
+
+    shards: ShardSet
+    decode: Decode = field(default_factory=Decode)
+    on_corrupt: str = "error"
+    shuffle_buffer: int = 1000
+
+    def __len__(self) -> int:
+        return len(self.shards)
+
+    @property
+    def labels(self) -> np.ndarray:
+        """``[N]`` int64 labels of the samples, sorted by key (as a loader's ``indices`` sort)."""
+        return self.shards.labels
+
+    @property
+    def classes(self) -> tuple[str, ...]:
+        return self.shards.classes
+
+
 def draft_scale(image_size: tuple[int, int], window: tuple[int, int, int, int], size: int) -> tuple[int, int]:
     """The ``(width, height)`` to ask PIL's ``draft`` for: the image scaled so that the
     window keeps at least ``size`` pixels a side (libjpeg then picks the smallest of its
@@ -147,13 +179,13 @@ def decode_window(image: Image.Image, window: tuple[int, int, int, int], size: i
     return np.asarray(image.resize((size, size), Image.BILINEAR, box=box))
 
 
-def read_image(path: str, decode: Decode, size: int, *, seed: int = 0, epoch: int = 0, index: int = 0,
+def read_image(path: str | bytes, decode: Decode, size: int, *, seed: int = 0, epoch: int = 0, index: int = 0,
                draft: bool = True) -> np.ndarray:
-    """The file ``path`` as ``[size, size, 3]`` uint8 RGB under ``decode``, the window
-    drawn for ``(seed, epoch, index)``. Raises ValueError saying what is wrong with a
-    file PIL cannot read."""
+    """The file ``path`` (or an image file's bytes) as ``[size, size, 3]`` uint8 RGB
+    under ``decode``, the window drawn for ``(seed, epoch, index)``. Raises ValueError
+    saying what is wrong with a file PIL cannot read."""
     try:
-        with Image.open(path) as image:
+        with Image.open(io.BytesIO(path) if isinstance(path, bytes) else path) as image:
             window = decode.window(image.size[1], image.size[0], seed, epoch, index)
             return decode_window(image, window, size, draft=draft)
     except PIL_ERRORS as e:
@@ -172,6 +204,22 @@ def decodes(cfg) -> dict[str, Decode]:
     return {"train": Decode("resize"), "val": Decode("resize")}
 
 
+def streamed(cfg) -> bool:
+    """Whether the loaders read the dataset of ``cfg`` (a recipe's data section) from
+    its files every epoch: ``data.stream``, or shards, which are always streamed."""
+    return bool(getattr(cfg, "stream", False)) or cfg.name in SHARD_DATASETS
+
+
+def open_shards(cfg, split: str) -> ShardSource:
+    """The ``split`` of the shards of ``cfg`` (``data.root``, ``data.val_root``:
+    ``pipelines.datasets.shards.open_shards``) as a stream, none read."""
+    from pipelines.datasets.decode import check_on_corrupt
+    from pipelines.datasets.shards import open_shards as listed
+
+    return ShardSource(listed(cfg, split), decodes(cfg)[split], check_on_corrupt(cfg.on_corrupt),
+                       cfg.shuffle_buffer)
+
+
 def open_stream(cfg, split: str) -> StreamSource:
     """The ``split`` of the folder dataset ``cfg.name`` (a recipe's data section) as a
     stream: its files listed (a long-tailed train split subsampled as
@@ -180,3 +228,26 @@ def open_stream(cfg, split: str) -> StreamSource:
     from pipelines.datasets.decode import check_on_corrupt
 
     return StreamSource(list_files(cfg, split), decodes(cfg)[split], check_on_corrupt(cfg.on_corrupt))
+
+
+def left_out(bad: list[tuple[str, str]], source: StreamSource, skipped: list, *, whole_batch: bool) -> None:
+    """A batch's unreadable files ``bad`` (``(path, what is wrong)``, in batch order) under
+    ``source.on_corrupt``: "error" raises a one-line UserError naming the first; "skip"
+    adds each to ``skipped`` (a loader's list) and names it once on stderr, unless they
+    are the ``whole_batch``, which is an error too."""
+    import sys
+
+    from pipelines.datasets.decode import SKIP_HINT, shown
+    from pipelines.errors import UserError
+
+    path, why = bad[0]
+    if source.on_corrupt != "skip":
+        raise UserError(f"cannot read image {shown(path)}: it {why}; {SKIP_HINT}")
+    for path, why in bad:
+        if all(path != p for p, _ in skipped):
+            skipped.append((path, why))
+            print(f"data: left out unreadable image {shown(path)}: it {why} (data.on_corrupt = \"skip\")",
+                  file=sys.stderr, flush=True)
+    if whole_batch:
+        raise UserError(f"every image of a batch was unreadable, e.g. {shown(bad[0][0])}: it {bad[0][1]}; "
+                        "fix or remove those files")

@@ -14,18 +14,16 @@ but the file list and the batches in flight.
 
 from __future__ import annotations
 
-import sys
 from typing import Iterator
 
 import numpy as np
 import torch
 from PIL import Image
 
-from pipelines.datasets.decode import PIL_ERRORS, SKIP_HINT, problem, shown
-from pipelines.errors import UserError
+from pipelines.datasets.decode import PIL_ERRORS, problem
 from pipelines.sampling import generator
 from pipelines.spec import LoaderSpec
-from pipelines.stream import Decode, StreamSource, decode_window
+from pipelines.stream import Decode, StreamSource, decode_window, left_out
 from pipelines.system import usable_cores
 from pipelines.views import apply_ops, finish_view
 
@@ -130,37 +128,43 @@ class StreamLoader:
         return self._loader
 
     def _kept(self, images: torch.Tensor, positions: torch.Tensor, problems: dict):
-        """The batch less the files that could not be read (``on_corrupt = "skip"``), or
-        a one-line error naming the first of them."""
-        if not problems:
-            return images, positions
+        """The batch less the files that could not be read (``pipelines.stream.left_out``)."""
         paths = self.source.files.paths
-        row = min(problems)
-        if self.source.on_corrupt != "skip":
-            raise UserError(f"cannot read image {shown(paths[int(positions[row])])}: it {problems[row]}; {SKIP_HINT}")
-        for row, why in sorted(problems.items()):
-            path = paths[int(positions[row])]
-            if all(path != p for p, _ in self.skipped):
-                self.skipped.append((path, why))
-                print(f"data: left out unreadable image {shown(path)}: it {why} (data.on_corrupt = \"skip\")",
-                      file=sys.stderr, flush=True)
-        keep = torch.tensor([r for r in range(len(positions)) if r not in problems], dtype=torch.int64)
-        if not len(keep):
-            raise UserError(f"every image of a batch was unreadable, e.g. {shown(paths[int(positions[row])])}: "
-                            f"it {problems[row]}; fix or remove those files")
-        return images.index_select(0, keep), positions.index_select(0, keep)
+        bad = {row: (paths[int(positions[row])], why) for row, why in problems.items()}
+        return kept_rows(bad, self.source, self.skipped, images, positions)
 
     def _batch(self, images: torch.Tensor, positions: torch.Tensor, gen: torch.Generator) -> dict[str, torch.Tensor]:
-        dev = self.spec.device
         labels = torch.from_numpy(self.source.labels).index_select(0, positions)
-        out = {"labels": labels.to(dev, non_blocking=True), "indices": positions.to(dev)}
-        pixels = images.to(dev, non_blocking=True).permute(0, 3, 1, 2)  # [B, 3, S, S] uint8, channels last in memory
-        for i, (name, view) in enumerate(self.spec.views):
-            last = i == len(self.spec.views) - 1
-            batch = pixels if last else pixels.clone()
-            batch, params = apply_ops(batch, view, gen, owned=True)
-            out.update(finish_view(name, batch, params, normalize_to=self.normalize_to))
-        return out
+        return batch_views(images, positions, labels, self.spec, gen, self.normalize_to)
+
+
+def kept_rows(bad: dict, source, skipped: list, *rows: torch.Tensor) -> tuple[torch.Tensor, ...]:
+    """A decoded batch's ``rows`` (``images [B, S, S, 3]`` uint8, ``positions [B]``
+    int64, ...) less the rows ``bad`` (``{row: (name, what is wrong)}``) could not read,
+    as ``source.on_corrupt`` says (``pipelines.stream.left_out``: named, or left out
+    and recorded in ``skipped``)."""
+    if not bad:
+        return rows
+    left_out([bad[r] for r in sorted(bad)], source, skipped, whole_batch=len(bad) == len(rows[0]))
+    keep = torch.tensor([r for r in range(len(rows[0])) if r not in bad], dtype=torch.int64)
+    return tuple(t.index_select(0, keep) for t in rows)
+
+
+def batch_views(images: torch.Tensor, positions: torch.Tensor, labels: torch.Tensor, spec: LoaderSpec,
+                gen: torch.Generator, normalize_to) -> dict[str, torch.Tensor]:
+    """The batch dict of a decoded batch: ``images [B, S, S, 3]`` uint8 (on the host),
+    ``positions`` and ``labels`` ``[B]`` int64 -> every view of ``spec`` run batched on
+    ``spec.device`` (``pipelines.views``), drawing from ``gen``, with ``labels`` and
+    ``indices``."""
+    dev = spec.device
+    out = {"labels": labels.to(dev, non_blocking=True), "indices": positions.to(dev)}
+    pixels = images.to(dev, non_blocking=True).permute(0, 3, 1, 2)  # [B, 3, S, S] uint8, channels last in memory
+    for i, (name, view) in enumerate(spec.views):
+        last = i == len(spec.views) - 1
+        batch = pixels if last else pixels.clone()
+        batch, params = apply_ops(batch, view, gen, owned=True)
+        out.update(finish_view(name, batch, params, normalize_to=normalize_to))
+    return out
 
 
 def _imagenet():

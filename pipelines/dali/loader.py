@@ -142,13 +142,18 @@ class DaliLoader:
         share = dali_shard_size(len(order), s.shard_id, s.num_shards)
         return [self.dataset.paths[i] for i in order[start:start + share]]
 
-    def _build(self, epoch: int):
+    def _pipeline_kwargs(self, epoch: int) -> dict:
+        """What every pipeline of ``epoch`` is built with: the views' graphs and the
+        ``nvidia.dali.Pipeline`` options (batch size, threads, device, the epoch's seed)."""
         s = self.spec
-        kwargs = dict(
+        return dict(
             views={name: opts for name, (opts, _) in self.plans.items()}, batch_size=self.batch_size,
             num_threads=self.num_threads, device_id=_cuda_index(self.device) if self.device.type == "cuda" else None,
             seed=derive_seed(s.seed, "dali", s.shard_id, epoch) % (1 << 31), prefetch_queue_depth=PREFETCH,
         )
+
+    def _build(self, epoch: int):
+        s, kwargs = self.spec, self._pipeline_kwargs(epoch)
         n = len(self.dataset)
         if self._files:
             # One permutation per epoch, the same on every shard; DALI deals contiguous slices.
@@ -248,14 +253,20 @@ def build_loader(source, spec: LoaderSpec, *, num_threads: int | None = None) ->
     source: an array pair or ``ArrayDataset`` (fed from memory), or a folder (ImageFolder
     or Tiny-ImageNet; ``spec.split`` picks train or val) or a ``FileList``, whose files
     DALI reads and decodes itself, resized to ``spec.image_size`` (default: the first
-    file's width). On CUDA the graph runs on that GPU (decoding "mixed"), on the CPU
-    otherwise. Normalization defaults: ImageNet statistics for files, the source's own
-    otherwise. num_threads: DALI CPU worker threads; None = the cores this process may
-    use, at most 8.
+    file's width); or a ``pipelines.stream.StreamSource``, each file's window decoded
+    every epoch (:mod:`pipelines.dali.stream`; ``spec.image_size`` required). On CUDA
+    the graph runs on that GPU (decoding "mixed"), on the CPU otherwise. Normalization
+    defaults: ImageNet statistics for files, the source's own otherwise. num_threads:
+    DALI CPU worker threads; None = the cores this process may use, at most 8.
     """
+    from pipelines.stream import StreamSource
+
     import_dali()
-    dataset = _resolve(source, spec.image_size, spec.split)
-    if isinstance(dataset, FileList):
+    stream = isinstance(source, StreamSource)
+    if stream and spec.image_size is None:
+        raise ValueError("a stream needs image_size: its files may have any size")
+    dataset = source if stream else _resolve(source, spec.image_size, spec.split)
+    if isinstance(dataset, (FileList, StreamSource)):
         side = spec.image_size or image_side(dataset.paths[0])
         size, defaults = (side, side), (IMAGENET_MEAN, IMAGENET_STD)
     else:
@@ -263,8 +274,12 @@ def build_loader(source, spec: LoaderSpec, *, num_threads: int | None = None) ->
     if any(isinstance(op, Localizable) for _, view in spec.views for op in view) and (
             size[0] != size[1] or size[0] % 2):
         raise ValueError(f"the localizable transform needs square images with an even side, got {size[0]}x{size[1]}")
-    return DaliLoader(dataset, spec, size=size, normalize_to=spec.normalize_to(*defaults),
-                      num_threads=num_threads or _default_threads())
+    options = dict(size=size, normalize_to=spec.normalize_to(*defaults), num_threads=num_threads or _default_threads())
+    if stream:
+        from pipelines.dali.stream import DaliStreamLoader
+
+        return DaliStreamLoader(source, spec, **options)
+    return DaliLoader(dataset, spec, **options)
 
 
 make_loader = loader_factory("dali")

@@ -17,7 +17,7 @@ RECIPE = ROOT / "recipes" / "imagenet.toml"
 SMALL = {"model.backbone": "resnet8_cifar", "model.channels_last": "false", "data.image_size": "32",
          "train.mixed_precision": "no", "train.global_batch_size": "16", "train.eval_batch_size": "16",
          "train.epochs": "2", "train.num_threads": "1", "data.workers": "1", "optim.warmup_epochs": "0"}
-LOADERS = ["torch"]
+LOADERS = ["torch", "dali"]
 
 
 @pytest.fixture(scope="module")
