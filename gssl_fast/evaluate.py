@@ -1,6 +1,8 @@
-"""``python -m gssl_fast.evaluate``: clean and robust accuracy of a finished run.
+"""``python -m gssl_fast.evaluate``: clean and robust accuracy of a finished run, its
+calibration (before and after temperature scaling) and its out-of-distribution scores.
 
-The accuracy over a loader itself is ``gssl_fast.model.metrics.evaluate``.
+The accuracy over a loader itself is ``gssl_fast.model.metrics.evaluate``; the
+calibration and OOD figures are ``gssl_fast.analysis.uncertainty``'s.
 """
 
 from __future__ import annotations
@@ -12,10 +14,17 @@ from gssl_fast.model.metrics import evaluate
 USAGE = """Evaluates a finished run on its whole validation split, one line per metric.
 
     python -m gssl_fast.evaluate RUN_DIR [--attack pgd20] [--attack pgd100] [--limit N]
+                                         [--calibration] [--ood SOURCE [--ood SOURCE ...]]
 
 RUN_DIR is a run folder (its newest checkpoint) or a checkpoint file; works on a run of
-any method. Prints ``acc1 93.10``, ``acc5 99.80`` and ``<attack>_acc1 43.21`` lines; the
-progress of each pass goes to the terminal (a bar) or stderr (a line per ~10%)."""
+any method. Prints ``acc1 93.10``, ``acc5 99.80`` and ``<attack>_acc1 43.21`` lines;
+--calibration adds ``ece``, ``nll``, ``brier``, their ``_calibrated`` values and the
+``temperature`` fitted on a held-out share of the training split (written to
+RUN_DIR/temperature.json, used by load_model(..., calibrated=True)); --ood SOURCE adds
+``ood_<score>_auroc``, ``_aupr`` and ``_fpr95`` for the scores msp, energy, pretext and
+msp_pretext (the last two need pretext heads). SOURCE: a dataset name with an optional
+root (``cifar100``, ``cifar100:data/cifar-100-python``, ``shapes``) or an image folder.
+The progress of each pass goes to the terminal (a bar) or stderr (a line per ~10%)."""
 
 
 def parse_args(argv=None):
@@ -31,6 +40,12 @@ def parse_args(argv=None):
     p.add_argument("--limit", type=int, default=0, help="attack only the first N validation images (0 = all)")
     p.add_argument("--batch-size", type=int, default=0, help="evaluation batch (default: train.eval_batch_size)")
     p.add_argument("--seed", type=int, default=0, help="seed of the attacks' random starts")
+    p.add_argument("--calibration", action="store_true",
+                   help="ECE, NLL and Brier score before and after temperature scaling")
+    p.add_argument("--calibration-fraction", type=float, default=0.1, metavar="F",
+                   help="share of each class of the training split the temperature is fitted on (default 0.1)")
+    p.add_argument("--ood", action="append", default=[], metavar="SOURCE",
+                   help="out-of-distribution scores against this source's validation images; repeatable")
     return p.parse_args(argv)
 
 
@@ -41,9 +56,16 @@ def main(argv=None) -> int:
 
     args = parse_args(argv)
     try:
-        for name, value in evaluate_run(args.run, attacks=args.attack, limit=args.limit,
-                                        batch_size=args.batch_size, seed=args.seed).items():
-            print(f"{name} {value:.2f}", flush=True)
+        result = evaluate_run(args.run, attacks=args.attack, limit=args.limit, batch_size=args.batch_size,
+                              seed=args.seed)
+        if args.calibration or args.ood:
+            from gssl_fast.analysis.evaluations import uncertainty_run
+
+            result.update(uncertainty_run(args.run, calibration=args.calibration, fraction=args.calibration_fraction,
+                                          sources=args.ood, batch_size=args.batch_size))
+        for name, value in result.items():
+            exact = any(k in name for k in ("nll", "brier", "temperature"))  # not percentages
+            print(f"{name} {value:.4f}" if exact else f"{name} {value:.2f}", flush=True)
     except UserError as e:
         print(f"error: {e}", file=sys.stderr)
         return 2

@@ -10,6 +10,8 @@
   fixed set of validation images, one column per run (Figure 7); runs whose validation
   images differ (another dataset, seed or size) get a grid each, so that a row is one image;
 - t-SNE (scikit-learn) of the pooled validation features, coloured by class (Figure 8);
+- where ``python -m gssl_fast.evaluate RUN --calibration --ood SOURCE`` wrote its files into
+  a run folder: its reliability diagram, the OOD scores' histograms and an OOD table;
 - a side-by-side table of the runs: final and best accuracy, a column per declared group
   (shot groups of long-tailed runs, say) and, with ``--table`` (a ladder table file), the
   paper's number of each run whose folder is named after a row (as the ladder names them).
@@ -30,6 +32,7 @@ from pathlib import Path
 import numpy as np
 
 from pipelines.errors import UserError
+from gssl_fast.analysis.evaluations import uncertainty_figures
 from gssl_fast.analysis.figures import PageFigure, _plt, gradcam_figures, tsne_figure
 from gssl_fast.run.log import MetricsLog
 from gssl_fast.run.progress import is_number, metric_items
@@ -238,8 +241,12 @@ def write_report(runs: list[Path], out: Path, *, images: int = 8, tsne: int = 50
     curves = curve_figures(logs, out, declared)
     cams, note = gradcam_figures(runs, out, images)
     points = [tsne_figure(run, out, tsne, f"tsne_{i}.png") for i, run in enumerate(runs)]
+    trust, ood_rows = uncertainty_figures(runs, out)
     sections = "\n".join([_section("Training curves", curves), _section("Grad-CAM (Figure 7)", cams, note),
-                          _section("t-SNE of the validation features (Figure 8)", points)])
+                          _section("t-SNE of the validation features (Figure 8)", points),
+                          _section("Calibration and out-of-distribution scores", trust,
+                                   "From python -m gssl_fast.evaluate RUN --calibration --ood SOURCE.")
+                          + ood_rows])
     page = out / "index.html"
     page.write_text(f"""<!doctype html><html><head><meta charset="utf-8"><title>gssl_fast report</title>
 <style>body{{font-family:sans-serif;margin:2em}}table{{border-collapse:collapse}}td,th{{border:1px solid #999;

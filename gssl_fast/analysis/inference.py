@@ -11,7 +11,6 @@ alone rebuilds the model; it is read as data (``torch.load(weights_only=True)``)
 from __future__ import annotations
 
 import os
-from pathlib import Path
 
 import torch
 from torch import nn
@@ -21,15 +20,20 @@ from pipelines.errors import UserError
 from gssl_fast.run.stages import trained_checkpoint
 
 
-class Classifier(nn.Module):
-    """``[B, 3, H, W]`` pixels (float in [0, 1], or uint8) -> ``[B, K]`` class logits."""
+TEMPERATURE = "temperature.json"  # beside the run: what evaluate --calibration fitted
 
-    def __init__(self, model: nn.Module):
+
+class Classifier(nn.Module):
+    """``[B, 3, H, W]`` pixels (float in [0, 1], or uint8) -> ``[B, K]`` class logits,
+    divided by ``temperature`` (temperature scaling; 1: the logits as trained)."""
+
+    def __init__(self, model: nn.Module, temperature: float = 1.0):
         super().__init__()
-        self.model = model
+        self.model, self.temperature = model, float(temperature)
 
     def forward(self, images: torch.Tensor) -> torch.Tensor:
-        return self.model(images)["logits"]
+        logits = self.model(images)["logits"]
+        return logits / self.temperature if self.temperature != 1.0 else logits
 
 
 def load_run(path: str | os.PathLike):
@@ -63,8 +67,22 @@ def load_for_evaluation(path: str | os.PathLike):
     return recipe, method, method.eval_model().eval(), load_dataset(recipe.data, "val")
 
 
-def load_model(path: str | os.PathLike, *, device: str | torch.device = "cpu") -> nn.Module:
+def load_model(path: str | os.PathLike, *, device: str | torch.device = "cpu", calibrated: bool = False) -> nn.Module:
     """The trained model of a run folder (its newest checkpoint) or of a checkpoint file,
-    in eval mode on ``device``: ``[B, 3, H, W]`` float pixels in [0, 1] -> ``[B, K]`` logits."""
+    in eval mode on ``device``: ``[B, 3, H, W]`` float pixels in [0, 1] -> ``[B, K]`` logits;
+    ``calibrated``: divided by the temperature ``python -m gssl_fast.evaluate RUN
+    --calibration`` fitted (its softmax then calibrated)."""
     _, method, _ = load_run(path)
-    return Classifier(method.eval_model()).to(device).eval()
+    temperature = fitted_temperature(path) if calibrated else 1.0
+    return Classifier(method.eval_model(), temperature).to(device).eval()
+
+
+def fitted_temperature(path: str | os.PathLike) -> float:
+    """The temperature written beside the run of ``path`` by ``evaluate --calibration``."""
+    import json
+
+    file = trained_checkpoint(path).run_dir / TEMPERATURE
+    if not file.is_file():
+        raise UserError(f"{file} is missing: fit the temperature first with python -m gssl_fast.evaluate {path} "
+                        "--calibration")
+    return float(json.loads(file.read_text())["temperature"])

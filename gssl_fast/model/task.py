@@ -126,7 +126,7 @@ class GSSLTask(nn.Module):
         pretext_logits ``{task: [N, n_t]}``, gate_logits ``[N, T]`` or None, targets
         ``{"target_<task>": [N] int64}``.
         """
-        per_sample = self._pretext_losses(pretext_logits, targets)  # [T, N]
+        per_sample = self.pretext_losses(pretext_logits, targets)  # [T, N]
         out = {f"loss_{task}": losses.detach().mean() for task, losses in zip(self.tasks, per_sample)}
         if detach_gate and gate_logits is not None:
             gate_logits = gate_logits.detach()
@@ -135,7 +135,7 @@ class GSSLTask(nn.Module):
         )
         return out
 
-    def _pretext_losses(self, pretext_logits: dict, targets: Mapping[str, torch.Tensor]) -> torch.Tensor:
+    def pretext_losses(self, pretext_logits: dict, targets: Mapping[str, torch.Tensor]) -> torch.Tensor:
         """``[T, B]`` float32 per-sample cross-entropy of every enabled head."""
         missing = [f"target_{t}" for t in self.tasks if f"target_{t}" not in targets]
         if missing:
