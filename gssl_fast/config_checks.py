@@ -44,12 +44,12 @@ def one_of(value: str, allowed: Sequence[str], key: str, source: str) -> None:
 
 def check_data(cfg: DataConfig, source: str) -> None:
     # Imported here: pipelines.datasets is heavier than a recipe, and may import this module.
-    from pipelines.datasets import DATASETS
+    from pipelines.datasets import DATASETS, SHARD_DATASETS
     from pipelines.datasets.decode import ON_CORRUPT
     from pipelines.datasets.fetch import ARCHIVES
     from pipelines.datasets.longtail import KINDS as LONGTAILS
 
-    one_of(cfg.name, sorted(DATASETS), "data.name", source)
+    one_of(cfg.name, sorted({**DATASETS, **SHARD_DATASETS}), "data.name", source)
     rule(cfg.image_size >= 8, "data.image_size", "be >= 8", cfg.image_size, source)
     rule(cfg.crop_padding >= 0, "data.crop_padding", "be >= 0 (0: no crop)", cfg.crop_padding, source)
     for key, values, in_range, wanted in (
@@ -69,6 +69,7 @@ def check_data(cfg: DataConfig, source: str) -> None:
     rule(cfg.seed >= 0, "data.seed", "be >= 0", cfg.seed, source)
     one_of(cfg.on_corrupt, list(ON_CORRUPT), "data.on_corrupt", source)
     check_stream(cfg, source)
+    check_shards(cfg, source)
     rule(not cfg.download or cfg.name in ARCHIVES, "data.download",
          "be false for a dataset without an official archive (those with one: " + ", ".join(ARCHIVES) + ")",
          cfg.download, source)
@@ -76,18 +77,37 @@ def check_data(cfg: DataConfig, source: str) -> None:
 
 
 def check_stream(cfg: DataConfig, source: str) -> None:
-    from pipelines.datasets import FOLDER_DATASETS
+    from pipelines.datasets import FOLDER_DATASETS, SHARD_DATASETS
+    from pipelines.stream import streamed
 
-    rule(not cfg.stream or cfg.name in FOLDER_DATASETS, "data.stream", "be false for a dataset that is not a "
-         "folder of image files (those that are: " + ", ".join(FOLDER_DATASETS) + ")", cfg.stream, source)
+    rule(not cfg.stream or cfg.name in {**FOLDER_DATASETS, **SHARD_DATASETS}, "data.stream", "be false for a "
+         "dataset that is not a folder of image files or shards (those that are: "
+         + ", ".join([*FOLDER_DATASETS, *SHARD_DATASETS]) + ")", cfg.stream, source)
     one_of(cfg.crop, ("pad", "random_resized"), "data.crop", source)
-    rule(cfg.crop == "pad" or cfg.stream, "data.crop", "be \"pad\" unless data.stream = true (the random-resized "
-         "crop is taken as each file is decoded)", cfg.crop, source)
+    rule(cfg.crop == "pad" or streamed(cfg), "data.crop", "be \"pad\" unless data.stream = true or data.name = "
+         "\"webdataset\" (the random-resized crop is taken as each image is decoded)", cfg.crop, source)
     for key, pair in (("data.crop_scale", cfg.crop_scale), ("data.crop_ratio", cfg.crop_ratio)):
         rule(len(pair) == 2 and 0 < pair[0] <= pair[1], key, "be [min, max] with 0 < min <= max", pair, source)
     rule(cfg.crop_scale[-1] <= 1, "data.crop_scale", "stay within (0, 1]: a share of the image", cfg.crop_scale, source)
     rule(0 < cfg.val_crop_fraction <= 1, "data.val_crop_fraction", "be in (0, 1]", cfg.val_crop_fraction, source)
     rule(cfg.workers >= 0, "data.workers", "be >= 0 (0: the cores this process may use)", cfg.workers, source)
+
+
+def check_shards(cfg: DataConfig, source: str) -> None:
+    """The keys of shards (``data.name = "webdataset"``), and those they exclude."""
+    from pipelines.datasets import SHARD_DATASETS
+
+    shards = cfg.name in SHARD_DATASETS
+    rule(not shards or bool(cfg.root), "data.root", "name the shards for data.name = \"webdataset\" "
+         "('DIR/train-{000000..000099}.tar' or the folder DIR; python -m gssl_fast.convert RECIPE --format "
+         "webdataset --out DIR writes them)", cfg.root, source)
+    rule(cfg.shuffle_buffer >= 0, "data.shuffle_buffer", "be >= 0 (0: the shards' order alone)", cfg.shuffle_buffer,
+         source)
+    rule(not shards or cfg.longtail == "none", "data.longtail", "be \"none\" for shards, which hold what was "
+         "written", cfg.longtail, source, "write long-tailed shards instead (python -m gssl_fast.convert with "
+         "--set data.longtail=...)")
+    rule(not shards or not cfg.val_fraction, "data.val_fraction", "be 0 for shards: the validation shards are "
+         "data.val_root", cfg.val_fraction, source)
 
 
 def check_model(cfg: ModelConfig, source: str) -> None:
@@ -149,6 +169,11 @@ def check_optim(cfg: OptimConfig, source: str) -> None:
           cfg.milestones, source)
     rule(all(f > 0 for f in cfg.milestone_factors), "optim.milestone_factors", "be > 0",
           cfg.milestone_factors, source)
+    rule(cfg.first_decay_steps >= 1, "optim.first_decay_steps", "be >= 1", cfg.first_decay_steps, source)
+    rule(cfg.t_mul >= 1, "optim.t_mul", "be >= 1 (each cosine period at least as long as the one before)",
+         cfg.t_mul, source)
+    rule(cfg.m_mul > 0, "optim.m_mul", "be > 0", cfg.m_mul, source)
+    rule(0 <= cfg.alpha <= 1, "optim.alpha", "be in [0, 1]", cfg.alpha, source)
 
 
 PRECISIONS = ("no", "fp16", "bf16")  # Accelerate's mixed_precision values
@@ -185,6 +210,12 @@ def check_recipe(recipe: Recipe, source: str) -> None:
     own section: ``Method.check``)."""
     for section, check in CHECKS.items():
         check(getattr(recipe, section), source)
+    from pipelines.datasets import SHARD_DATASETS
+    from pipelines.datasets.shards import READERS
+
+    if recipe.data.name in SHARD_DATASETS:
+        rule(recipe.train.loader in READERS, "train.loader", "be one of " + ", ".join(map(repr, READERS)) + " for "
+             "data.name = \"webdataset\" (the loaders that read shards)", recipe.train.loader, source)
     size = recipe.data.image_size
     if recipe.pretext.tasks and size % 2:
         raise UserError(

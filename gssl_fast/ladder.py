@@ -1,7 +1,8 @@
-"""Run the rows of a paper's table one after another and write the table back.
+"""Run the rows of a paper's table, one after another or side by side, and write the table back.
 
     python -m gssl_fast.ladder recipes/tables/table1.toml [--rows NAME ...] [--set KEY=VALUE ...]
                                [--out DIR] [--launch "ACCELERATE LAUNCH ARGS"] [--dry-run]
+                               [--parallel N | --slurm PARTITION [--slurm-gpus N] [--slurm-time T] [--slurm-mem GB]]
 
 A table file lists its rows: a name, the base recipe, the ``--set`` overrides and the
 paper's numbers; rows that a paper only cites from other work carry ``cited = true`` and
@@ -13,7 +14,9 @@ every row, ``DIR/table.md`` and ``DIR/table.csv`` hold, per metric: the paper's 
 this run's best and final values, the gap (best - paper) and the ``--set`` overrides the
 row ran with; rows run on other data than the paper's (``--set data.name=shapes``) retitle
 the table after that data. ``--dry-run`` prints one line per row: its name, the paper's
-numbers, and the command it would run.
+numbers, and the command it would run. ``--parallel N`` runs N rows at once on this
+machine and ``--slurm PARTITION`` submits each row as a job (``gssl_fast.ladder_jobs``);
+the table is then written by the ladder alone as each row ends.
 
 Every row's recipe is loaded with its overrides before any row runs: a recipe error
 stops the ladder (exit status 2), said once when every row has it. A row that fails with
@@ -26,6 +29,7 @@ from __future__ import annotations
 import argparse
 import codecs
 import csv
+import io
 import json
 import math
 import re
@@ -35,7 +39,9 @@ import sys
 from dataclasses import dataclass
 from pathlib import Path
 
+from gssl_fast import ladder_jobs
 from gssl_fast.config import load_recipe, tomllib
+from pipelines.atomic import write_text_atomic
 from pipelines.errors import UserError
 
 FINISHED = "finished"
@@ -180,12 +186,12 @@ def write_table(table: Table, out: Path) -> None:
         items = [] if row.cited else ran_with(out / row.name)
         lines.append([*cells, shlex.join(items)])
         md_sets.append([*cells, " ".join(f"`{item}`".replace("|", "\\|") for item in items)])
-    out.mkdir(parents=True, exist_ok=True)
-    with open(out / "table.csv", "w", newline="") as f:
-        csv.writer(f).writerows([header, *lines])
+    text = io.StringIO(newline="")
+    csv.writer(text).writerows([header, *lines])
+    write_text_atomic(out / "table.csv", text.getvalue())  # whole or not at all: rows end at any time
     md = [*title_lines(table, out), "", "| " + " | ".join(header) + " |", "|" + "---|" * len(header)]
     md += ["| " + " | ".join(cells) + " |" for cells in md_sets]
-    (out / "table.md").write_text("\n".join(md) + "\n")
+    write_text_atomic(out / "table.md", "\n".join(md) + "\n")
 
 
 def parse_args(argv=None) -> argparse.Namespace:
@@ -198,12 +204,14 @@ def parse_args(argv=None) -> argparse.Namespace:
     p.add_argument("--launch", default=None, metavar="ARGS", help='run rows with `accelerate launch ARGS`, e.g. '
                    '"--multi_gpu --num_processes 4"')
     p.add_argument("--dry-run", action="store_true", help="print each row's paper numbers and command; run nothing")
+    ladder_jobs.add_arguments(p)
     return p.parse_args(argv)
 
 
 def main(argv=None) -> int:
     args = parse_args(argv)
     try:
+        ladder_jobs.check_args(args)
         table = load_table(args.table)
         known = {r.name for r in table.rows}
         unknown = sorted(set(args.rows or ()) - known)
@@ -286,22 +294,33 @@ def run_command(cmd: list[str]) -> tuple[int, str | None]:
                 sys.stderr.write(decode.decode(chunk))
             proc.wait()
             raise
-    errors = [line[len("error: "):] for line in tail.splitlines() if line.startswith("error: ")]
-    return proc.returncode, errors[-1] if errors else None
+    return proc.returncode, ladder_jobs.last_error(tail)
 
 
-def run_row(table: Table, row: Row, out: Path, args) -> Failure | None:
-    """Trains one row; None when it finished, else how it failed."""
-    run_dir = out / row.name
-    cmd = command(table, row, run_dir, args.set, args.launch)
+def run_row(table: Table, row: Row, out: Path, args) -> tuple[int, str | None]:
+    """Trains one row here, its output passed on; its exit status and error message."""
+    cmd = command(table, row, out / row.name, args.set, args.launch)
     print(f"{row.name}: {shlex.join(cmd)}", flush=True)
     try:
-        status, message = run_command(cmd)
-    finally:
-        if (run_dir / "config.toml").is_file():  # train recorded a recipe: the row started
-            (run_dir / RECORD).write_text(json.dumps({"set": [*row.set, *args.set]}) + "\n")
+        return run_command(cmd)
+    except KeyboardInterrupt:
+        record(row, out, args)
+        raise
+
+
+def record(row: Row, out: Path, args) -> None:
+    """Keeps the overrides the row ran with (``RECORD``) once train recorded a recipe."""
+    run_dir = out / row.name
+    if (run_dir / "config.toml").is_file():
+        write_text_atomic(run_dir / RECORD, json.dumps({"set": [*row.set, *args.set]}) + "\n")
+
+
+def row_ended(table: Table, row: Row, out: Path, args, status: int | None, message: str | None) -> Failure | None:
+    """Records a row that ended with exit ``status`` (None: its job died without one):
+    None when it finished, else how it failed."""
+    record(row, out, args)
     if status == 0:
-        (run_dir / FINISHED).touch()
+        (out / row.name / FINISHED).touch()
         return None
     # One process exits USAGE_EXIT on a recipe or data error; `accelerate launch` turns every failure into 1.
     if message is not None and (status == USAGE_EXIT or args.launch is not None):
@@ -309,10 +328,16 @@ def run_row(table: Table, row: Row, out: Path, args) -> Failure | None:
     return Failure(row.name, None)
 
 
+def _runner(table: Table, out: Path, args):
+    if args.slurm is not None:
+        return ladder_jobs.SlurmRows(args, out, table.path.stem)
+    return ladder_jobs.LocalRows(args.parallel, out)
+
+
 def run_rows(table: Table, out: Path, args) -> tuple[list[str], list[Failure]]:
-    """Runs (or with ``--dry-run`` prints) the selected rows; returns the rows that ran and
-    those that failed."""
-    ran, failed = [], []
+    """Runs (or with ``--dry-run`` prints) the selected rows, one at a time or side by
+    side; returns the rows that ran and those that failed."""
+    todo, failed = [], []
     for row in table.rows:
         if args.rows and row.name not in args.rows:
             continue
@@ -327,8 +352,10 @@ def run_rows(table: Table, out: Path, args) -> tuple[list[str], list[Failure]]:
         if (out / row.name / FINISHED).exists():
             print(f"{row.name}: finished, skipped", flush=True)
             continue
-        ran.append(row.name)
-        failure = run_row(table, row, out, args)
+        todo.append(row)
+
+    def ended(row: Row, status: int | None, message: str | None) -> None:
+        failure = row_ended(table, row, out, args, status, message)
         if failure is not None:
             failed.append(failure)
             earlier = next((f.row for f in failed[:-1] if f.same_as and f.same_as == failure.same_as), None)
@@ -336,10 +363,18 @@ def run_rows(table: Table, out: Path, args) -> tuple[list[str], list[Failure]]:
                    f" with the same error as {earlier}" if earlier else " with the error above")
             print(f"{row.name}: failed{why}", file=sys.stderr, flush=True)
         write_table(table, out)
-    if not args.dry_run:
-        write_table(table, out)
-        print(f"table: {out / 'table.md'}", flush=True)
-    return ran, failed
+
+    if args.dry_run:
+        return [], []
+    if todo and (args.parallel > 1 or args.slurm is not None):
+        ladder_jobs.side_by_side(todo, _runner(table, out, args), lambda row, extra: command(
+            table, row, out / row.name, [*extra, *args.set], args.launch), ended)
+    else:
+        for row in todo:
+            ended(row, *run_row(table, row, out, args))
+    write_table(table, out)
+    print(f"table: {out / 'table.md'}", flush=True)
+    return [row.name for row in todo], failed
 
 
 if __name__ == "__main__":

@@ -13,8 +13,8 @@ from typing import Any
 
 @dataclass(frozen=True)
 class DataConfig:
-    name: str = "shapes"  # dataset: a key of pipelines.datasets.DATASETS (the README's table of datasets)
-    root: str = ""  # dataset folder (CIFAR batches, Tiny-ImageNet, ImageFolder); unused by shapes
+    name: str = "shapes"  # dataset: a key of pipelines.datasets.DATASETS, or "webdataset" (shards) (the README's table of datasets)
+    root: str = ""  # dataset folder (CIFAR batches, Tiny-ImageNet, ImageFolder); webdataset: the train shards, "DIR/train-{000000..000099}.tar" or DIR; unused by shapes
     image_size: int = 32  # side in pixels after resizing; even when a pretext task is on
     crop_padding: int = 4  # pixels of zero padding of the random crop; 0 disables the crop
     hflip: bool = True  # random whole-image horizontal flip of training images
@@ -30,8 +30,10 @@ class DataConfig:
     on_corrupt: str = "error"  # an unreadable image file: "error" (stop, naming it) | "skip" (leave it out, counted)
     decode_cache: bool = True  # keep folder datasets decoded by PIL on disk, so a restart does not decode again
     cache_dir: str = ""  # where data.decode_cache keeps them; "" = $GSSL_FAST_CACHE or ~/.cache/gssl_fast/decoded
-    stream: bool = False  # read a folder dataset's files every epoch (pipelines.stream), never holding it in memory; tinyimagenet, imagefolder
-    crop: str = "pad"  # "pad": resize, then the padded crop of data.crop_padding | "random_resized": a random window taken at decode (data.stream)
+    stream: bool = False  # read a folder dataset's files every epoch (pipelines.stream), never holding it in memory; tinyimagenet, imagefolder (webdataset: always)
+    val_root: str = ""  # webdataset: the validation shards, "DIR/val-{000000..000009}.tar" or DIR; "" = the val split of the folder data.root
+    shuffle_buffer: int = 1000  # webdataset: samples each process holds to shuffle its stream of shards; 0 = the shards' (shuffled) order alone
+    crop: str = "pad"  # "pad": resize, then the padded crop of data.crop_padding | "random_resized": a random window taken at decode (data.stream, webdataset)
     crop_scale: tuple[float, float] = (0.08, 1.0)  # data.crop = "random_resized": the window's area fraction of the image, [min, max]
     crop_ratio: tuple[float, float] = (0.75, 1.3333333333333333)  # data.crop = "random_resized": the window's aspect ratio w / h, [min, max]
     val_crop_fraction: float = 0.875  # data.crop = "random_resized": validation takes the centred square of this share of the shorter side (timm's crop_pct)
@@ -80,10 +82,14 @@ class OptimConfig:
     nesterov: bool = False  # Nesterov momentum (SGD only)
     weight_decay: float = 5e-4  # L2 term added to the gradient (SGD and Adam)
     decay_bias_and_norm: bool = True  # false: no weight decay on biases and normalization weights (FixMatch)
-    schedule: str = "cosine"  # "cosine" | "step" | "constant" | "fixmatch_cosine" (cos(7 pi k / 16 K)), set every step
+    schedule: str = "cosine"  # "cosine" | "step" | "constant" | "fixmatch_cosine" (cos(7 pi k / 16 K)) | "cosine_restarts" (TF's CosineDecayRestarts), set every step
     warmup_epochs: float = 0.0  # linear warm-up from ~0 to lr
     milestones: tuple[int, ...] = (160, 180)  # "step": epochs at which the factor changes
     milestone_factors: tuple[float, ...] = (0.01, 0.0001)  # "step": lr multiplier from each milestone on
+    first_decay_steps: int = 1000  # "cosine_restarts": optimizer steps of the first cosine period (TF's first_decay_steps)
+    t_mul: float = 2.0  # "cosine_restarts": each period is t_mul times the one before (>= 1)
+    m_mul: float = 1.0  # "cosine_restarts": each restart's peak is m_mul times the one before
+    alpha: float = 0.0  # "cosine_restarts": the floor of the lr factor (TF's alpha): lr * (alpha + (1 - alpha) * cosine)
 
 
 @dataclass(frozen=True)

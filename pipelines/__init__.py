@@ -36,7 +36,8 @@ def make_loader(source, *, backend: str = "torch", **kwargs):
     folder (ImageFolder or Tiny-ImageNet; ``split`` picks train or val), and for FFCV a
     ``.beton`` file; DALI decodes the files of a folder itself. A
     ``pipelines.stream.StreamSource`` (files decoded every epoch, cropped at decode)
-    is read by the backends that stream.
+    is read by the backends that stream, a ``pipelines.stream.ShardSource``
+    (WebDataset shards) by the torch backend.
     kwargs: those of :func:`pipelines.spec.make_spec` (batch_size, image_size, views or
     tasks / augment / crop_padding / hflip / flip_axis, normalize, mean, std, shuffle,
     drop_last, seed, shard_id, num_shards, device, split, subset, plan, decode), plus the

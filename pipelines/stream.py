@@ -33,11 +33,9 @@ from PIL import Image
 from pipelines.datasets.decode import PIL_ERRORS, problem, to_rgb
 from pipelines.datasets.arrays import resize_image
 from pipelines.datasets.folders import FileList
+from pipelines.datasets import SHARD_DATASETS
 from pipelines.datasets.shards import ShardSet
 from pipelines.errors import unknown_name
-
-# data.name of the datasets that are read from shards, always as a stream.
-SHARD_DATASETS = ("webdataset",)
 
 KINDS = {
     "resize": "the whole image squashed to the output square",

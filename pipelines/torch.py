@@ -128,20 +128,33 @@ def build_loader(source, spec: LoaderSpec, *, num_workers: int | None = None):
     """The torch loader of ``spec`` over an array pair, ``ArrayDataset`` or folder
     (decoded with PIL; normalization defaults: CIFAR statistics for a plain array
     pair, the dataset's own otherwise); over a ``StreamSource``, the stream
-    (``pipelines.torch_stream``, ``num_workers`` decoding processes)."""
-    from pipelines.stream import StreamSource
+    (``pipelines.torch_stream``, ``num_workers`` decoding processes); over a
+    ``ShardSource``, the shard stream (``pipelines.torch_shards``)."""
+    from pipelines.stream import ShardSource, StreamSource
 
     if isinstance(source, StreamSource):
         from pipelines.torch_stream import StreamLoader
 
         return StreamLoader(source, spec, num_workers=num_workers)
+    if isinstance(source, ShardSource):
+        from pipelines.torch_shards import ShardLoader
+
+        return ShardLoader(source, spec, num_workers=num_workers)
     return TorchLoader(as_array_dataset(source, image_size=spec.image_size, split=spec.split), spec)
 
 
 def open_source(cfg, split: str):
     """``(source, dataset)`` of ``split`` of the recipe's data section ``cfg``: the
-    files with how to decode them when ``cfg.stream`` (``pipelines.stream``), else the
-    decoded ``ArrayDataset`` (``pipelines.datasets.load_dataset``)."""
+    shards with how to decode them for ``data.name = "webdataset"``, the files when
+    ``cfg.stream`` (``pipelines.stream``), else the decoded ``ArrayDataset``
+    (``pipelines.datasets.load_dataset``)."""
+    from pipelines.stream import SHARD_DATASETS
+
+    if cfg.name in SHARD_DATASETS:
+        from pipelines.stream import open_shards
+
+        source = open_shards(cfg, split)
+        return source, source
     if getattr(cfg, "stream", False):
         from pipelines.stream import open_stream
 

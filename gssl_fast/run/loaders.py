@@ -88,8 +88,10 @@ class Data:
         processes: the validation loader, or the training images for a method's own use."""
         from pipelines import make_loader
 
+        from pipelines.stream import streamed
+
         # A streamed split is decoded as validation is: no random window of the training images.
-        decode = self.stream_decodes()["val"] if self.cfg.stream else None
+        decode = self.stream_decodes()["val"] if streamed(self.cfg) else None
         return make_loader(self.sources[split], batch_size=train.eval_batch_size, tasks=(), augment=False,
                            shuffle=False, drop_last=False, seed=train.seed, subset=subset, decode=decode,
                            **self._common())

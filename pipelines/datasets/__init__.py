@@ -13,6 +13,7 @@ adds what every dataset shares: the long-tailed train split and the resize to
     cache.py     decoded folder datasets kept on disk for the next run
     longtail.py  LDAM-DRW long-tailed subsampling
     fetch.py     the official archives: download (resumable), md5 check, safe unpack
+    shards.py    WebDataset shards: any dataset written as tar files, and listed back
     testing.py   writers of small datasets in the real file formats, for tests
 """
 
@@ -33,6 +34,7 @@ from pipelines.datasets.cifar import cifar10, cifar100
 from pipelines.datasets.decode import decode_files, imagefolder, tinyimagenet
 from pipelines.datasets.folders import FileList, imagefolder_files, list_folder, tinyimagenet_files
 from pipelines.datasets.longtail import longtail_counts, longtail_indices
+from pipelines.datasets.shards import ShardSet, open_shards
 from pipelines.datasets.shapes import make_shapes, shapes
 from pipelines.errors import UserError, unknown_name
 
@@ -51,6 +53,14 @@ DATASETS: dict[str, Callable] = {
 FOLDER_DATASETS: dict[str, Callable] = {
     "tinyimagenet": tinyimagenet_files,
     "imagefolder": imagefolder_files,
+}
+
+
+# data.name -> fn(cfg, split) -> ShardSet: datasets written as WebDataset shards
+# (``pipelines.datasets.shards``), read as a stream (``pipelines.stream.ShardSource``);
+# their labels and classes come from the shards' listing.
+SHARD_DATASETS: dict[str, Callable] = {
+    "webdataset": open_shards,
 }
 
 
@@ -83,6 +93,9 @@ def load_dataset(cfg, split: str) -> ArrayDataset:
     bilinear filter, antialiased when shrinking (``resize_images``).
     """
     check_split(split)
+    if cfg.name in SHARD_DATASETS:
+        raise UserError(f"data.name = {cfg.name!r} is read from its shards as a stream (train.loader = \"torch\"); "
+                        "it has no in-memory form")
     if cfg.name not in DATASETS:
         raise unknown_name("dataset (data.name)", cfg.name, DATASETS)
     dataset = DATASETS[cfg.name](cfg, split)
@@ -100,6 +113,8 @@ __all__ = [
     "FileList",
     "IMAGENET_MEAN",
     "IMAGENET_STD",
+    "SHARD_DATASETS",
+    "ShardSet",
     "decode_files",
     "list_files",
     "list_folder",

@@ -54,17 +54,21 @@ def read_rgb(path: str, image_size: int) -> np.ndarray:
         raise ValueError(problem(path, e)) from None
 
 
-def problem(path: str, error: BaseException) -> str:
-    """What is wrong with the image file ``path``, which PIL failed to read with ``error``."""
+def problem(path: str | bytes, error: BaseException) -> str:
+    """What is wrong with the image file ``path`` (or the image file's bytes, from a
+    shard), which PIL failed to read with ``error``."""
     try:
-        size = os.path.getsize(path)
+        size = len(path) if isinstance(path, bytes) else os.path.getsize(path)
     except OSError as e:
         return f"cannot be opened ({e.strerror})"
     if size == 0:
         return "is empty (0 bytes)"
     if isinstance(error, Image.UnidentifiedImageError):
-        with open(path, "rb") as f:
-            head = f.read(8)
+        if isinstance(path, bytes):
+            head = path[:8]
+        else:
+            with open(path, "rb") as f:
+                head = f.read(8)
         return f"is not an image in a format PIL knows (its first bytes are {head!r})"
     if isinstance(error, Image.DecompressionBombError):
         return f"is too large to decode safely ({error})"

@@ -4,6 +4,9 @@ Per sample, in FFCV's thread: decode (raw copy or libjpeg-turbo) -> random crop 
 padding and whole-image flip -> the localizable transform -> to a tensor -> to the
 device -> ``[B, 3, H, W]`` -> normalization, one such pipeline per view. Pipelines fed
 by the ``index`` field emit the parameters drawn for each sample (``ops.DrawnParams``).
+A stream's ``.beton`` (JPEG files at their own size, ``convert.convert_stream``) is
+decoded by ``stream.WindowDecoder``: each image's window of ``pipelines.stream.Decode``
+decoded and resized to ``image_size``, once for all the views.
 
 Known FFCV behaviours handled here:
 - ``Loader`` calls ``torch.set_num_threads`` with its worker count; the process's
@@ -33,8 +36,9 @@ from ffcv.transforms import ToDevice, ToTensor, ToTorchImage
 from ffcv.traversal_order.base import TraversalOrder
 
 from pipelines import loader_factory, views
+from pipelines.datasets.decode import shown
 from pipelines.errors import UserError
-from pipelines.ffcv.convert import check_beton, convert, read_info
+from pipelines.ffcv.convert import STREAM_FORMAT, check_beton, convert, convert_stream, read_info
 from pipelines.ffcv.ops import (
     ContiguousImage,
     DrawnParams,
@@ -42,9 +46,11 @@ from pipelines.ffcv.ops import (
     Localizable,
     RandomCropFlip,
 )
+from pipelines.ffcv.stream import EpochWindows, WindowDecoder
 from pipelines.localizable import PARAM_KEYS, pretext_targets
 from pipelines.sampling import generator
 from pipelines.spec import LoaderSpec
+from pipelines.stream import Decode, StreamSource
 from pipelines.system import usable_cores
 from pipelines.views import apply_ops, finish_view, native_prefix
 
@@ -89,14 +95,22 @@ class FFCVLoader:
     FFCV hands the batch over. Batches: each view's images and parameters
     (``pipelines.views``), ``labels``, ``indices``; all on ``spec.device``. Tensors may be
     views of reused buffers: copy to keep.
+
+    A stream's ``.beton``: each image decoded in its window of ``spec.decode``, else of
+    the decode its JSON records (the source's), at ``spec.image_size``; ``windows``
+    (``stream.EpochWindows``) draws them. ``skipped``: ``(path, what is wrong)`` of the
+    files its conversion left out (``on_corrupt = "skip"``), never in a batch.
     """
 
     def __init__(self, path: str | os.PathLike, spec: LoaderSpec, *, num_workers: int | None = None):
-        reader = check_beton(path)
         info = read_info(path)
+        stream = info.get("format") == STREAM_FORMAT
+        reader = check_beton(path, stream=stream)
         self.path, self.num_samples = Path(path), int(reader.num_samples)
-        self.side = _image_side(reader)
-        if spec.image_size is not None and self.num_samples and spec.image_size != self.side:
+        self.side, self.windows, self.skipped = _image_side(reader), None, []
+        if stream:
+            self._stream(reader, info, spec)
+        elif spec.image_size is not None and self.num_samples and spec.image_size != self.side:
             raise UserError(f"{path} holds {self.side}x{self.side} images, not {spec.image_size}x{spec.image_size} "
                             "(data.image_size); convert the dataset again at that size")
         self.classes = info.get("classes")
@@ -108,6 +122,8 @@ class FFCVLoader:
         self.normalize_to = spec.normalize_to(info["mean"], info["std"])
         self.draws, self.view_tasks = [], {}  # EpochDraws of every view; the tasks of each view
         self.plans, pipelines = {}, {"label": self._ints(), "index": self._ints()}
+        if stream:
+            pipelines.update(height=None, width=None)  # the windows' input, not a batch entry
         for i, (name, view) in enumerate(spec.views):
             k = native_prefix(view, NATIVE)
             pipelines.update(self._view_pipelines(name, view[:k], normalize=k == len(view), first=i == 0))
@@ -121,6 +137,15 @@ class FFCVLoader:
             torch.set_num_threads(threads)
         self._outputs = list(self._loader.pipeline_specs)  # the order of FFCV's batch tuple
         self._compiled = False
+
+    def _stream(self, reader, info: dict, spec: LoaderSpec) -> None:
+        """Reads a stream's ``.beton``: its images' windows, its files left out."""
+        if spec.image_size is None:
+            raise ValueError("a stream needs image_size: its files may have any size")
+        decode = spec.decode or Decode(**info["decode"])
+        self.side, self.windows = spec.image_size, EpochWindows(decode, spec.image_size, spec.seed, reader)
+        self.skipped = [(path, why) for _, path, why in info.get("skipped", [])]
+        self._left_out = torch.tensor([i for i, _, _ in info.get("skipped", [])], dtype=torch.int64)
 
     def _to_device(self) -> list:
         return [] if self.device.type == "cpu" else [ToDevice(self.device, non_blocking=True)]
@@ -137,7 +162,13 @@ class FFCVLoader:
         draws = EpochDraws(self.spec.seed, loc.tasks if loc else (), crop.padding if crop else 0,
                            crop.hflip if crop else False, stream="" if first else name)
         self.draws.append(draws)
-        image = [SimpleRGBImageDecoder()]
+        if self.windows is None:
+            image = [SimpleRGBImageDecoder()]
+        elif first:  # decoded once: the other views read this decoder's batch
+            self._decoded = WindowDecoder(self.windows, self.side)
+            image = [self._decoded]
+        else:
+            image = []
         if crop:
             image.append(RandomCropFlip(draws, crop.padding))
         if loc:
@@ -145,7 +176,8 @@ class FFCVLoader:
         # ToTorchImage(channels_last=True) is a free view; ContiguousImage writes the batch.
         image += [ToTensor(), *self._to_device(), ToTorchImage(channels_last=True),
                   ContiguousImage(self.normalize_to if normalize else None)]
-        out = {"image" if first else f"{name}:image": image if first else PipelineSpec("image", transforms=image)}
+        source = "image" if self.windows is None or first else self._decoded
+        out = {"image" if first else f"{name}:image": image if first else PipelineSpec(source, transforms=image)}
         for op, kind in ((crop, "crop_flip"), (loc, "localizable")):
             if op is not None:
                 out[f"{name}:{kind}"] = PipelineSpec("index", transforms=[
@@ -165,6 +197,8 @@ class FFCVLoader:
         self._order.epoch = epoch
         for draws in self.draws:
             draws.set_epoch(epoch)
+        if self.windows is not None:
+            self.windows.set_epoch(epoch)
         gen = generator(self.spec.seed, "augment", self.spec.shard_id, epoch)  # the ops torch runs after FFCV
         if not self._compiled and self.spec.shard_id == 0:
             print(f"pipelines.ffcv: compiling the FFCV pipeline for {self.path.name} "
@@ -197,7 +231,17 @@ class FFCVLoader:
                 params.update(pretext_targets(params, tasks))
             images, later = apply_ops(out["image" if i == 0 else f"{name}:image"], rest, gen)
             batch.update(finish_view(name, images, {**params, **later}, normalize_to=self.normalize_to if rest else None))
-        return batch
+        return self._kept(batch) if self.skipped else batch
+
+    def _kept(self, batch: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
+        """The batch less the files a stream's conversion left out (every entry is per sample)."""
+        keep = ~torch.isin(batch["indices"], self._left_out.to(batch["indices"].device))
+        if bool(keep.all()):
+            return batch
+        if not bool(keep.any()):
+            raise UserError(f"every image of a batch was unreadable, e.g. {shown(self.skipped[0][0])}; "
+                            "fix or remove those files")
+        return {k: v[keep] for k, v in batch.items()}
 
 
 def _image_side(reader) -> int:
@@ -215,10 +259,12 @@ def _default_workers() -> int:
 def build_loader(source, spec: LoaderSpec, *, num_workers: int | None = None) -> FFCVLoader:
     """The FFCV loader of ``spec``.
 
-    source: a ``.beton`` path (written by :func:`pipelines.ffcv.convert`), or any source
-    of ``pipelines.sources`` (array pair, ``ArrayDataset``, folder; ``spec.split`` picks
-    the folder's split), converted to a temporary raw ``.beton`` that lives as long as the
-    loader. Normalization defaults: the values recorded by ``convert``.
+    source: a ``.beton`` path (written by :func:`pipelines.ffcv.convert` or
+    :func:`~pipelines.ffcv.convert.convert_stream`), any source of ``pipelines.sources``
+    (array pair, ``ArrayDataset``, folder; ``spec.split`` picks the folder's split),
+    converted to a temporary raw ``.beton``, or a ``pipelines.stream.StreamSource``,
+    written to a temporary JPEG ``.beton``; a temporary file lives as long as the loader.
+    Normalization defaults: the values recorded by the conversion.
     num_workers: FFCV threads; None = this process's share of the cores, less one.
     """
     temp = None
@@ -227,7 +273,9 @@ def build_loader(source, spec: LoaderSpec, *, num_workers: int | None = None) ->
     else:
         temp = tempfile.mkdtemp(prefix="gssl_ffcv_")
     try:
-        if temp is not None:
+        if isinstance(source, StreamSource):
+            path = convert_stream(source, Path(temp) / "data.beton")
+        elif temp is not None:
             path = convert(source, Path(temp) / "data.beton", image_size=spec.image_size, split=spec.split)
         loader = FFCVLoader(path, spec, num_workers=num_workers)
     except BaseException:

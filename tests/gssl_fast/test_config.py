@@ -53,7 +53,7 @@ def every_section_recipe():
                         imbalance_ratio=0.02, train_size=7, val_size=3, seed=5, beton="x.beton", val_fraction=0.25,
                         on_corrupt="skip", decode_cache=False, cache_dir="cache dir", stream=True, crop="random_resized",
                         crop_scale=(0.25, 0.75), crop_ratio=(0.5, 2.0), val_crop_fraction=0.5, workers=3, download=True,
-                        mirror="http://mirror.example/cifar"),
+                        mirror="http://mirror.example/cifar", val_root="shards/val-{0..3}.tar", shuffle_buffer=7),
         model=ModelConfig(backbone="resnet18", pretrained=True, drop_rate=0.25, channels_last=True, init="kaiming",
                           kwargs={"leaky_slope": 0.1, "name": "x", "flag": True, "sizes": (1, 2)}),
         pretext=PretextConfig(tasks=("perm", "rotation"), gate="learned", gate_pool="logits", combine="mean", lam=0.3,

@@ -1,6 +1,7 @@
 """recipes/imagenet.toml on an ImageNet-style JPEG tree, streamed (small backbone and size
 set from the command line): it trains, two processes read disjoint shares, a killed run
-resumes bit-exact, and a bad file is skipped or named."""
+resumes bit-exact, and a bad file is skipped or named; and the same for the tree written
+as WebDataset shards."""
 
 from __future__ import annotations
 
@@ -17,7 +18,7 @@ RECIPE = ROOT / "recipes" / "imagenet.toml"
 SMALL = {"model.backbone": "resnet8_cifar", "model.channels_last": "false", "data.image_size": "32",
          "train.mixed_precision": "no", "train.global_batch_size": "16", "train.eval_batch_size": "16",
          "train.epochs": "2", "train.num_threads": "1", "data.workers": "1", "optim.warmup_epochs": "0"}
-LOADERS = ["torch", "dali"]
+LOADERS = ["torch", "dali", "ffcv"]
 
 
 @pytest.fixture(scope="module")
@@ -80,3 +81,96 @@ def test_a_bad_file_is_skipped_or_named(tmp_path, imagenet, loader):
     named = train(RECIPE, tmp_path / "error", *args(root, loader, **{"train.epochs": "1", "data.on_corrupt": "error"}))
     assert named.returncode == 2
     assert f"cannot read image {bad}" in named.stderr and "Traceback" not in named.stderr
+
+
+# ---- the same data as WebDataset shards (python -m gssl_fast.convert --format webdataset)
+
+
+def convert_to_shards(tree: Path, out: Path) -> dict[str, str]:
+    """``tree`` written as shards of 6 samples into ``out``; the --set keys that read them."""
+    import subprocess
+    import sys
+
+    done = subprocess.run([sys.executable, "-m", "gssl_fast.convert", str(RECIPE), "--format", "webdataset",
+                           "--out", str(out), "--shard-size", "6", "--set", f"data.root={tree}"],
+                          cwd=ROOT, capture_output=True, text=True, timeout=300)
+    assert done.returncode == 0, done.stderr[-2000:]
+    train_shards, val_shards = done.stdout.split()
+    return {"data.name": "webdataset", "data.root": train_shards, "data.val_root": val_shards}
+
+
+@pytest.fixture(scope="module")
+def shards(imagenet, tmp_path_factory) -> dict[str, str]:
+    out = tmp_path_factory.mktemp("shards")
+    keys = convert_to_shards(imagenet, out)
+    assert keys["data.root"] == f"{out}/train-{{000000..000007}}.tar"  # 48 images
+    assert keys["data.val_root"] == f"{out}/val-{{000000..000002}}.tar"  # 16 images
+    return keys
+
+
+def test_the_imagenet_recipe_trains_from_shards(tmp_path, shards):
+    done = train(RECIPE, tmp_path / "run", *args(shards["data.root"], "torch", **shards))
+    assert done.returncode == 0, done.stdout[-2000:] + done.stderr[-2000:]
+    log = rows(tmp_path / "run")
+    assert [r["epoch"] for r in log] == [0, 1]
+    assert log[0]["train_images"] == 48 and len(log[0]["val_per_class"]) == 4
+    assert "val_acc1" in log[-1] and "gate" in json.dumps(log[-1])
+
+
+def test_shard_keys_are_checked_with_the_recipe(shards):
+    from gssl_fast.config import load_recipe
+    from pipelines.errors import UserError
+
+    def load(**more: str):
+        return load_recipe(RECIPE, [f"{k}={v}" for k, v in {**shards, **more}.items()])
+
+    assert load().data.val_root == shards["data.val_root"]
+    for more, message in (({"train.loader": "dali"}, "train.loader must be one of 'torch' for data.name"),
+                          ({"data.root": ""}, "data.root must name the shards"),
+                          ({"data.longtail": "exp"}, "data.longtail must be \"none\" for shards"),
+                          ({"data.val_fraction": "0.1"}, "data.val_fraction must be 0 for shards"),
+                          ({"data.shuffle_buffer": "-1"}, "data.shuffle_buffer must be >= 0")):
+        with pytest.raises(UserError, match=message):
+            load(**more)
+    assert load(**{"data.stream": "false"}).data.crop == "random_resized"  # shards are always streamed
+
+
+@pytest.mark.slow
+def test_a_killed_shard_run_resumes_bit_exact(tmp_path, shards):
+    settings = args(shards["data.root"], "torch", **shards)
+    straight = train(RECIPE, tmp_path / "straight", *settings)
+    assert straight.returncode == 0, straight.stderr[-2000:]
+    killed = train(RECIPE, tmp_path / "run", *settings, crash="step:4")  # in the second epoch
+    assert killed.returncode == -9, killed.stderr[-2000:]
+    resumed = train(RECIPE, tmp_path / "run", *settings, "--resume", "auto")
+    assert resumed.returncode == 0, resumed.stderr[-2000:]
+    assert same(final(tmp_path / "run"), final(tmp_path / "straight"))
+
+
+@pytest.mark.slow
+def test_two_processes_read_disjoint_shards(tmp_path, shards):
+    done = train(RECIPE, tmp_path / "run", *args(shards["data.root"], "torch", **shards, **{"train.epochs": "1"}),
+                 processes=2, port=29591)
+    assert done.returncode == 0, done.stdout[-2000:] + done.stderr[-2000:]
+    (row,) = rows(tmp_path / "run")
+    assert row["world_size"] == 2 and row["replicas_in_sync"]
+    assert row["train_images"] == 48  # 4 shards of 6 on each process: 3 steps of 8 images on each
+
+
+@pytest.mark.slow
+def test_a_bad_file_in_shards_is_skipped_or_named(tmp_path, imagenet):
+    import shutil
+
+    from pipelines.datasets import list_folder
+
+    root = tmp_path / "imagenet"
+    shutil.copytree(imagenet, root)
+    bad = write_unreadable(root / "train" / "n00000001" / "zz_broken.JPEG", "truncated")
+    member = f"{list_folder(root, 'train').paths.index(str(bad)):09d}.jpg of shard"
+    keys = {**convert_to_shards(root, tmp_path / "shards"), "train.epochs": "1"}
+    skipped = train(RECIPE, tmp_path / "skip", *args(keys["data.root"], "torch", **keys))
+    assert skipped.returncode == 0, skipped.stderr[-2000:]
+    assert member in skipped.stderr + skipped.stdout
+    named = train(RECIPE, tmp_path / "error", *args(keys["data.root"], "torch", **keys, **{"data.on_corrupt": "error"}))
+    assert named.returncode == 2
+    assert f"cannot read image {member}" in named.stderr and "Traceback" not in named.stderr

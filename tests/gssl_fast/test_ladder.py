@@ -128,3 +128,182 @@ def test_the_table_lists_each_rows_overrides_and_is_titled_after_the_data_it_ran
     with open(tmp_path / "t1" / "table.csv") as f:
         header, *rows = list(csv.reader(f))
     assert header[-1] == "overrides" and header[1] == "best_val_acc1 paper"
+
+
+# Rows side by side (--parallel, --slurm): a two-row table over the tiny recipe.
+
+def _two_row_table(folder: Path) -> Path:
+    from tests.gssl_fast.tiny import write_tiny
+
+    write_tiny(folder)
+    table = folder / "two.toml"
+    table.write_text('title = "two rows"\n[[rows]]\nname = "a"\nrecipe = "tiny.toml"\npaper = 10.0\n'
+                     '[[rows]]\nname = "b"\nrecipe = "tiny.toml"\nset = ["train.seed=1"]\npaper = 20.0\n')
+    return table
+
+
+def _sets(*items: str) -> list[str]:
+    return [a for item in items for a in ("--set", item)]
+
+
+def _complete(out: Path, rows=("a", "b")) -> dict:
+    """Each row finished with one metrics row per epoch, and its line in table.csv filled."""
+    with open(out / "table.csv") as f:
+        cells = {r[0]: r for r in csv.reader(f)}
+    for row in rows:
+        assert (out / row / "finished").exists(), row
+        assert float(cells[row][2]) >= 0, cells[row]  # best
+    return cells
+
+
+@pytest.mark.slow
+def test_parallel_2_runs_two_rows_at_once_into_one_table(tmp_path, capsys, monkeypatch):
+    import json
+
+    from gssl_fast import ladder_jobs
+
+    monkeypatch.setattr(ladder_jobs, "visible_gpus", lambda: [])  # on CPU, GPUs or not
+    monkeypatch.setenv("CUDA_VISIBLE_DEVICES", "")
+    table = _two_row_table(tmp_path)
+    out = tmp_path / "t"
+    args = [str(table), "--out", str(out), "--parallel", "2", *_sets("train.epochs=3", "train.steps_per_epoch=12")]
+    assert main(args) == 0
+    said = capsys.readouterr().out.splitlines()
+    starts = [i for i, line in enumerate(said) if ": started" in line]
+    ends = [i for i, line in enumerate(said) if ": finished after" in line]
+    assert len(starts) == 2 and len(ends) == 2 and max(starts) < min(ends)  # both ran before either ended
+    # The runs overlapped: each recorded its recipe (training starts) before the other's last epoch was logged.
+    began = [(out / row / "config.toml").stat().st_mtime for row in ("a", "b")]
+    logged = [(out / row / "metrics.jsonl").stat().st_mtime for row in ("a", "b")]
+    assert max(began) < min(logged)
+    for row in ("a", "b"):
+        epochs = [json.loads(line)["epoch"] for line in (out / row / "metrics.jsonl").read_text().splitlines()]
+        assert epochs == [0, 1, 2]
+        log = (out / row / "ladder.log").read_text()
+        assert "--set train.num_threads=" in log  # the cores shared between the two
+    _complete(out)
+    md = (out / "table.md").read_text()
+    assert md.count("| row |") == 1 and md.count("\n| a |") == 1 and md.count("\n| b |") == 1  # one table
+    assert not list(out.glob(".table.*.tmp"))
+
+
+def _job_of(run_dir: Path) -> tuple[int, int]:
+    """(the submitit task process, the training process) training into ``run_dir``, from /proc."""
+    for proc in Path("/proc").iterdir():
+        try:
+            args = (proc / "cmdline").read_bytes().split(b"\0")
+            if b"gssl_fast.train" in args and str(run_dir).encode() in args:
+                parent = int((proc / "stat").read_text().rsplit(")", 1)[1].split()[1])
+                return parent, int(proc.name)
+        except (OSError, ValueError):
+            continue
+    raise LookupError(run_dir)
+
+
+@pytest.mark.slow
+@pytest.mark.skipif(not Path("/proc/self/stat").exists(), reason="finds the jobs' processes in /proc")
+def test_slurm_jobs_one_preempted_one_killed_still_end_in_a_complete_table(tmp_path, capsys, monkeypatch):
+    """Two rows as jobs of submitit's LocalExecutor (its real code path, no cluster): row a
+    is preempted (the signal Slurm sends: submitit calls RowJob.checkpoint and requeues it),
+    row b's job is killed outright (SIGKILL, as a lost node); both end, resumed from their
+    checkpoints, and the ladder writes the whole table."""
+    import json
+    import os
+    import signal
+    import threading
+    import time
+
+    monkeypatch.setenv("CUDA_VISIBLE_DEVICES", "")
+    monkeypatch.delenv("SUBMITIT_PREEMPT_SIGNAL", raising=False)  # the jobs' preemption signal: SIGUSR2
+    table, out = _two_row_table(tmp_path), tmp_path / "t"
+    sent, errors = {}, []
+
+    def strike(row: str, sig: int) -> None:
+        try:
+            deadline = time.monotonic() + 300
+            while not list((out / row / "checkpoints").glob("epoch_*.pt")):  # the first epoch is kept
+                assert time.monotonic() < deadline, f"{row} wrote no checkpoint"
+                time.sleep(0.02)
+            task, _ = _job_of(out / row)
+            os.kill(task, sig)
+            sent[row] = sig
+        except Exception as e:  # noqa: BLE001 - said in the test's thread
+            errors.append(e)
+
+    strikers = [threading.Thread(target=strike, args=a) for a in (("a", signal.SIGUSR2), ("b", signal.SIGKILL))]
+    for t in strikers:
+        t.start()
+    args = [str(table), "--out", str(out), "--slurm", "local", "--slurm-gpus", "0", "--slurm-time", "30",
+            *_sets("train.epochs=4", "train.steps_per_epoch=24", "train.num_threads=1")]
+    try:
+        assert main(args) == 0
+    finally:
+        for t in strikers:
+            t.join()
+    assert not errors, errors
+    assert sent == {"a": signal.SIGUSR2, "b": signal.SIGKILL}
+    said = capsys.readouterr().out
+    assert said.count("submitted job") == 3 and "b: the job died; resubmitted (1 of 2)" in said
+    log_a, log_b = ((out / row / "ladder.log").read_text() for row in ("a", "b"))
+    assert "stopped by SIGTERM" in log_a and "--resume auto" in log_a and "resumed from" in log_a
+    assert "--resume auto" in log_b and "resumed from" in log_b
+    for row in ("a", "b"):
+        epochs = [json.loads(line)["epoch"] for line in (out / row / "metrics.jsonl").read_text().splitlines()]
+        assert epochs == [0, 1, 2, 3], row
+    _complete(out)
+
+
+@pytest.mark.parametrize("extra, named", [
+    (["--parallel", "0"], "--parallel 0"),
+    (["--parallel", "2", "--slurm", "gpu"], "--slurm gpu"),
+    (["--parallel", "2", "--launch", "--num_processes 2"], "--launch"),
+    (["--slurm-gpus", "2"], "--slurm-gpus 2"),
+    (["--slurm", "gpu", "--slurm-time", "1h"], "--slurm-time '1h'"),
+    (["--slurm", "gpu", "--slurm-mem", "0"], "--slurm-mem 0"),
+], ids=["parallel 0", "parallel and slurm", "parallel and launch", "slurm-gpus alone", "slurm-time", "slurm-mem"])
+def test_side_by_side_flags_are_checked_in_one_line(tmp_path, capsys, extra, named):
+    assert main([str(TABLES / "table1.toml"), *TWO_ROWS, "--out", str(tmp_path / "t"), *extra]) == 2
+    err = capsys.readouterr().err
+    assert err.startswith("error: ") and err.count("\n") == 1 and named in err
+    assert not (tmp_path / "t").exists()
+
+
+def test_parallel_beyond_the_gpus_or_slurm_without_sbatch_is_one_line(tmp_path, capsys, monkeypatch):
+    from gssl_fast import ladder_jobs
+
+    monkeypatch.setattr(ladder_jobs, "visible_gpus", lambda: ["0", "1"])
+    monkeypatch.setattr(ladder_jobs.shutil, "which", lambda name: None)
+    args = [str(TABLES / "table1.toml"), *TWO_ROWS, "--out", str(tmp_path / "t")]
+    for extra, named in ((["--parallel", "3"], "--parallel 3: this machine has 2 GPUs"),
+                         (["--slurm", "gpu"], "--slurm gpu: no sbatch")):
+        assert main([*args, *extra]) == 2
+        err = capsys.readouterr().err
+        assert err.startswith("error: ") and err.count("\n") == 1 and named in err
+        assert not list((tmp_path / "t").glob("*/config.toml"))  # no row ran
+
+
+def test_slurm_time_reads_minutes_or_days_hours_minutes_seconds():
+    from gssl_fast.ladder_jobs import minutes
+
+    assert [minutes(t) for t in ("90", "02:30:00", "1-00:00:00", "00:00:30")] == [90, 150, 1440, 1]
+
+
+def test_parallel_gives_each_row_a_gpu_of_its_own(tmp_path, monkeypatch):
+    """Three rows on two GPUs (as CUDA_VISIBLE_DEVICES names them): two at once, each on
+    its own, the third on the one freed; the ladder hears each end."""
+    import sys
+    from types import SimpleNamespace
+
+    from gssl_fast import ladder_jobs
+
+    monkeypatch.setattr(ladder_jobs, "visible_gpus", lambda: ["3", "5"])
+    runner = ladder_jobs.LocalRows(2, tmp_path)
+    assert runner.overrides == ()  # on GPUs the rows keep their threads
+    rows = [SimpleNamespace(name=n) for n in ("a", "b", "c")]
+    show = "import os, time; print('gpu', os.environ['CUDA_VISIBLE_DEVICES'], flush=True); time.sleep(0.5)"
+    ended = []
+    ladder_jobs.side_by_side(rows, runner, lambda row, extra: [sys.executable, "-c", show],
+                             lambda row, status, message: ended.append((row.name, status)))
+    assert sorted(ended) == [("a", 0), ("b", 0), ("c", 0)] and ended[-1][0] == "c"
+    gpus = {n: (tmp_path / n / "ladder.log").read_text().split("gpu ")[1].split()[0] for n in ("a", "b", "c")}
+    assert {gpus["a"], gpus["b"]} == {"3", "5"} and gpus["c"] in ("3", "5")
