@@ -4,6 +4,9 @@ import os
 
 import pytest
 
+# The loopback archive server's fixtures (served, archives, ...) for the fetch tests.
+pytest_plugins = ["tests.pipelines.datasets.archive_server"]
+
 
 @pytest.fixture(autouse=True, scope="session")
 def _decode_cache(tmp_path_factory):

@@ -14,27 +14,9 @@ import pytest
 from gssl_fast.fetch import main
 from pipelines.datasets.cifar import read_cifar10, read_cifar100
 from pipelines.datasets.fetch import ARCHIVES
-from tests.pipelines.datasets.archive_server import SAMPLES, ArchiveServer, point_archives_at, write_archives
+from tests.pipelines.datasets.archive_server import SAMPLES  # its fixtures: tests/conftest.py
 
 ROOT = Path(__file__).resolve().parents[2]
-
-
-@pytest.fixture(autouse=True)
-def _no_proxy(monkeypatch):
-    monkeypatch.setenv("no_proxy", "127.0.0.1")
-
-
-@pytest.fixture(scope="module")
-def archives(tmp_path_factory):
-    return write_archives(tmp_path_factory.mktemp("archives"))
-
-
-@pytest.fixture
-def served(archives, monkeypatch):
-    server = ArchiveServer()
-    point_archives_at(server, archives, monkeypatch)
-    yield server
-    server.close()
 
 
 def _one_error_line(err: str) -> str:

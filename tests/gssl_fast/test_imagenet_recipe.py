@@ -19,6 +19,8 @@ SMALL = {"model.backbone": "resnet8_cifar", "model.channels_last": "false", "dat
          "train.mixed_precision": "no", "train.global_batch_size": "16", "train.eval_batch_size": "16",
          "train.epochs": "2", "train.num_threads": "1", "data.workers": "1", "optim.warmup_epochs": "0"}
 LOADERS = ["torch", "dali", "ffcv"]
+# The fast loop trains on the torch stream; DALI's and FFCV's whole runs are in make test-all.
+FAST_FIRST = [LOADERS[0], *(pytest.param(x, marks=pytest.mark.slow) for x in LOADERS[1:])]
 
 
 @pytest.fixture(scope="module")
@@ -35,7 +37,7 @@ def rows(run: Path) -> list[dict]:
     return [json.loads(line) for line in (run / "metrics.jsonl").read_text().splitlines()]
 
 
-@pytest.mark.parametrize("loader", LOADERS)
+@pytest.mark.parametrize("loader", FAST_FIRST)
 def test_the_imagenet_recipe_trains_streamed(tmp_path, imagenet, loader):
     done = train(RECIPE, tmp_path / "run", *args(imagenet, loader))
     assert done.returncode == 0, done.stdout[-2000:] + done.stderr[-2000:]
@@ -68,6 +70,7 @@ def test_two_processes_stream_disjoint_shares(tmp_path, imagenet, loader):
     assert row["train_images"] == 48  # 3 steps of 8 images on each of the two processes
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("loader", LOADERS)
 def test_a_bad_file_is_skipped_or_named(tmp_path, imagenet, loader):
     import shutil

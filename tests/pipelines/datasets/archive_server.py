@@ -11,6 +11,7 @@ from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
 
 import numpy as np
+import pytest
 
 from pipelines.datasets.fetch import ARCHIVES, md5_of
 from pipelines.datasets.testing import (
@@ -127,3 +128,31 @@ def point_archives_at(server: ArchiveServer, archives: dict[str, Path], monkeypa
     for name, path in archives.items():
         url = server.add(path)
         monkeypatch.setitem(ARCHIVES, name, replace(ARCHIVES[name], url=url, md5=md5_of(path)))
+
+
+# Fixtures of both fetch test files (imported there).
+
+
+@pytest.fixture(autouse=True)
+def no_proxy(monkeypatch):
+    """A developer's http_proxy must not carry loopback requests away."""
+    monkeypatch.setenv("no_proxy", "127.0.0.1")
+
+
+@pytest.fixture(scope="module")
+def archives(tmp_path_factory):
+    return write_archives(tmp_path_factory.mktemp("archives"))
+
+
+@pytest.fixture
+def server():
+    server = ArchiveServer()
+    yield server
+    server.close()
+
+
+@pytest.fixture
+def served(server, archives, monkeypatch):
+    """The server with every test archive; ARCHIVES points at it with the archives' md5s."""
+    point_archives_at(server, archives, monkeypatch)
+    return server

@@ -18,32 +18,7 @@ from pipelines.datasets import load_dataset
 from pipelines.datasets.cifar import read_cifar10, read_cifar100
 from pipelines.datasets.fetch import ARCHIVES, fetch, md5_of, root_for
 from pipelines.errors import UserError
-from tests.pipelines.datasets.archive_server import SAMPLES, ArchiveServer, point_archives_at, write_archives
-
-
-@pytest.fixture(autouse=True)
-def _no_proxy(monkeypatch):
-    """A developer's http_proxy must not carry loopback requests away."""
-    monkeypatch.setenv("no_proxy", "127.0.0.1")
-
-
-@pytest.fixture(scope="module")
-def archives(tmp_path_factory):
-    return write_archives(tmp_path_factory.mktemp("archives"))
-
-
-@pytest.fixture
-def server():
-    server = ArchiveServer()
-    yield server
-    server.close()
-
-
-@pytest.fixture
-def served(server, archives, monkeypatch):
-    """The server with every test archive; ARCHIVES points at it with the archives' md5s."""
-    point_archives_at(server, archives, monkeypatch)
-    return server
+from tests.pipelines.datasets.archive_server import SAMPLES  # its fixtures: tests/conftest.py
 
 
 def _read(name, folder):
