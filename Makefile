@@ -52,7 +52,7 @@ test-all: install browser
 
 # One script per measurement (bench/), each writing bench/out/<name>.json.
 BENCHES := transform loaders train_step method_step kornia_ops scaling dali_loader ffcv_loader fixmatch_loader \
-	simclr_loader guided_plan crash_points decode_cache stream
+	simclr_loader guided_plan crash_points decode_cache stream uncertainty
 bench: install
 	@for b in $(BENCHES); do echo "python -m bench.$$b"; $(BIN)/python -m bench.$$b --json bench/out/$$b.json || exit 1; done
 

@@ -8,9 +8,11 @@ Kept light on purpose: ``gssl_fast.load_model`` imports the trainer's modules on
 __version__ = "0.1.0"
 
 
-def load_model(path, *, device="cpu"):
+def load_model(path, *, device="cpu", calibrated=False):
     """The trained model of a run folder or checkpoint: ``[B, 3, H, W]`` float pixels in
-    [0, 1] -> ``[B, K]`` class logits, eval mode (``gssl_fast.analysis.inference.load_model``)."""
+    [0, 1] -> ``[B, K]`` class logits, eval mode; ``calibrated``: divided by the temperature
+    ``python -m gssl_fast.evaluate RUN --calibration`` fitted
+    (``gssl_fast.analysis.inference.load_model``)."""
     from gssl_fast.analysis.inference import load_model as load
 
-    return load(path, device=device)
+    return load(path, device=device, calibrated=calibrated)

