@@ -78,7 +78,7 @@ def check_data(cfg: DataConfig, source: str) -> None:
 
 def check_stream(cfg: DataConfig, source: str) -> None:
     from pipelines.datasets import FOLDER_DATASETS, SHARD_DATASETS
-    from pipelines.stream import streamed
+    from pipelines.stream import INTERPOLATIONS, streamed
 
     rule(not cfg.stream or cfg.name in {**FOLDER_DATASETS, **SHARD_DATASETS}, "data.stream", "be false for a "
          "dataset that is not a folder of image files or shards (those that are: "
@@ -90,6 +90,10 @@ def check_stream(cfg: DataConfig, source: str) -> None:
         rule(len(pair) == 2 and 0 < pair[0] <= pair[1], key, "be [min, max] with 0 < min <= max", pair, source)
     rule(cfg.crop_scale[-1] <= 1, "data.crop_scale", "stay within (0, 1]: a share of the image", cfg.crop_scale, source)
     rule(0 < cfg.val_crop_fraction <= 1, "data.val_crop_fraction", "be in (0, 1]", cfg.val_crop_fraction, source)
+    one_of(cfg.crop_interpolation, tuple(INTERPOLATIONS), "data.crop_interpolation", source)
+    rule(cfg.crop_interpolation == "bilinear" or streamed(cfg), "data.crop_interpolation", "be \"bilinear\" unless "
+         "data.stream = true or data.name = \"webdataset\" (in memory, images are resized once, bilinearly)",
+         cfg.crop_interpolation, source)
     rule(cfg.workers >= 0, "data.workers", "be >= 0 (0: the cores this process may use)", cfg.workers, source)
 
 
@@ -216,6 +220,10 @@ def check_recipe(recipe: Recipe, source: str) -> None:
     if recipe.data.name in SHARD_DATASETS:
         rule(recipe.train.loader in READERS, "train.loader", "be one of " + ", ".join(map(repr, READERS)) + " for "
              "data.name = \"webdataset\" (the loaders that read shards)", recipe.train.loader, source)
+    # DALI's and FFCV's streams resample bilinearly; only the torch stream has the other filters.
+    rule(recipe.data.crop_interpolation == "bilinear" or recipe.train.loader == "torch", "data.crop_interpolation",
+         f"be \"bilinear\" with train.loader = {show(recipe.train.loader)} (\"bicubic\" needs train.loader = "
+         "\"torch\")", recipe.data.crop_interpolation, source)
     size = recipe.data.image_size
     if recipe.pretext.tasks and size % 2:
         raise UserError(

@@ -117,6 +117,21 @@ def error_in_log(log: Path, offset: int) -> str | None:
         return None
 
 
+def output_of(log: Path, cmd: Sequence[str]) -> str | None:
+    """What the latest start of ``cmd`` wrote to ``log`` (:func:`start_logged`): the lines
+    after its ``== <time> <cmd>`` line, up to the next start; None when it has none."""
+    try:
+        lines = log.read_text(encoding="utf-8", errors="replace").splitlines()
+    except OSError:
+        return None
+    heads = [i for i, line in enumerate(lines) if line.startswith("== ")]
+    mine = [i for i in heads if lines[i].endswith(" " + shlex.join(cmd))]
+    if not mine:
+        return None
+    after = [i for i in heads if i > mine[-1]]
+    return "\n".join(lines[mine[-1] + 1: after[0] if after else len(lines)]) + "\n"
+
+
 def _duration(seconds: float) -> str:
     m, s = divmod(int(seconds), 60)
     return f"{m // 60}h{m % 60:02d}m" if m >= 60 else f"{m}m{s:02d}s"
@@ -347,7 +362,7 @@ class RowJob:
 
     def checkpoint(self):
         """Stops the training at its next step (it writes a checkpoint) and resubmits the
-        row with ``--resume auto``."""
+        row with ``--resume auto`` (a row's evaluation as it was)."""
         from submitit.helpers import DelayedSubmission
 
         proc = self._proc
@@ -355,7 +370,9 @@ class RowJob:
             proc.send_signal(signal.SIGTERM)
             while proc.poll() is None:
                 time.sleep(0.1)
-        cmd = self.cmd if "--resume" in self.cmd else [*self.cmd, "--resume", "auto"]
+        cmd = self.cmd
+        if "gssl_fast.train" in cmd and "--resume" not in cmd:  # a row's evaluation (gssl_fast.evaluate) starts again
+            cmd = [*cmd, "--resume", "auto"]
         return DelayedSubmission(RowJob(cmd, self.log))
 
     def __getstate__(self) -> dict:

@@ -37,7 +37,7 @@ def make_loader(source, *, backend: str = "torch", **kwargs):
     ``.beton`` file; DALI decodes the files of a folder itself. A
     ``pipelines.stream.StreamSource`` (files decoded every epoch, cropped at decode)
     is read by the backends that stream, a ``pipelines.stream.ShardSource``
-    (WebDataset shards) by the torch backend.
+    (WebDataset shards) by the torch and DALI backends (``pipelines.datasets.shards.READERS``).
     kwargs: those of :func:`pipelines.spec.make_spec` (batch_size, image_size, views or
     tasks / augment / crop_padding / hflip / flip_axis, normalize, mean, std, shuffle,
     drop_last, seed, shard_id, num_shards, device, split, subset, plan, decode), plus the

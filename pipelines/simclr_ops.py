@@ -10,6 +10,9 @@ no blur on CIFAR. :func:`simclr_view` chains them: :mod:`pipelines.resized_crop`
 
     ColorJitter(strength, p)    cj_apply, cj_order, cj_brightness, cj_contrast, cj_saturation, cj_hue
 
+G-SimCLR's notebooks use another view (:func:`authors_view`): a flip and TF's colour ops
+(:mod:`pipelines.tf_color`), no crop, no grayscale.
+
 It equals torchvision (``transforms.v2.functional`` on uint8 CPU tensors) image by image,
 pixel for pixel (:func:`reference_color_jitter`): the colour ops repeat torchvision's
 float32 arithmetic with per-sample ``[n, 1, 1, 1]`` factors; the hue's masks, ``where``
@@ -29,9 +32,11 @@ import torchvision.transforms.v2.functional as TF
 
 from pipelines.randaugment_ops import _luma
 from pipelines.resized_crop import RandomResizedCrop
-from pipelines.views import CropFlip, Grayscale, Op
+from pipelines.tf_color import TFColorJitter
+from pipelines.views import CropFlip, Grayscale, Op, PerBatch
 
-__all__ = ["JITTER_OPS", "JITTER_ORDERS", "RESOLUTION", "ColorJitter", "reference_color_jitter", "simclr_view"]
+__all__ = ["JITTER_OPS", "JITTER_ORDERS", "RESOLUTION", "ColorJitter", "authors_view", "reference_color_jitter",
+           "simclr_view"]
 
 RESOLUTION = 1 << 16  # jitter factors are drawn in 1/65536ths of their range
 JITTER_OPS = ("brightness", "contrast", "saturation", "hue")  # torchvision's fn_idx 0 .. 3
@@ -219,11 +224,21 @@ def reference_color_jitter(images: torch.Tensor, params: Mapping[str, torch.Tens
 
 
 def simclr_view(size: int | None = None, strength: float = 0.5, blur: bool = False, *,
-                input_size: int | tuple[int, int] = 32, scale: tuple[float, float] = (0.08, 1.0)) -> tuple[Op, ...]:
+                input_size: int | tuple[int, int] = 32, scale: tuple[float, float] = (0.08, 1.0),
+                p: float = 0.8) -> tuple[Op, ...]:
     """SimCLR's augmentation: random resized crop to ``size`` (the input size when None) of
-    ``input_size`` images, left-right flip, colour jitter of ``strength`` with p 0.8,
-    grayscale with p 0.2. ``blur`` (SimCLR's ImageNet Gaussian blur) is not implemented."""
+    ``input_size`` images, left-right flip, colour jitter of ``strength`` with probability
+    ``p`` (0.8), grayscale with p 0.2. ``blur`` (SimCLR's ImageNet Gaussian blur) is not implemented."""
     if blur:
         raise ValueError("simclr_view: Gaussian blur is not implemented (SimCLR uses none on CIFAR)")
     return (RandomResizedCrop(scale=scale, size=size, input_size=input_size), CropFlip(padding=0, hflip=True),
-            ColorJitter(strength, 0.8), Grayscale(0.2))
+            ColorJitter(strength, p), Grayscale(0.2))
+
+
+def authors_view(strength: float = 0.2, p: float = 0.5, *, per_batch: bool = False) -> tuple[Op, ...]:
+    """G-SimCLR's notebooks' ``CustomAugment``: a left-right flip with p 0.5, then TF's colour
+    jitter of ``strength`` with probability ``p`` (:class:`pipelines.tf_color.TFColorJitter`);
+    no crop, no grayscale (their ``_color_drop`` returns its input). ``per_batch``: one draw
+    for the whole batch, as the notebooks' Keras layer on the batch tensor (:class:`PerBatch`)."""
+    ops = (CropFlip(padding=0, hflip=True), TFColorJitter(strength, p))
+    return tuple(PerBatch(op) for op in ops) if per_batch else ops

@@ -1,6 +1,7 @@
 """Folder datasets read from their files every epoch, each image cropped as it is decoded.
 
-    Decode(kind, scale, ratio, fraction)   how one file becomes an ``[S, S, 3]`` uint8 image
+    Decode(kind, scale, ratio, fraction,   how one file becomes an ``[S, S, 3]`` uint8 image
+           interpolation)
     StreamSource(files, decode, ...)       what a stream loader reads: the files, never the pixels
     ShardSource(shards, decode, ...)       the same for WebDataset shards (pipelines.datasets.shards)
     read_image(path, decode, size, ...)    one file (or its bytes) -> ``[S, S, 3]`` uint8: the
@@ -15,6 +16,10 @@ Kinds of ``Decode``:
     "centre"          the centred square of side ``fraction * min(H, W)`` resized to
                       ``S x S``: timm's evaluation crop (resize to ``S / crop_pct``, then
                       centre-crop ``S``).
+``interpolation``: PIL's filter that resamples the window to ``S x S``, "bilinear" (the
+in-memory path's) or "bicubic" (torchvision's ``RandomResizedCrop(S, interpolation=3)`` of
+OpenMixup's Tiny-ImageNet benchmarks); antialiased either way, as PIL widens the filter
+when it shrinks.
 A window of a JPEG is decoded at the smallest of libjpeg's scales (1/8, 1/4, 1/2, 1) that
 still gives the window at least ``S`` pixels a side (PIL ``draft``): a large photo is not
 decoded at full size when the crop is small. Draws depend on (seed, epoch, index) alone,
@@ -37,6 +42,7 @@ from pipelines.datasets import SHARD_DATASETS
 from pipelines.datasets.shards import ShardSet
 from pipelines.errors import unknown_name
 
+INTERPOLATIONS = {"bilinear": Image.BILINEAR, "bicubic": Image.BICUBIC}  # PIL's filters by name
 KINDS = {
     "resize": "the whole image squashed to the output square",
     "random_resized": "a random window (area fraction in scale, aspect ratio in ratio) resized to the square",
@@ -48,16 +54,20 @@ KINDS = {
 class Decode:
     """How a stream decodes one file (module docstring). ``scale``, ``ratio``: the
     random-resized window's area fraction and aspect-ratio ranges; ``fraction``: the
-    centre crop's share of the shorter side."""
+    centre crop's share of the shorter side; ``interpolation``: the filter of
+    ``INTERPOLATIONS`` that resamples the window."""
 
     kind: str = "resize"
     scale: tuple[float, float] = (0.08, 1.0)
     ratio: tuple[float, float] = (3 / 4, 4 / 3)
     fraction: float = 0.875
+    interpolation: str = "bilinear"
 
     def __post_init__(self):
         if self.kind not in KINDS:
             raise unknown_name("decode kind", self.kind, KINDS)
+        if self.interpolation not in INTERPOLATIONS:
+            raise unknown_name("interpolation", self.interpolation, INTERPOLATIONS)
         object.__setattr__(self, "scale", tuple(float(v) for v in self.scale))
         object.__setattr__(self, "ratio", tuple(float(v) for v in self.ratio))
         if not 0 < self.fraction <= 1:
@@ -155,26 +165,33 @@ def draft_scale(image_size: tuple[int, int], window: tuple[int, int, int, int], 
     return math.ceil(width * min(factor, 1.0)), math.ceil(height * min(factor, 1.0))
 
 
-def decode_window(image: Image.Image, window: tuple[int, int, int, int], size: int, *, draft: bool = True) -> np.ndarray:
+def _resized(image: Image.Image, size: int, interpolation: str) -> Image.Image:
+    if interpolation == "bilinear":
+        return resize_image(image, size)  # the in-memory path's resize
+    return image if image.size == (size, size) else image.resize((size, size), INTERPOLATIONS[interpolation])
+
+
+def decode_window(image: Image.Image, window: tuple[int, int, int, int], size: int, *, draft: bool = True,
+                  interpolation: str = "bilinear") -> np.ndarray:
     """An opened PIL image's ``window`` (``(top, left, h, w)`` of its full size) as
-    ``[size, size, 3]`` uint8 RGB (PIL bilinear, antialiased); a JPEG decoded at reduced
-    scale when ``draft`` and the window allows."""
+    ``[size, size, 3]`` uint8 RGB (PIL ``interpolation``, antialiased); a JPEG decoded at
+    reduced scale when ``draft`` and the window allows."""
     full = image.size
     top, left, h, w = window
-    if window == (0, 0, full[1], full[0]):  # the whole image: the in-memory path's pixels
-        return np.asarray(resize_image(to_rgb(image), size))
+    if window == (0, 0, full[1], full[0]):  # the whole image: the in-memory path's pixels (bilinear)
+        return np.asarray(_resized(to_rgb(image), size, interpolation))
     if draft and image.format == "JPEG":
         image.draft("RGB", draft_scale(full, window, size))
     image = to_rgb(image)
     if image.size == full:
         # Cropped, then resized, as torchvision's resized_crop does: its pixels exactly.
-        return np.asarray(resize_image(image.crop((left, top, left + w, top + h)), size))
+        return np.asarray(_resized(image.crop((left, top, left + w, top + h)), size, interpolation))
     # Decoded at reduced scale: the window falls between pixels there, and PIL's box
     # resamples it where it lies (rounding it to whole pixels would shift it by up to
     # half a reduced pixel, several pixels of the full image).
     sx, sy = image.size[0] / full[0], image.size[1] / full[1]
     box = (left * sx, top * sy, (left + w) * sx, (top + h) * sy)
-    return np.asarray(image.resize((size, size), Image.BILINEAR, box=box))
+    return np.asarray(image.resize((size, size), INTERPOLATIONS[interpolation], box=box))
 
 
 def read_image(path: str | bytes, decode: Decode, size: int, *, seed: int = 0, epoch: int = 0, index: int = 0,
@@ -185,7 +202,7 @@ def read_image(path: str | bytes, decode: Decode, size: int, *, seed: int = 0, e
     try:
         with Image.open(io.BytesIO(path) if isinstance(path, bytes) else path) as image:
             window = decode.window(image.size[1], image.size[0], seed, epoch, index)
-            return decode_window(image, window, size, draft=draft)
+            return decode_window(image, window, size, draft=draft, interpolation=decode.interpolation)
     except PIL_ERRORS as e:
         raise ValueError(problem(path, e)) from None
 
@@ -195,11 +212,12 @@ def decodes(cfg) -> dict[str, Decode]:
     split when streamed. ``cfg.crop = "random_resized"``: a random window of the training
     images (``crop_scale``, ``crop_ratio``), the centre crop (``val_crop_fraction``) of
     the validation ones; ``"pad"``: both squashed whole (the padded crop then runs on the
-    device, as for arrays)."""
+    device, as for arrays). Both resampled with ``cfg.crop_interpolation``."""
+    filter_ = cfg.crop_interpolation
     if cfg.crop == "random_resized":
-        return {"train": Decode("random_resized", tuple(cfg.crop_scale), tuple(cfg.crop_ratio)),
-                "val": Decode("centre", fraction=cfg.val_crop_fraction)}
-    return {"train": Decode("resize"), "val": Decode("resize")}
+        return {"train": Decode("random_resized", tuple(cfg.crop_scale), tuple(cfg.crop_ratio), interpolation=filter_),
+                "val": Decode("centre", fraction=cfg.val_crop_fraction, interpolation=filter_)}
+    return {"train": Decode("resize", interpolation=filter_), "val": Decode("resize", interpolation=filter_)}
 
 
 def streamed(cfg) -> bool:
@@ -216,6 +234,15 @@ def open_shards(cfg, split: str) -> ShardSource:
 
     return ShardSource(listed(cfg, split), decodes(cfg)[split], check_on_corrupt(cfg.on_corrupt),
                        cfg.shuffle_buffer)
+
+
+def open_streamed(cfg, split: str) -> StreamSource | ShardSource | None:
+    """What a streaming loader reads of ``split`` when the dataset of ``cfg`` is streamed
+    (:func:`streamed`): its shards, or its files; None when it is not streamed (then
+    each backend has its own source)."""
+    if cfg.name in SHARD_DATASETS:
+        return open_shards(cfg, split)
+    return open_stream(cfg, split) if getattr(cfg, "stream", False) else None
 
 
 def open_stream(cfg, split: str) -> StreamSource:

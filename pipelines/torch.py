@@ -148,17 +148,10 @@ def open_source(cfg, split: str):
     shards with how to decode them for ``data.name = "webdataset"``, the files when
     ``cfg.stream`` (``pipelines.stream``), else the decoded ``ArrayDataset``
     (``pipelines.datasets.load_dataset``)."""
-    from pipelines.stream import SHARD_DATASETS
+    from pipelines.stream import open_streamed
 
-    if cfg.name in SHARD_DATASETS:
-        from pipelines.stream import open_shards
-
-        source = open_shards(cfg, split)
-        return source, source
-    if getattr(cfg, "stream", False):
-        from pipelines.stream import open_stream
-
-        source = open_stream(cfg, split)
+    source = open_streamed(cfg, split)
+    if source is not None:
         return source, source
     from pipelines.datasets import load_dataset
 

@@ -56,7 +56,8 @@ class _Batches(torch.utils.data.Dataset):
                                           self.seed, epoch, [positions[r] for r in rows])
             for row, window in zip(rows, windows):
                 try:
-                    out[row] = decode_window(opened[row], tuple(window.tolist()), self.size)
+                    out[row] = decode_window(opened[row], tuple(window.tolist()), self.size,
+                                             interpolation=self.decode.interpolation)
                 except PIL_ERRORS as e:
                     problems[row] = problem(self.paths[positions[row]], e)
         finally:

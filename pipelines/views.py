@@ -11,6 +11,7 @@ its own operators (DALI graph, FFCV kernels; ``native_prefix``) and runs the res
     CropFlip(padding, hflip)    random crop with zero (or reflect) padding, whole-image left-right flip
     Localizable(tasks, ...)     the localizable pretext transform and its pseudo-labels
     Grayscale(p)                random grayscale (torchvision's luma, kept as 3 channels)
+    PerBatch(op)                ``op`` with one draw for the whole batch (G-SimCLR's notebooks)
 
 A loader may deliver several views of each image, each with its own draws (a method's
 weak and strong views, SimCLR's two crops): ``views={"weak": ..., "strong": ...}``.
@@ -138,6 +139,33 @@ class Grayscale(Op):
 
         mask = params["grayscale"].to(device=images.device, dtype=torch.bool)[:, None, None, None]
         return torch.where(mask, rgb_to_grayscale(images, num_output_channels=3), images)
+
+
+@dataclass(frozen=True)
+class PerBatch(Op):
+    """``op`` drawn once per batch: every image takes the first draw's parameters (reported
+    per image, as ever). G-SimCLR's notebooks call their Keras augmentation on the batch
+    tensor, so each ``tf.random.uniform([])`` coin and ``tf.image.random_*`` factor is one
+    scalar for the whole batch."""
+
+    op: Op
+
+    def __post_init__(self):
+        if not isinstance(self.op, Op):
+            raise TypeError(f"PerBatch wraps an op of pipelines.views, got {self.op!r}")
+
+    @property
+    def keys(self) -> tuple[str, ...]:
+        return self.op.keys
+
+    def draw(self, batch_size, generator):
+        return {k: v.expand(batch_size).clone() for k, v in self.op.draw(1, generator).items()}
+
+    def apply(self, images, params):
+        return self.op.apply(images, params)
+
+    def apply_(self, images, params):
+        return self.op.apply_(images, params)
 
 
 View = tuple[Op, ...]

@@ -221,7 +221,8 @@ class Method:
     def attach_loaders(self, **factories) -> None:
         """Loader factories the loop offers: ``train_eval(subset=None)`` gives the
         training images (of ``subset``) untransformed, in order, sharded (a kNN monitor's
-        memory bank, a held-out split)."""
+        memory bank, a held-out split); a stage that does not train also gets ``val()``,
+        the validation images so."""
         self.loader_factories = factories
 
     def batch_checks(self) -> list[BatchCheck]:
@@ -263,6 +264,12 @@ class Method:
 
     def on_optimizer_step(self, model: nn.Module) -> None:
         """Hook after each optimizer step (EMA weights); ``model`` is the unwrapped module."""
+
+    def early_stop(self) -> bool:
+        """True once the method's own stopping rule ends its training (early stopping, say),
+        asked before each epoch, after a resume too (keep what it decides on in
+        :meth:`state_dict`): the run ends there, its last checkpoint the final one."""
+        return False
 
     # ---- evaluation
     def evaluate(self, model: nn.Module, loader, *, accelerator, epoch: int, last: bool) -> dict:

@@ -11,6 +11,7 @@ return the pooled features.
 | resnet{8,20,32,44,56}_cifar | He et al. 2016 CIFAR ResNet, option-A shortcuts (LDAM-DRW code) | 0.08-0.85M |
 | wrn28_2, wrn40_2 | pre-activation Wide ResNet (Zagoruyko & Komodakis 2016): FixMatch, PGD | 1.47M / 2.24M |
 | resnet18_cifar | timm ResNet-18, 3x3 stride-1 stem, no max-pool (Tiny-ImageNet 64x64) | 11.17M |
+| resnet38v2_cifar | the Keras bottleneck CIFAR ResNet of G-SimCLR's notebooks, 256-d (``keras_resnet.py``) | 1.11M |
 
 Last conv layer (for Grad-CAM), as returned by ``last_conv_name(model)``:
 ``layer3.{n-1}.conv2`` for the CIFAR ResNets (n blocks per stage, n = (depth - 2) / 6),
@@ -321,3 +322,7 @@ def resnet18_cifar(pretrained: bool = False, **kwargs) -> CifarStemResNet:
     """ResNet-18 with a 3x3 stride-1 stem and no max-pool, 11.17M parameters: the Tiny-ImageNet backbone."""
     args = dict(block=TimmBasicBlock, layers=(2, 2, 2, 2))
     return build_model_with_cfg(CifarStemResNet, "resnet18_cifar", pretrained, **dict(args, **kwargs))
+
+
+# Registered by importing it: the Keras CIFAR ResNet of G-SimCLR's notebooks (resnet38v2_cifar).
+from gssl_fast.model import keras_resnet  # noqa: E402,F401

@@ -70,19 +70,50 @@ def _fixmatch_cosine(cfg: OptimConfig, epoch: float, epochs: int) -> float:
     return math.cos(7.0 * math.pi * progress / 16.0)
 
 
-SCHEDULES = {"cosine": _cosine, "step": _step, "constant": _constant, "fixmatch_cosine": _fixmatch_cosine}
+def cosine_restarts(step: int, first_decay_steps: int, t_mul: float = 2.0, m_mul: float = 1.0,
+                    alpha: float = 0.0) -> float:
+    """TF's ``CosineDecayRestarts`` factor at optimizer step ``step`` (0-based, TF's
+    ``optimizer.iterations``): Loshchilov & Hutter's SGDR, "within the i-th run, we decay
+    the learning rate with a cosine annealing for each batch". The first period lasts
+    ``first_decay_steps`` steps, each next one ``t_mul`` times longer (restarts at 1000,
+    3000, 7000, ... for 1000 and 2); restart ``i`` peaks at ``m_mul ** i``; the factor is
+    ``alpha + (1 - alpha) * m_mul**i * (1 + cos(pi * t)) / 2`` with ``t`` in [0, 1) the
+    share of the period done. Periods are found by summing them (exact for whole steps),
+    where TF takes a float logarithm."""
+    if t_mul == 1.0:
+        i, done, period = step // first_decay_steps, step % first_decay_steps, float(first_decay_steps)
+    else:
+        i, start, period = 0, 0.0, float(first_decay_steps)
+        while step >= start + period:
+            start, period, i = start + period, period * t_mul, i + 1
+        done = step - start
+    cosine = 0.5 * m_mul**i * (1.0 + math.cos(math.pi * done / period))
+    return (1.0 - alpha) * cosine + alpha
 
 
-def lr_factor(cfg: OptimConfig, epoch: float, epochs: int) -> float:
+def _cosine_restarts(cfg: OptimConfig, epoch: float, epochs: int) -> float:
+    raise ValueError("optim.schedule = \"cosine_restarts\" counts optimizer steps: use build_scheduler or "
+                     "cosine_restarts(step, ...)")
+
+
+SCHEDULES = {"cosine": _cosine, "step": _step, "constant": _constant, "fixmatch_cosine": _fixmatch_cosine,
+             "cosine_restarts": _cosine_restarts}
+
+
+def lr_factor(cfg: OptimConfig, epoch: float, epochs: int, *, step: int | None = None) -> float:
     """Multiplier of ``cfg.lr`` at fractional ``epoch`` (0-based) of an ``epochs`` run.
 
     Linear warm-up over ``warmup_epochs`` (from one step's worth, never 0), then the
     schedule. ``step`` multiplies the base lr by the factor of the last milestone passed
-    (LDAM-DRW: x0.01 from epoch 160, x0.0001 from 180).
+    (LDAM-DRW: x0.01 from epoch 160, x0.0001 from 180). ``cosine_restarts`` reads the
+    optimizer ``step`` (0-based) instead of the epoch (:func:`cosine_restarts`).
     """
     if cfg.schedule not in SCHEDULES:
         raise unknown_name("optim.schedule", cfg.schedule, SCHEDULES)
-    factor = SCHEDULES[cfg.schedule](cfg, epoch, epochs)
+    if cfg.schedule == "cosine_restarts" and step is not None:
+        factor = cosine_restarts(step, cfg.first_decay_steps, cfg.t_mul, cfg.m_mul, cfg.alpha)
+    else:
+        factor = SCHEDULES[cfg.schedule](cfg, epoch, epochs)
     if cfg.warmup_epochs > 0 and epoch < cfg.warmup_epochs:
         factor *= epoch / cfg.warmup_epochs
     return factor
@@ -92,4 +123,6 @@ def build_scheduler(optimizer, cfg: OptimConfig, *, steps_per_epoch: int, epochs
     """A ``LambdaLR`` to step once per optimizer step; step ``s`` sits at epoch
     ``(s + 1) / steps_per_epoch`` so that warm-up never starts at lr 0."""
     steps = max(steps_per_epoch, 1)
+    if cfg.schedule == "cosine_restarts":  # per optimizer step, as TF's schedule (step 0: the first update)
+        return LambdaLR(optimizer, lambda s: lr_factor(cfg, (s + 1) / steps, epochs, step=s))
     return LambdaLR(optimizer, lambda s: lr_factor(cfg, (s + 1) / steps, epochs))

@@ -165,6 +165,10 @@ def run_epochs(run: Run, first_epoch: int, partial: Partial | None = None) -> No
     best = best_so_far(log.read_mine()[:first_epoch])
     with stopping(register(accelerator), accelerator.process_index, resume_hint) as preemption:
         for epoch in range(first_epoch, run.plan.epochs):
+            if run.method.early_stop():
+                if accelerator.is_main_process:
+                    print(f"{run.folder}: stopped early after {epoch} of {run.plan.epochs} epochs", flush=True)
+                break
             best = one_epoch(run, epoch, partial, preemption, best)
             partial = None
 

@@ -152,6 +152,9 @@ def _run_stage(recipe, run_dir: Path, name: str, make, machine) -> None:
         stage.finish(accelerator)
         row = {}
     else:
+        data = machine.data  # the same loaders a training stage is offered, and the validation split's
+        stage.attach_loaders(train_eval=lambda subset=None: data.plain_loader(recipe.train, "train", subset),
+                             val=lambda: data.plain_loader(recipe.train))
         row = {"stage": name, "epoch": 0, **stage.run(accelerator)}
         if accelerator.is_main_process:
             print(f"stage {name}: " + ", ".join(f"{k} {v}" for k, v in row.items() if k not in ("stage", "epoch")),

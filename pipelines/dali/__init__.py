@@ -1,10 +1,13 @@
 """The DALI loader: decode, crop, flip and the localizable transform in one DALI graph.
 
-Two sources feed the same graph steps:
+The sources feed the same graph steps:
 
     files   ImageFolder or Tiny-ImageNet folders: ``fn.readers.file`` sharded by DALI's own
             ``shard_id`` / ``num_shards``, ``fn.decoders.image`` ("mixed" on a GPU), ``fn.resize``
     arrays  in-memory ``[N, H, W, 3]`` uint8 (CIFAR, the built-in dataset): ``fn.external_source``
+    streams a folder's files or WebDataset shards, each window decoded every epoch:
+            ``fn.external_source`` of the bytes, ``fn.decoders.image_slice``
+            (:mod:`pipelines.dali.stream`, :mod:`pipelines.dali.shards`)
 
 then, per sample, all native DALI operators (on the GPU when the pipeline has one):
 

@@ -113,6 +113,8 @@ class DaliLoader:
             for i in range(len(self)):
                 try:
                     outputs = dict(zip(names, pipe.run()))
+                except StopIteration:  # a stream that ran out early (shards read past: "skip")
+                    break
                 except RuntimeError as e:
                     if not self._files:
                         raise
@@ -171,7 +173,9 @@ class DaliLoader:
             return _to_torch(outputs[name], dev)[:keep]
 
         indices = take("indices").reshape(-1).to(torch.int64)
-        batch = {"labels": self._labels[indices].to(dev, non_blocking=True), "indices": indices.to(dev)}
+        # A source whose samples carry their labels (shards) feeds them; else looked up.
+        labels = take("labels").reshape(-1).to(torch.int64) if "labels" in outputs else self._labels[indices]
+        batch = {"labels": labels.to(dev, non_blocking=True), "indices": indices.to(dev)}
         for name, (opts, rest) in self.plans.items():
             params = {k: v.to(dev, non_blocking=True) for k, v in native_params(opts, name, take, outputs).items()}
             images, later = apply_ops(take(output_name(name, "images")).to(dev, non_blocking=True), rest, gen)
@@ -254,19 +258,21 @@ def build_loader(source, spec: LoaderSpec, *, num_threads: int | None = None) ->
     or Tiny-ImageNet; ``spec.split`` picks train or val) or a ``FileList``, whose files
     DALI reads and decodes itself, resized to ``spec.image_size`` (default: the first
     file's width); or a ``pipelines.stream.StreamSource``, each file's window decoded
-    every epoch (:mod:`pipelines.dali.stream`; ``spec.image_size`` required). On CUDA
-    the graph runs on that GPU (decoding "mixed"), on the CPU otherwise. Normalization
+    every epoch (:mod:`pipelines.dali.stream`; ``spec.image_size`` required), or a
+    ``pipelines.stream.ShardSource``: WebDataset shards in the torch backend's order,
+    each sample's window decoded so (:mod:`pipelines.dali.shards`). On CUDA the graph
+    runs on that GPU (decoding "mixed"), on the CPU otherwise. Normalization
     defaults: ImageNet statistics for files, the source's own otherwise. num_threads:
     DALI CPU worker threads; None = the cores this process may use, at most 8.
     """
-    from pipelines.stream import StreamSource
+    from pipelines.stream import ShardSource, StreamSource
 
     import_dali()
-    stream = isinstance(source, StreamSource)
+    stream = isinstance(source, (StreamSource, ShardSource))
     if stream and spec.image_size is None:
         raise ValueError("a stream needs image_size: its files may have any size")
     dataset = source if stream else _resolve(source, spec.image_size, spec.split)
-    if isinstance(dataset, (FileList, StreamSource)):
+    if isinstance(dataset, (FileList, StreamSource, ShardSource)):
         side = spec.image_size or image_side(dataset.paths[0])
         size, defaults = (side, side), (IMAGENET_MEAN, IMAGENET_STD)
     else:
@@ -275,6 +281,10 @@ def build_loader(source, spec: LoaderSpec, *, num_threads: int | None = None) ->
             size[0] != size[1] or size[0] % 2):
         raise ValueError(f"the localizable transform needs square images with an even side, got {size[0]}x{size[1]}")
     options = dict(size=size, normalize_to=spec.normalize_to(*defaults), num_threads=num_threads or _default_threads())
+    if isinstance(source, ShardSource):
+        from pipelines.dali.shards import DaliShardLoader
+
+        return DaliShardLoader(source, spec, **options)
     if stream:
         from pipelines.dali.stream import DaliStreamLoader
 

@@ -10,11 +10,13 @@ file must be readable by PIL (decoded at a reduced scale, which still reads ever
 in one of DALI's formats, and a PNG must end with its IEND chunk. The result is kept in
 the decode cache beside the list (same stamp), so a restart reads no file again. A
 stream screens each file with the same rules (:func:`probe`) when it is first fed,
-during the epoch, instead of all of them before training.
+during the epoch, instead of all of them before training; a shard stream each sample's
+bytes (:mod:`pipelines.dali.shards`).
 """
 
 from __future__ import annotations
 
+import io
 import struct
 from functools import partial
 from pathlib import Path
@@ -36,13 +38,14 @@ PNG_SIGNATURE = b"\x89PNG\r\n\x1a\n"
 SCREEN = "dali-screen-3"
 
 
-def png_unfinished(path: str) -> str | None:
-    """What is wrong with the chunks of the PNG file ``path`` (None: they run whole,
-    from the signature to IEND)."""
-    with open(path, "rb") as f:
+def png_unfinished(path: str | bytes) -> str | None:
+    """What is wrong with the chunks of the PNG file ``path`` (or its bytes, from a
+    shard) (None: they run whole, from the signature to IEND)."""
+    held = isinstance(path, bytes)
+    with io.BytesIO(path) if held else open(path, "rb") as f:
         if f.read(8) != PNG_SIGNATURE:
             return "does not start with the PNG signature"
-        size = Path(path).stat().st_size
+        size = len(path) if held else Path(path).stat().st_size
         while True:
             head = f.read(8)
             if len(head) < 8:
@@ -55,9 +58,9 @@ def png_unfinished(path: str) -> str | None:
             f.seek(length + 4, 1)  # the chunk's data and CRC
 
 
-def dali_problem(path: str, image) -> str | None:
-    """What makes the file ``path`` (opened by PIL as ``image``) unsafe for DALI's
-    decoder; None when it is safe."""
+def dali_problem(path: str | bytes, image) -> str | None:
+    """What makes the file ``path`` (or its bytes; opened by PIL as ``image``) unsafe for
+    DALI's decoder; None when it is safe."""
     if image.format not in DALI_FORMATS:
         return (f"is a {image.format} image, which DALI's decoder does not read; convert it to PNG or JPEG, "
                 "or set train.loader = 'torch'")
@@ -66,17 +69,17 @@ def dali_problem(path: str, image) -> str | None:
     return None
 
 
-def probe(path: str) -> tuple[int, int] | str:
-    """``(height, width)`` of the image file ``path`` when DALI may be handed it, else
-    what is wrong with it: the screen of :func:`screened` for one file (PIL decodes it
-    at a reduced scale, then :func:`dali_problem`). The size is the stored one, before
-    any EXIF orientation."""
+def probe(path: str | bytes) -> tuple[int, int] | str:
+    """``(height, width)`` of the image file ``path`` (or its bytes, from a shard) when
+    DALI may be handed it, else what is wrong with it: the screen of :func:`screened`
+    for one file (PIL decodes it at a reduced scale, then :func:`dali_problem`). The
+    size is the stored one, before any EXIF orientation."""
     from PIL import Image
 
     from pipelines.datasets.decode import PIL_ERRORS, problem
 
     try:
-        with Image.open(path) as image:
+        with Image.open(io.BytesIO(path) if isinstance(path, bytes) else path) as image:
             width, height = image.size
             image.draft("RGB", (SCREEN_SIDE, SCREEN_SIDE))
             image.load()
@@ -111,14 +114,16 @@ def screened(files: FileList, *, on_corrupt: str = "error", cache_dir=None) -> F
 
 def open_source(cfg, split: str):
     """``(source, dataset)`` of ``split`` for the DALI loader (``cfg``: the recipe's data
-    section): with ``cfg.stream`` the ``StreamSource`` twice (``pipelines.stream.open_stream``:
-    nothing read yet, each file screened when first fed); else a folder dataset's screened
-    ``FileList`` twice (a long-tailed train split stays an array subset), else the
-    decoded ``ArrayDataset`` twice. Writes nothing but the decode cache."""
-    if getattr(cfg, "stream", False):
-        from pipelines.stream import open_stream
+    section): shards (``data.name = "webdataset"``) as a ``ShardSource`` twice
+    (``pipelines.stream.open_shards``: none read, each sample screened when first fed);
+    with ``cfg.stream`` the ``StreamSource`` twice (``pipelines.stream.open_stream``:
+    nothing read yet, each file screened when first fed); else a folder dataset's
+    screened ``FileList`` twice (a long-tailed train split stays an array subset), else
+    the decoded ``ArrayDataset`` twice. Writes nothing but the decode cache."""
+    from pipelines.stream import open_streamed
 
-        source = open_stream(cfg, split)
+    source = open_streamed(cfg, split)
+    if source is not None:
         return source, source
     from pipelines.datasets import FOLDER_DATASETS
 

@@ -147,24 +147,28 @@ class DaliStreamLoader(DaliLoader):
         return rows
 
 
-def build_stream_pipeline(batches, *, size: int, views: dict, **pipeline_kwargs):
+def build_stream_pipeline(batches, *, size: int, views: dict, labelled: bool = False, **pipeline_kwargs):
     """Pipeline over the batches of :meth:`DaliStreamLoader._fed` from ``batches``: each
     file's window decoded (ROI decode; "mixed" when the pipeline has a GPU), resized to
     ``size x size`` (linear, antialiased), then the graph of each of ``views``
-    (``{name: GraphOptions}``). Returns ``(pipeline, output names)``."""
+    (``{name: GraphOptions}``). ``labelled``: each batch holds its ``[b]`` int64 labels
+    last, an output ``labels`` (a shard's samples carry their own). Returns ``(pipeline,
+    output names)``."""
     fn, types, pipeline_def = import_dali()
     gpu = any(opts.gpu for opts in views.values())
     names = []
 
     @pipeline_def(**pipeline_kwargs)
     def stream_pipeline():
-        data, start, shape, index = fn.external_source(source=batches, num_outputs=4, batch=True)
+        data, start, shape, index, *label = fn.external_source(source=batches, num_outputs=4 + labelled, batch=True)
         # jpeg_fancy_upsampling: the GPU upsamples chroma as libjpeg does (the CPU decoder, PIL).
         images = fn.decoders.image_slice(data, start=start, shape=shape, axis_names="HW", output_type=types.RGB,
                                          adjust_orientation=False, jpeg_fancy_upsampling=True,
                                          device="mixed" if gpu else "cpu")
         images = fn.resize(images, size=[size, size], antialias=True)
         out = view_graphs(images, index, views)
+        if labelled:
+            out["labels"] = label[0]
         names.extend(out)
         return tuple(out.values())
 

@@ -18,7 +18,8 @@ On disk, for a split of ``N`` samples:
                             each); a reader's shuffle buffer then only mixes further.
     <split>-000000.idx ...  DALI's index of each tar (``wds2idx``'s format v1.2: per sample
                             ``ext offset size name`` of each member), for
-                            ``fn.readers.webdataset(index_paths=...)``
+                            ``fn.readers.webdataset(index_paths=...)`` (the DALI loader
+                            here feeds the bytes instead: ``pipelines.dali.shards``)
     <split>.json            the listing: classes, total, and per shard its name, sample
                             count, keys and labels (member order), so a reader knows every
                             count without reading a tar
@@ -48,7 +49,7 @@ FORMAT = "gssl_fast webdataset shards"
 VERSION = 1
 IMAGE_EXTS = ("jpg", "png")  # the image member of a sample: fn.readers.webdataset(ext=["jpg;png", "cls"])
 LABEL_EXT = "cls"
-READERS = ("torch",)  # train.loader values that read shards (DALI's fn.readers.webdataset: to come)
+READERS = ("torch", "dali")  # train.loader values that read shards (pipelines.torch_shards, pipelines.dali.shards)
 SHARD_NAME = re.compile(r"^(?P<split>.+)-(?P<number>\d+)\.tar$")
 SHARDS_HELP = ("write shards with: python -m gssl_fast.convert RECIPE --format webdataset --out DIR; then "
                "data.root = 'DIR/train-{000000..000099}.tar' (or DIR) and data.val_root = 'DIR/val-{...}.tar'")

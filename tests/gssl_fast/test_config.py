@@ -61,7 +61,8 @@ def every_section_recipe():
         loss=LossConfig(name="ldam", ldam_max_margin=0.4, ldam_scale=16.0, drw=True, drw_start_epoch=3,
                         drw_beta=0.999, pretext_scale=30.0),
         optim=OptimConfig(lr=1 / 3, momentum=0.5, nesterov=True, weight_decay=0.0, decay_bias_and_norm=False, schedule="step",
-                          warmup_epochs=0.5, milestones=(2, 4, 9), milestone_factors=(0.1, 2e-4, 1e-300)),
+                          warmup_epochs=0.5, milestones=(2, 4, 9), milestone_factors=(0.1, 2e-4, 1e-300),
+                          first_decay_steps=7, t_mul=1.5, m_mul=0.5, alpha=0.125),
         train=TrainConfig(epochs=11, batch_size=3, eval_batch_size=5, seed=7, mixed_precision="bf16",
                           grad_accum_steps=2, loader="ffcv", cpu=True, num_threads=1, steps_per_epoch=4,
                           keep_checkpoints=3, steps=40, compile=True, global_batch_size=6, log_with="tensorboard",
@@ -75,7 +76,8 @@ def test_every_key_of_every_section_differs_from_default():
     same = {(section, f.name) for section, cls in classes.items() for f in dataclasses.fields(cls)
             if getattr(getattr(recipe, section), f.name) == (
                 f.default if f.default_factory is dataclasses.MISSING else f.default_factory())}
-    assert same == {("optim", "name"), ("method", "name")}  # sgd stays: momentum and the schedule apply to it
+    # sgd stays: momentum and the schedule apply to it; bilinear stays: bicubic needs the torch loader, not ffcv.
+    assert same == {("optim", "name"), ("method", "name"), ("data", "crop_interpolation")}
 
 
 def test_round_trip_through_toml(tmp_path):
@@ -214,6 +216,13 @@ BAD = [
     ("[data]\nimage_size = 33", ["data.image_size must be even", "pretext.tasks", "localizable transform",
                                  "even side", "got 33"]),
     ("[data]\ncrop_padding = -1", ["data.crop_padding must be >= 0", "got -1"]),
+    ("[data]\ncrop_interpolation = 'nearest'", ["data.crop_interpolation must be one of 'bilinear', 'bicubic'",
+                                               "got 'nearest'"]),
+    ("[data]\ncrop_interpolation = 'bicubic'", ['data.crop_interpolation must be "bilinear" unless data.stream = '
+                                               "true", "got 'bicubic'"]),
+    ("[data]\nname = 'tinyimagenet'\nstream = true\ncrop = 'random_resized'\ncrop_interpolation = 'bicubic'\n"
+     "[train]\nloader = 'dali'", ['data.crop_interpolation must be "bilinear" with train.loader = \'dali\'',
+                                 '"bicubic" needs train.loader = "torch"']),
     ("[data]\nlongtail = 'linear'", ["data.longtail must be one of 'none', 'exp', 'step', got 'linear'"]),
     ("[data]\nimbalance_ratio = 0", ["data.imbalance_ratio must be in (0, 1]", "got 0.0"]),
     ("[data]\nimbalance_ratio = 1.5", ["data.imbalance_ratio must be in (0, 1]"]),
@@ -238,6 +247,13 @@ BAD = [
     ("[optim]\nweight_decay = -1e-4", ["optim.weight_decay must be >= 0"]),
     ("[optim]\nschedule = 'linear'", ["optim.schedule must be one of 'cosine', 'step', 'constant'"]),
     ("[optim]\nwarmup_epochs = -1", ["optim.warmup_epochs must be >= 0"]),
+    ("[optim]\nschedule = 'cosine_restarts'\nt_mul = 0.5", ["optim.t_mul must be >= 1", "got 0.5"]),
+    ("[method]\nname = 'simclr'\nview = 'authors'\ncolor_strength = 2.0\n[pretext]\ntasks = []",
+     ["method.color_strength must be in [0, 1.25] with view = 'authors'", "got 2.0"]),
+    ("[method]\nname = 'simclr'\nlinear_protocol = 'keras'\n[pretext]\ntasks = []",
+     ["method.linear_protocol must be one of 'standard', 'authors'"]),
+    ("[method]\nname = 'simclr'\nae_decoder = [64, 32]\n[pretext]\ntasks = []",
+     ["method.ae_decoder must be three widths >= 1"]),
     ("[optim]\nmilestones = [100]", ["optim.milestones and optim.milestone_factors must have the same length",
                                      "[100] and [0.01, 0.0001]"]),
     ("[optim]\nmilestones = [180, 160]", ["optim.milestones must be increasing", "[180, 160]"]),

@@ -1,7 +1,7 @@
 """recipes/imagenet.toml on an ImageNet-style JPEG tree, streamed (small backbone and size
 set from the command line): it trains, two processes read disjoint shares, a killed run
 resumes bit-exact, and a bad file is skipped or named; and the same for the tree written
-as WebDataset shards."""
+as WebDataset shards, read by the torch and the DALI loader."""
 
 from __future__ import annotations
 
@@ -21,6 +21,7 @@ SMALL = {"model.backbone": "resnet8_cifar", "model.channels_last": "false", "dat
 LOADERS = ["torch", "dali", "ffcv"]
 # The fast loop trains on the torch stream; DALI's and FFCV's whole runs are in make test-all.
 FAST_FIRST = [LOADERS[0], *(pytest.param(x, marks=pytest.mark.slow) for x in LOADERS[1:])]
+SHARD_LOADERS = ["torch", "dali"]  # pipelines.datasets.shards.READERS
 
 
 @pytest.fixture(scope="module")
@@ -111,8 +112,9 @@ def shards(imagenet, tmp_path_factory) -> dict[str, str]:
     return keys
 
 
-def test_the_imagenet_recipe_trains_from_shards(tmp_path, shards):
-    done = train(RECIPE, tmp_path / "run", *args(shards["data.root"], "torch", **shards))
+@pytest.mark.parametrize("loader", SHARD_LOADERS)
+def test_the_imagenet_recipe_trains_from_shards(tmp_path, shards, loader):
+    done = train(RECIPE, tmp_path / "run", *args(shards["data.root"], loader, **shards))
     assert done.returncode == 0, done.stdout[-2000:] + done.stderr[-2000:]
     log = rows(tmp_path / "run")
     assert [r["epoch"] for r in log] == [0, 1]
@@ -128,7 +130,7 @@ def test_shard_keys_are_checked_with_the_recipe(shards):
         return load_recipe(RECIPE, [f"{k}={v}" for k, v in {**shards, **more}.items()])
 
     assert load().data.val_root == shards["data.val_root"]
-    for more, message in (({"train.loader": "dali"}, "train.loader must be one of 'torch' for data.name"),
+    for more, message in (({"train.loader": "ffcv"}, "train.loader must be one of 'torch', 'dali' for data.name"),
                           ({"data.root": ""}, "data.root must name the shards"),
                           ({"data.longtail": "exp"}, "data.longtail must be \"none\" for shards"),
                           ({"data.val_fraction": "0.1"}, "data.val_fraction must be 0 for shards"),
@@ -139,8 +141,9 @@ def test_shard_keys_are_checked_with_the_recipe(shards):
 
 
 @pytest.mark.slow
-def test_a_killed_shard_run_resumes_bit_exact(tmp_path, shards):
-    settings = args(shards["data.root"], "torch", **shards)
+@pytest.mark.parametrize("loader", SHARD_LOADERS)
+def test_a_killed_shard_run_resumes_bit_exact(tmp_path, shards, loader):
+    settings = args(shards["data.root"], loader, **shards)
     straight = train(RECIPE, tmp_path / "straight", *settings)
     assert straight.returncode == 0, straight.stderr[-2000:]
     killed = train(RECIPE, tmp_path / "run", *settings, crash="step:4")  # in the second epoch
@@ -151,9 +154,10 @@ def test_a_killed_shard_run_resumes_bit_exact(tmp_path, shards):
 
 
 @pytest.mark.slow
-def test_two_processes_read_disjoint_shards(tmp_path, shards):
-    done = train(RECIPE, tmp_path / "run", *args(shards["data.root"], "torch", **shards, **{"train.epochs": "1"}),
-                 processes=2, port=29591)
+@pytest.mark.parametrize("loader", SHARD_LOADERS)
+def test_two_processes_read_disjoint_shards(tmp_path, shards, loader):
+    done = train(RECIPE, tmp_path / "run", *args(shards["data.root"], loader, **shards, **{"train.epochs": "1"}),
+                 processes=2, port=29591 + SHARD_LOADERS.index(loader))
     assert done.returncode == 0, done.stdout[-2000:] + done.stderr[-2000:]
     (row,) = rows(tmp_path / "run")
     assert row["world_size"] == 2 and row["replicas_in_sync"]
@@ -161,7 +165,8 @@ def test_two_processes_read_disjoint_shards(tmp_path, shards):
 
 
 @pytest.mark.slow
-def test_a_bad_file_in_shards_is_skipped_or_named(tmp_path, imagenet):
+@pytest.mark.parametrize("loader", SHARD_LOADERS)
+def test_a_bad_file_in_shards_is_skipped_or_named(tmp_path, imagenet, loader):
     import shutil
 
     from pipelines.datasets import list_folder
@@ -171,9 +176,9 @@ def test_a_bad_file_in_shards_is_skipped_or_named(tmp_path, imagenet):
     bad = write_unreadable(root / "train" / "n00000001" / "zz_broken.JPEG", "truncated")
     member = f"{list_folder(root, 'train').paths.index(str(bad)):09d}.jpg of shard"
     keys = {**convert_to_shards(root, tmp_path / "shards"), "train.epochs": "1"}
-    skipped = train(RECIPE, tmp_path / "skip", *args(keys["data.root"], "torch", **keys))
+    skipped = train(RECIPE, tmp_path / "skip", *args(keys["data.root"], loader, **keys))
     assert skipped.returncode == 0, skipped.stderr[-2000:]
     assert member in skipped.stderr + skipped.stdout
-    named = train(RECIPE, tmp_path / "error", *args(keys["data.root"], "torch", **keys, **{"data.on_corrupt": "error"}))
+    named = train(RECIPE, tmp_path / "error", *args(keys["data.root"], loader, **keys, **{"data.on_corrupt": "error"}))
     assert named.returncode == 2
     assert f"cannot read image {member}" in named.stderr and "Traceback" not in named.stderr

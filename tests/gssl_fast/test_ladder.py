@@ -10,7 +10,7 @@ import numpy as np
 import pytest
 
 from gssl_fast.config import load_recipe
-from gssl_fast.ladder import load_table, main, recipe_path
+from gssl_fast.ladder import load_table, main, recipe_path, write_table
 from pipelines.datasets.testing import write_cifar10
 
 TABLES = Path(__file__).resolve().parents[2] / "recipes" / "tables"
@@ -307,3 +307,241 @@ def test_parallel_gives_each_row_a_gpu_of_its_own(tmp_path, monkeypatch):
     assert sorted(ended) == [("a", 0), ("b", 0), ("c", 0)] and ended[-1][0] == "c"
     gpus = {n: (tmp_path / n / "ladder.log").read_text().split("gpu ")[1].split()[0] for n in ("a", "b", "c")}
     assert {gpus["a"], gpus["b"]} == {"3", "5"} and gpus["c"] in ("3", "5")
+
+
+# Protocols: how a table's numbers are made (report = best | final | median_last_k, evaluate).
+
+def _csv(out: Path) -> dict:
+    """table.csv as ``{row: {column: cell}}``."""
+    with open(out / "table.csv") as f:
+        header, *rows = list(csv.reader(f))
+    return {r[0]: dict(zip(header, r)) for r in rows}
+
+
+def _logged(run_dir: Path, field: str) -> list[float]:
+    import json
+
+    rows = [json.loads(line) for line in (run_dir / "metrics.jsonl").read_text().splitlines()]
+    return [r[field] for r in rows if r.get(field) is not None]
+
+
+def _cifar(folder: Path, n: int = 200, val: int = 64) -> Path:
+    rng = np.random.default_rng(0)
+    labels = np.arange(n) % 10
+    images = rng.integers(0, 256, (n, 32, 32, 3), dtype=np.uint8)
+    return write_cifar10(folder, images, labels, val_images=images[:val], val_labels=labels[:val])
+
+
+def test_each_protocol_makes_its_columns_from_the_logged_values(tmp_path):
+    """best: the highest and the last; final: the last; median_last_k: numpy's median of
+    the last k values logged (of all while fewer are); table.md says each protocol."""
+    import json
+
+    table = tmp_path / "t.toml"
+    table.write_text('report = "median_last_k"\nk = 3\n'
+                     'metrics = ["val_acc1", { field = "val_acc1", report = "final" }, "val_acc5",\n'
+                     '           { field = "val_acc1", report = "best" },\n'
+                     '           { field = "val_acc5", report = "median_last_k", k = 10 }]\n'
+                     '[[rows]]\nname = "a"\nrecipe = "demo"\npaper = [50.0, 50.0, 90.0, 50.0, 90.0]\n')
+    loaded = load_table(table)
+    assert [(m.field, m.report, m.k) for m in loaded.metrics] == [
+        ("val_acc1", "median_last_k", 3), ("val_acc1", "final", 0), ("val_acc5", "median_last_k", 3),
+        ("val_acc1", "best", 0), ("val_acc5", "median_last_k", 10)]
+    rng = np.random.default_rng(1)
+    acc1, acc5 = rng.uniform(0, 100, 7).round(3), rng.uniform(0, 100, 7).round(3)
+    (tmp_path / "t" / "a").mkdir(parents=True)
+    (tmp_path / "t" / "a" / "metrics.jsonl").write_text("".join(
+        json.dumps({"epoch": e, "val_acc1": float(a), **({"val_acc5": float(b)} if e % 2 else {})}) + "\n"
+        for e, (a, b) in enumerate(zip(acc1, acc5))))
+    write_table(loaded, tmp_path / "t")
+    cells, logged5 = _csv(tmp_path / "t")["a"], acc5[1::2]  # val_acc5 logged at odd epochs only
+    # A field reported twice is headed with its protocol.
+    assert float(cells["val_acc1 (median_last_3) median_last_3"]) == pytest.approx(np.median(acc1[-3:]), abs=0.006)
+    assert float(cells["val_acc1 (median_last_3) gap"]) == pytest.approx(np.median(acc1[-3:]) - 50, abs=0.011)
+    assert float(cells["val_acc1 (final) final"]) == pytest.approx(acc1[-1], abs=0.006)
+    assert float(cells["val_acc5 (median_last_3) median_last_3"]) == pytest.approx(np.median(logged5[-3:]), abs=0.006)
+    assert float(cells["val_acc1 (best) best"]) == pytest.approx(acc1.max(), abs=0.006)
+    assert float(cells["val_acc1 (best) final"]) == pytest.approx(acc1[-1], abs=0.006)
+    assert float(cells["val_acc1 (best) gap"]) == pytest.approx(acc1.max() - 50, abs=0.011)
+    assert float(cells["val_acc5 (median_last_10) median_last_10"]) == pytest.approx(np.median(logged5), abs=0.006)
+    md = (tmp_path / "t" / "table.md").read_text()
+    assert "`val_acc1 (median_last_3) median_last_3`: the median of the last 3 values of `val_acc1`" in md
+    assert "`val_acc1 (final) final`: the last value of `val_acc1`" in md
+    assert "`val_acc1 (best) best`: the highest value of `val_acc1`" in md
+    assert "`val_acc5 (median_last_10) median_last_10`: the median of the last 10 values of `val_acc5`" in md
+
+
+def test_a_rows_evaluation_is_one_call_with_the_options_of_every_metric(tmp_path):
+    table = tmp_path / "t.toml"
+    table.write_text('set = ["train.epochs=2"]\n'
+                     'metrics = [{ field = "pgd20_acc1", evaluate = ["--attack", "pgd20"] },\n'
+                     '  { field = "pgd100_acc1", evaluate = ["--attack", "pgd100", "--attack", "pgd20"] },\n'
+                     '  { field = "ece", evaluate = ["--calibration"] }]\n'
+                     '[[rows]]\nname = "a"\nrecipe = "demo"\nset = ["train.seed=3"]\npaper = [1.0, 2.0, 3.0]\n')
+    loaded = load_table(table)
+    assert loaded.evaluate == ("--attack", "pgd20", "--attack", "pgd100", "--calibration")
+    assert [m.kinds for m in loaded.metrics] == [("evaluate",)] * 3
+    assert loaded.rows[0].set == ("train.epochs=2", "train.seed=3")  # the table's overrides, then the row's
+
+
+@pytest.mark.parametrize("text, named", [
+    ('metrics = [{ field = "val_acc1", report = "mean" }]', "metrics entry 1: report must be one of 'best', "
+                                                            "'final', 'median_last_k', got 'mean'"),
+    ('metrics = [{ field = "val_acc1", report = "median_last_k" }]', "metrics entry 1: report = \"median_last_k\" "
+                                                                     "needs k"),
+    ('metrics = [{ field = "val_acc1", report = "median_last_k", k = 0 }]', "needs k, how many of the last values"),
+    ('metrics = [{ field = "val_acc1", k = 5 }]', "metrics entry 1: k counts the values of report = "
+                                                  "\"median_last_k\", not of 'best'"),
+    ('metrics = ["best_val_acc1", { field = "val_acc1", reprot = "final" }]', "unknown key 'reprot' in "
+                                                                              "{path} metrics entry 2"),
+    ('metrics = [{ report = "final" }]', "metrics entry 1: field must name a metrics.jsonl field"),
+    ('metrics = [{ field = "pgd20_acc1", evaluate = ["--attack", "pgd7"] }]',
+     "metrics entry 1: evaluate must hold options of python -m gssl_fast.evaluate"),
+    ('metrics = [{ field = "pgd20_acc1", evaluate = "--attack pgd20" }]', "evaluate must be a list of options"),
+    ('metrics = [{ field = "pgd20_acc1", evaluate = ["--attack", "pgd20"], report = "best" }]',
+     "metrics entry 1: report does not go with evaluate"),
+    ('report = "last"\nmetrics = ["val_acc1"]', "{path}: report must be one of"),
+    ('k = 10\nmetrics = ["val_acc1"]', "{path}: k = 10 counts the values of report = \"median_last_k\", which no "
+                                       "metric has"),
+    ('protocol = "best"\nmetrics = ["val_acc1"]', "unknown key 'protocol' in {path}; valid keys: title, metrics, "
+                                                  "report, k, set, rows"),
+    ('set = "train.epochs=2"\nmetrics = ["val_acc1"]', "{path}: set must be a list of KEY=VALUE overrides"),
+], ids=["report", "median without k", "k of 0", "k without median", "unknown key", "no field", "bad attack",
+        "evaluate not a list", "evaluate and report", "table report", "table k unused", "unknown table key",
+        "table set"])
+def test_a_table_file_error_is_one_line_naming_the_file_and_the_key(tmp_path, capsys, text, named):
+    table = tmp_path / "t.toml"
+    table.write_text(text + '\n[[rows]]\nname = "a"\nrecipe = "demo"\npaper = 1.0\n')
+    assert main([str(table), "--dry-run", "--out", str(tmp_path / "t")]) == 2
+    err = capsys.readouterr().err
+    assert err.startswith("error: ") and err.count("\n") == 1 and str(table) in err
+    assert named.format(path=table) in err, err
+
+
+def test_the_output_of_a_start_is_read_back_from_the_rows_log(tmp_path):
+    import sys
+
+    from gssl_fast.ladder_jobs import output_of, start_logged
+
+    log = tmp_path / "row" / "ladder.log"
+    said = [sys.executable, "-c", "print('acc1 12.50'); print('pgd20_acc1 3.25')"]
+    for cmd in ([sys.executable, "-c", "print('train')"], said, [sys.executable, "-c", "print('after')"]):
+        proc, _ = start_logged(cmd, log)
+        proc.wait()
+    assert output_of(log, said).split() == ["acc1", "12.50", "pgd20_acc1", "3.25"]
+    assert output_of(log, [sys.executable, "-c", "print('never')"]) is None
+
+
+def _evaluate(run_dir: Path, *args: str) -> dict[str, str]:
+    """What ``python -m gssl_fast.evaluate run_dir args`` prints, ``{name: text}``."""
+    import subprocess
+    import sys
+
+    done = subprocess.run([sys.executable, "-m", "gssl_fast.evaluate", str(run_dir), *args], capture_output=True,
+                          text=True, check=True)
+    return dict(line.split() for line in done.stdout.splitlines())
+
+
+@pytest.mark.slow
+def test_table2_robust_columns_are_evaluate_of_the_final_checkpoint_over_the_whole_split(tmp_path, capsys):
+    """A PGD-trained row of Table 2 (tiny): training attacks nothing; the ladder runs
+    gssl_fast.evaluate once on the final checkpoint, its numbers are those the command
+    prints, a rerun does not attack again unless the checkpoint changed."""
+    import json
+    import os
+
+    root = _cifar(tmp_path / "cifar", val=16)  # the whole split, PGD-100 included, in seconds
+    out, row = tmp_path / "t2", "pgd-training"
+    args = [str(TABLES / "table2.toml"), "--rows", row, "--out", str(out)]
+    args += _sets(f"data.root={root}", "model.backbone=resnet8_cifar", "train.epochs=2", "train.steps_per_epoch=1",
+                  "train.global_batch_size=32", "train.num_threads=1", "method.steps=1")
+    assert main(args) == 0
+    said = capsys.readouterr().out
+    assert said.count("gssl_fast.evaluate") == 1
+    logged = [json.loads(line) for line in (out / row / "metrics.jsonl").read_text().splitlines()]
+    assert len(logged) == 2 and not any("pgd" in key for r in logged for key in r)  # training attacked nothing
+    printed = _evaluate(out / row, "--attack", "pgd20", "--attack", "pgd100")
+    cells = _csv(out)[row]
+    assert cells["pgd20_acc1 evaluate"] == printed["pgd20_acc1"]
+    assert cells["pgd100_acc1 evaluate"] == printed["pgd100_acc1"]
+    assert cells["val_acc1 final"] == f"{_logged(out / row, 'val_acc1')[-1]:.2f}" == printed["acc1"]
+    assert float(cells["pgd20_acc1 gap"]) == pytest.approx(float(printed["pgd20_acc1"]) - 46.5, abs=0.011)
+    md = (out / "table.md").read_text()
+    assert ("`pgd20_acc1 evaluate`: `pgd20_acc1` as `python -m gssl_fast.evaluate ROW --attack pgd20 --attack "
+            "pgd100` prints it on the row's final checkpoint, the whole validation split") in md
+    assert _csv(out)["rotations (cited)"]["pgd20_acc1 evaluate"] == ""
+    kept = (out / row / "evaluate.json").stat().st_mtime_ns
+    assert main(args) == 0  # finished and evaluated: nothing runs
+    assert "gssl_fast.evaluate" not in capsys.readouterr().out
+    assert (out / row / "evaluate.json").stat().st_mtime_ns == kept
+    newest = sorted((out / row / "checkpoints").glob("epoch_*.pt"))[-1]
+    os.utime(newest, ns=(newest.stat().st_atime_ns, newest.stat().st_mtime_ns + 10**9))  # a newer checkpoint
+    assert main(args) == 0
+    assert capsys.readouterr().out.count("gssl_fast.evaluate") == 1
+    assert _csv(out)[row]["pgd20_acc1 evaluate"] == printed["pgd20_acc1"]
+
+
+@pytest.mark.slow
+def test_table3_reports_the_median_of_the_last_10_epochs_of_a_bicubic_stream(tmp_path):
+    from gssl_fast.config import load_recipe
+    from pipelines.datasets.testing import write_tinyimagenet
+
+    rng = np.random.default_rng(0)
+    images = [rng.integers(0, 256, (20 + i % 3, 24, 3), dtype=np.uint8) for i in range(48)]
+    labels = np.arange(48) % 3
+    root = write_tinyimagenet(tmp_path / "tiny", images[:36], labels[:36], images[36:], labels[36:])
+    out, row = tmp_path / "t3", "baseline"
+    args = [str(TABLES / "table3.toml"), "--rows", row, "--out", str(out)]
+    args += _sets(f"data.root={root}", "data.image_size=16", "data.workers=1", "model.backbone=resnet8_cifar",
+                  "train.epochs=12", "train.steps_per_epoch=1", "train.global_batch_size=12", "train.num_threads=1")
+    assert main(args) == 0
+    ran = load_recipe(out / row / "config.toml").data
+    assert (ran.stream, ran.crop, ran.crop_interpolation, ran.val_crop_fraction) == (True, "random_resized",
+                                                                                     "bicubic", 1.0)
+    values = _logged(out / row, "val_acc1")
+    assert len(values) == 12
+    cells = _csv(out)[row]
+    assert cells["val_acc1 median_last_10"] == f"{np.median(values[-10:]):.2f}"
+    assert "`val_acc1 median_last_10`: the median of the last 10 values" in (out / "table.md").read_text()
+
+
+@pytest.mark.slow
+def test_table4_reports_the_median_of_the_last_20_evaluations(tmp_path):
+    root = _cifar(tmp_path / "cifar")
+    out, row = tmp_path / "t4", "fixmatch"
+    args = [str(TABLES / "table4.toml"), "--rows", row, "--out", str(out)]
+    args += _sets(f"data.root={root}", "model.backbone=resnet8_cifar", "model.kwargs={}", "method.num_labels=40",
+                  "method.mu=2", "train.steps=22", "train.steps_per_epoch=1", "train.global_batch_size=8",
+                  "train.num_threads=1")
+    assert main(args) == 0
+    values = _logged(out / row, "val_acc1")
+    assert len(values) == 22
+    assert _csv(out)[row]["val_acc1 median_last_20"] == f"{np.median(values[-20:]):.2f}"
+
+
+@pytest.mark.slow
+def test_rows_side_by_side_are_evaluated_side_by_side_after_training(tmp_path, capsys, monkeypatch):
+    """--parallel 2: each row's evaluation runs as the rows ran (a process of its own,
+    its output in the row's ladder.log), and the table takes what it printed."""
+    from gssl_fast import ladder_jobs
+    from tests.gssl_fast.tiny import write_tiny
+
+    monkeypatch.setattr(ladder_jobs, "visible_gpus", lambda: [])
+    monkeypatch.setenv("CUDA_VISIBLE_DEVICES", "")
+    write_tiny(tmp_path)
+    table = tmp_path / "two.toml"
+    table.write_text('metrics = [{ field = "val_acc1", report = "final" },\n'
+                     '           { field = "pgd20_acc1", evaluate = ["--attack", "pgd20"] }]\n'
+                     '[[rows]]\nname = "a"\nrecipe = "tiny.toml"\npaper = [10.0, 1.0]\n'
+                     '[[rows]]\nname = "b"\nrecipe = "tiny.toml"\nset = ["train.seed=1"]\npaper = [20.0, 2.0]\n')
+    out = tmp_path / "t"
+    assert main([str(table), "--out", str(out), "--parallel", "2", *_sets("data.val_size=16")]) == 0
+    said = capsys.readouterr().out
+    assert said.count(": started") == 4 and said.count(": finished after") == 4  # two trainings, two evaluations
+    cells = _csv(out)
+    for row in ("a", "b"):
+        log = (out / row / "ladder.log").read_text()
+        assert "-m gssl_fast.evaluate" in log and "pgd20_acc1 " in log
+        printed = _evaluate(out / row, "--attack", "pgd20")
+        assert cells[row]["pgd20_acc1 evaluate"] == printed["pgd20_acc1"]
+        assert cells[row]["val_acc1 final"] == printed["acc1"]

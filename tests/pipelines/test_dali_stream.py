@@ -4,7 +4,6 @@ PIL's, draws of (seed, epoch, index), disjoint shards, bad files found during th
 
 from __future__ import annotations
 
-import types
 
 import numpy as np
 import pytest
@@ -236,9 +235,11 @@ def test_no_file_that_crashed_dali_reaches_it(tmp_path):
 
 def test_open_source_streams_a_folder_dataset(tmp_path):
     write_image_folder(tmp_path, photo_like(8), np.arange(8) % 2, ext="jpg")
-    cfg = types.SimpleNamespace(name="imagefolder", root=str(tmp_path), val_fraction=0.25, seed=0, longtail="none",
-                                crop="random_resized", crop_scale=(0.3, 1.0), crop_ratio=(0.75, 1.33),
-                                val_crop_fraction=0.875, on_corrupt="skip", stream=True)
+    from gssl_fast.sections import DataConfig  # a recipe's [data] section, as the trainer passes it
+
+    cfg = DataConfig(name="imagefolder", root=str(tmp_path), val_fraction=0.25, seed=0, crop="random_resized",
+                     crop_scale=(0.3, 1.0), crop_ratio=(0.75, 1.33), val_crop_fraction=0.875, on_corrupt="skip",
+                     stream=True)
     train, same = open_source(cfg, "train")
     val, _ = open_source(cfg, "val")
     assert train is same and isinstance(train, StreamSource) and train.on_corrupt == "skip"

@@ -70,6 +70,28 @@ def test_a_window_is_the_full_decode_cropped_and_resized(tmp_path, ext):
             assert diff.float().mean() < 3, (window, diff.float().mean())
 
 
+def test_a_bicubic_window_is_torchvisions_bicubic_resized_crop(tmp_path):
+    """``interpolation = "bicubic"``: OpenMixup's Tiny-ImageNet crop, torchvision's
+    ``RandomResizedCrop(64, interpolation=3)`` on a PIL image, pixel for pixel from a PNG
+    (and the whole image resized bicubically too)."""
+    image = photos(1, seed=2, lo=90, hi=91)[0][0]
+    path = save_image(image, tmp_path / "photo.png", "png")
+    with Image.open(path) as im:
+        full = im.convert("RGB")
+    for window in ((10, 20, 50, 40), (0, 0, 90, 90), (30, 5, 21, 77)):
+        with Image.open(path) as im:
+            got = decode_window(im, window, 64, interpolation="bicubic")
+        want = np.asarray(TF.resized_crop(full, *window, [64, 64], interpolation=InterpolationMode.BICUBIC))
+        assert np.array_equal(got, want), window
+        with Image.open(path) as im:
+            assert not np.array_equal(got, decode_window(im, window, 64)), window  # not the bilinear pixels
+    rrc = Decode("random_resized", interpolation="bicubic")
+    want = decode_window(full, rrc.window(90, 90, 5, 2, 7), 64, interpolation="bicubic")
+    assert np.array_equal(read_image(str(path), rrc, 64, seed=5, epoch=2, index=7), want)
+    with pytest.raises(ValueError, match="nearest"):
+        Decode(interpolation="nearest")
+
+
 def test_a_small_window_of_a_large_jpeg_is_decoded_at_reduced_scale(tmp_path):
     path = save_image(photos(1, lo=400, hi=401)[0][0], tmp_path / "big.jpg", "jpg")
     with Image.open(path) as im:
@@ -130,9 +152,10 @@ def test_reading_a_file_reports_what_is_wrong(tmp_path):
         read_image(str(path), Decode(), 16)
 
 
-def test_a_batch_holds_each_files_reference_decode(folder):
+@pytest.mark.parametrize("interpolation", ["bilinear", "bicubic"])
+def test_a_batch_holds_each_files_reference_decode(folder, interpolation):
     """What the workers deliver is ``read_image`` of each file with its own window."""
-    rrc = Decode("random_resized", scale=(0.1, 0.5))
+    rrc = Decode("random_resized", scale=(0.1, 0.5), interpolation=interpolation)
     loader = stream(folder, rrc, tasks=(), augment=False, num_workers=1)
     loader.set_epoch(3)
     for batch in loader:

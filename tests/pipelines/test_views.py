@@ -101,9 +101,12 @@ def every_op():
     from pipelines.randaugment import Cutout, RandAugment
     from pipelines.resized_crop import RandomResizedCrop
     from pipelines.simclr_ops import ColorJitter
+    from pipelines.tf_color import TFColorJitter
+    from pipelines.views import PerBatch
 
     return [CropFlip(4), CropFlip(2, mode="reflect"), Localizable(), Localizable(("perm",), "vertical"),
-            Grayscale(0.5), ColorJitter(0.5, 1.0), RandAugment(), Cutout(), RandomResizedCrop(input_size=16)]
+            Grayscale(0.5), ColorJitter(0.5, 1.0), RandAugment(), Cutout(), RandomResizedCrop(input_size=16),
+            TFColorJitter(0.5, 1.0), PerBatch(TFColorJitter(0.2, 1.0))]
 
 
 @pytest.mark.parametrize("op", every_op(), ids=lambda op: type(op).__name__)

@@ -7,6 +7,7 @@
                  global batch), batches guided by the pseudo-labels; kNN accuracy each epoch
     linear       linear classifiers at P1, P2, P3 on the frozen model, selected on a split
                  held out from the training images; the test accuracy at the selected epoch
+    finetune_head  (the authors' protocol only) the class head alone on the frozen extractor
     finetune     the pretrained backbone and a new head trained on a share of the labels
 
     [method]
@@ -14,6 +15,9 @@
     guided = true           # G-SimCLR; false: plain SimCLR (pretrain, linear, finetune)
 
 Pretraining takes ``[train]`` and ``[optim]``; the other stages their own keys below.
+``linear_protocol`` / ``finetune_protocol = "authors"`` run the evaluation of the authors'
+notebooks instead (``protocol.py``: features extracted once, Adam, early stopping; the
+fine-tuning in two phases).
 """
 
 from __future__ import annotations
@@ -48,15 +52,24 @@ class SimCLR(Method):
         """Each training stage's batch arithmetic, and k-means' clusters against the images."""
         c, t, n = self.cfg, self.ctx.train, len(self.ctx.train_labels)
         whole = dict(steps=0, steps_per_epoch=0)  # the stages after pretraining train whole epochs
+        held_out = f"the {n} training images less method.holdout = {c.holdout}"
+        linear, tune = c.linear_batch_size or t.batch_size, c.finetune_batch_size or t.batch_size
+        drawn = "balanced over the classes" if c.finetune_subset == "balanced" else "drawn at random"
         checks = [BatchCheck("pretrain", t, n),
-                  BatchCheck("linear", dataclasses.replace(t, **whole), len(linear_split(c, self.ctx)[0]),
-                             images_from=f"the {n} training images less method.holdout = {c.holdout}"),
-                  BatchCheck("finetune", dataclasses.replace(t, **whole), len(finetune_positions(c, self.ctx)),
+                  BatchCheck("finetune", dataclasses.replace(t, batch_size=tune, **whole),
+                             len(finetune_positions(c, self.ctx)),
+                             batch_key=batch_key(c.finetune_batch_size, "finetune"),
                              images_from=f"method.finetune_fraction = {c.finetune_fraction} of the {n} training "
-                                         "images, balanced over the classes")]
+                                         f"images, {drawn}")]
+        if c.linear_protocol == "standard":  # "authors" fits on features, its last batch partial
+            checks.insert(1, BatchCheck("linear", dataclasses.replace(t, batch_size=linear, **whole),
+                                        len(linear_split(c, self.ctx)[0]), images_from=held_out,
+                                        batch_key=batch_key(c.linear_batch_size, "linear")))
         if c.guided:
             ae = dataclasses.replace(t, batch_size=c.ae_batch_size, **whole)
-            checks.insert(0, BatchCheck("autoencoder", ae, n, batch_key="method.ae_batch_size"))
+            images = len(linear_split(c, self.ctx)[0]) if c.ae_patience else n
+            checks.insert(0, BatchCheck("autoencoder", ae, images, batch_key="method.ae_batch_size",
+                                        images_from=held_out if c.ae_patience else ""))
             if c.clusters > n:  # k-means needs an image per cluster at least
                 raise UserError(f"stage cluster: method.clusters = {c.clusters} is more than the {n} training images "
                                 "k-means groups; lower it (0: the global pretraining batch)")
@@ -65,12 +78,23 @@ class SimCLR(Method):
     @classmethod
     def metrics(cls):
         """Every stage's declarations (each stage's rows hold its own)."""
-        return {k: v for kind in (AutoencoderStage, Cluster, Pretrain, Linear, Finetune)
-                for k, v in kind.metrics().items()}
+        from gssl_fast.methods.simclr.protocol import AuthorsFinetune, AuthorsLinear, FinetuneHead
+
+        kinds = (AutoencoderStage, Cluster, Pretrain, Linear, AuthorsLinear, FinetuneHead, Finetune, AuthorsFinetune)
+        return {k: v for kind in kinds for k, v in kind.metrics().items()}
 
     def stages(self):
-        kinds = [Pretrain, Linear, Finetune]
+        from gssl_fast.methods.simclr.protocol import AuthorsFinetune, AuthorsLinear, FinetuneHead
+
+        c = self.cfg
+        kinds = [Pretrain, AuthorsLinear if c.linear_protocol == "authors" else Linear]
+        kinds += [FinetuneHead, AuthorsFinetune] if c.finetune_protocol == "authors" else [Finetune]
         if self.cfg.guided:
             kinds = [AutoencoderStage, Cluster, *kinds]
         # Built when their turn comes: a later stage reads what the earlier ones wrote.
         return [(k.stage, lambda k=k: k(self.cfg, self.ctx)) for k in kinds]
+
+
+def batch_key(value: int, stage: str) -> str:
+    """The recipe key of a stage's batch: its own when set, else train.batch_size."""
+    return f"method.{stage}_batch_size" if value else "train.batch_size"

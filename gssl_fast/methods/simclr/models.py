@@ -23,21 +23,24 @@ class Autoencoder(nn.Module):
     """The notebooks' convolutional denoising autoencoder.
 
     Encoder: three 3x3 conv (``channels``) + BatchNorm + ReLU + 2x2 max-pool blocks; the
-    last feature map, average-pooled, is the code ``[B, channels[-1]]``. Decoder: the
-    mirror (nearest upsampling + conv + BatchNorm + ReLU), a 3x3 conv to 3 channels and a
-    sigmoid. Input: pixels (uint8, or float in [0, 1]) with sides divisible by 8.
+    last feature map, average-pooled, is the code ``[B, channels[-1]]``. Decoder: per
+    pooling, nearest upsampling + 3x3 conv (``decoder`` channels) + BatchNorm + ReLU, then a
+    3x3 conv to 3 channels and a sigmoid (the notebooks' decoder: 128, 64, 32). Input:
+    pixels (uint8, or float in [0, 1]) with sides divisible by 8.
     """
 
-    def __init__(self, channels: Sequence[int] = (32, 64, 128)):
+    def __init__(self, channels: Sequence[int] = (32, 64, 128), decoder: Sequence[int] = (64, 32, 16)):
         super().__init__()
+        if len(decoder) != len(channels):
+            raise ValueError(f"the decoder has one conv per pooling: {len(channels)} widths, got {list(decoder)}")
         enc, dec, prev = [], [], 3
         for c in channels:
             enc += [nn.Conv2d(prev, c, 3, padding=1), nn.BatchNorm2d(c), nn.ReLU(inplace=True), nn.MaxPool2d(2)]
             prev = c
-        for c in reversed((3, *channels[:-1])):
-            dec += [nn.Upsample(scale_factor=2, mode="nearest"), nn.Conv2d(prev, max(c, 16), 3, padding=1),
-                    nn.BatchNorm2d(max(c, 16)), nn.ReLU(inplace=True)]
-            prev = max(c, 16)
+        for c in decoder:
+            dec += [nn.Upsample(scale_factor=2, mode="nearest"), nn.Conv2d(prev, c, 3, padding=1),
+                    nn.BatchNorm2d(c), nn.ReLU(inplace=True)]
+            prev = c
         self.encoder, self.decoder = nn.Sequential(*enc), nn.Sequential(*dec)
         self.out = nn.Conv2d(prev, 3, 3, padding=1)
 
@@ -96,12 +99,25 @@ class LinearProbes(nn.Module):
 
 
 class FineTuned(nn.Module):
-    """The pretrained normalization + backbone with a new linear class head, all trained."""
+    """The pretrained normalization + backbone with a new linear class head, all trained.
+    ``bn_eval``: the backbone's BatchNorm layers stay in inference mode (their pretraining
+    statistics, never updated; their scale and shift still train), as Keras' ``extractor(x,
+    training=False)`` in the notebooks."""
 
-    def __init__(self, encoder: ContrastiveModel, num_classes: int):
+    def __init__(self, encoder: ContrastiveModel, num_classes: int, *, bn_eval: bool = False):
         super().__init__()
         self.normalize, self.backbone = encoder.normalize, encoder.backbone
         self.head = nn.Linear(encoder.backbone.num_features, num_classes)
+        self.bn_eval = bn_eval
+        self.train(self.training)
+
+    def train(self, mode: bool = True):
+        super().train(mode)
+        if self.bn_eval:
+            for m in self.backbone.modules():
+                if isinstance(m, nn.modules.batchnorm._BatchNorm):
+                    m.eval()
+        return self
 
     def forward(self, images: torch.Tensor) -> dict:
         h = self.backbone(self.normalize(images))

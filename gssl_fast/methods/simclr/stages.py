@@ -64,20 +64,25 @@ class AutoencoderStage(_Stage):
 
     @classmethod
     def metrics(cls):
-        return {**super().metrics(), "val_mse": Metric("MSE", "val", about="Mean squared error of the autoencoder's "
-                                                       "reconstruction of the validation images (pixels in [0, 1]).")}
+        about = ("Mean squared error of the autoencoder's reconstruction of the validation images and (with "
+                 "method.ae_patience) of the held-out training images that stop it (pixels in [0, 1]).")
+        return {**super().metrics(), "val_mse": Metric("MSE", "val", about=about),
+                "holdout_mse": Metric("held-out MSE", "val", about=about)}
 
     def build_model(self):
         from gssl_fast.methods.simclr.models import Autoencoder
+        from gssl_fast.methods.simclr.protocol import EarlyStopping
 
-        return Autoencoder()
+        self.stopper = EarlyStopping(self.cfg.ae_patience) if self.cfg.ae_patience else None
+        return Autoencoder(decoder=self.cfg.ae_decoder)
 
     def stage_sections(self, recipe):
         return self.sections(recipe, epochs=self.cfg.ae_epochs, lr=self.cfg.ae_lr, batch_size=self.cfg.ae_batch_size,
                              name="adam", weight_decay=0.0, schedule="constant", warmup_epochs=0.0)
 
     def streams(self):
-        return {"train": Stream(self.cfg.ae_batch_size, views={"images": ()})}
+        subset = linear_split(self.cfg, self.ctx)[0] if self.stopper else None  # the held-out share stops it
+        return {"train": Stream(self.cfg.ae_batch_size, views={"images": ()}, indices=subset)}
 
     def training_step(self, model, batches, *, accelerator):
         x = pixels(main_batch(batches)["images"])
@@ -86,9 +91,26 @@ class AutoencoderStage(_Stage):
         return {"loss": loss}
 
     def evaluate(self, model, loader, *, accelerator, epoch, last):
-        codes = collect(model, loader, accelerator, lambda out, x: F.mse_loss(
-            out["reconstruction"].float(), pixels(x), reduction="none").mean(dim=(1, 2, 3))[:, None])
-        return {"val_mse": float(codes[0].mean())}
+        mse = lambda out, x: F.mse_loss(out["reconstruction"].float(), pixels(x),  # noqa: E731
+                                        reduction="none").mean(dim=(1, 2, 3))[:, None]
+        report = {"val_mse": float(collect(model, loader, accelerator, mse)[0].mean())}
+        if self.stopper is not None:  # Keras' EarlyStopping on the held-out MSE, the best weights kept
+            held = self.loader_factories["train_eval"](linear_split(self.cfg, self.ctx)[1])
+            report["holdout_mse"] = float(collect(model, held, accelerator, mse)[0].mean())
+            self.stopper.update(report["holdout_mse"], epoch, model)
+            if self.stopper.stopped or last:
+                self.stopper.restore(model)  # before this epoch's checkpoint and the codes
+        return report
+
+    def early_stop(self) -> bool:
+        return self.stopper is not None and self.stopper.stopped
+
+    def state_dict(self):
+        return {"early": self.stopper.state_dict()} if self.stopper is not None else {}
+
+    def load_state_dict(self, state):
+        if self.stopper is not None and "early" in state:
+            self.stopper.load_state_dict(state["early"])
 
     def finish(self, accelerator):
         """The codes of every training image, in dataset order -> codes.npy."""
@@ -117,7 +139,7 @@ class Cluster(_Stage):
         k = self.cfg.clusters or self.ctx.train.batch_size * accelerator.num_processes
         if accelerator.is_main_process:
             codes = np.load(self.folder("autoencoder") / CODES, allow_pickle=False)
-            km = KMeans(n_clusters=k, n_init=3, random_state=self.ctx.train.seed).fit(codes)
+            km = KMeans(n_clusters=k, n_init=self.cfg.kmeans_n_init, random_state=self.ctx.train.seed).fit(codes)
             labels = km.labels_.astype(np.int64)
             save_array(path, labels)
             sizes = np.bincount(labels, minlength=k)
@@ -147,10 +169,7 @@ class Pretrain(_Stage):
         return build_contrastive(self.ctx, self.cfg)
 
     def streams(self):
-        from pipelines.simclr_ops import simclr_view
-
-        view = simclr_view(strength=self.cfg.color_strength, input_size=self.ctx.data.image_size,
-                           scale=(self.cfg.crop_scale_min, 1.0))
+        view = pretrain_view(self.cfg, self.ctx.data.image_size)
         self.plan, self.pseudo = None, None
         if self.cfg.guided:
             from pipelines.sampling import guided_batch_bound
@@ -223,13 +242,14 @@ class Linear(_Stage):
         return LinearProbes(self.pretrained(), self.ctx.num_classes)
 
     def stage_sections(self, recipe):
-        return self.sections(recipe, epochs=self.cfg.linear_epochs, lr=self.cfg.linear_lr, **SGD, weight_decay=0.0)
+        return self.sections(recipe, epochs=self.cfg.linear_epochs, lr=self.cfg.linear_lr, **SGD, weight_decay=0.0,
+                             batch_size=self.cfg.linear_batch_size or None)
 
     def split(self) -> tuple[np.ndarray, np.ndarray]:
         return linear_split(self.cfg, self.ctx)
 
     def streams(self):
-        return {"train": Stream(self.ctx.train.batch_size, indices=self.split()[0])}
+        return {"train": Stream(self.cfg.linear_batch_size or self.ctx.train.batch_size, indices=self.split()[0])}
 
     def training_step(self, model, batches, *, accelerator):
         batch = main_batch(batches)
@@ -272,10 +292,11 @@ class Finetune(_Stage):
 
     def stage_sections(self, recipe):
         return self.sections(recipe, epochs=self.cfg.finetune_epochs, lr=self.cfg.finetune_lr, **SGD,
-                             weight_decay=5e-4)
+                             weight_decay=5e-4, batch_size=self.cfg.finetune_batch_size or None)
 
     def streams(self):
-        return {"train": Stream(self.ctx.train.batch_size, indices=finetune_positions(self.cfg, self.ctx))}
+        batch = self.cfg.finetune_batch_size or self.ctx.train.batch_size
+        return {"train": Stream(batch, indices=finetune_positions(self.cfg, self.ctx))}
 
     def training_step(self, model, batches, *, accelerator):
         batch = main_batch(batches)
@@ -299,14 +320,35 @@ def linear_split(cfg: SimCLRConfig, ctx) -> tuple[np.ndarray, np.ndarray]:
 
 def finetune_positions(cfg: SimCLRConfig, ctx) -> np.ndarray:
     """``[M]`` positions of the fine-tuning subset: ``method.finetune_fraction`` of the
-    training images, the same number from every class."""
-    from pipelines.sampling import balanced_subset
+    training images, the same number from every class; or (``finetune_subset = "random"``,
+    the notebooks' ``np.random.choice(50000, 5000, replace=False)``) that share of all of
+    them drawn at random, seeded, from the images the linear stage does not hold out."""
+    from pipelines.sampling import balanced_subset, derive_seed
 
     labels = np.asarray(ctx.train_labels)
+    if cfg.finetune_subset == "random":
+        pool = linear_split(cfg, ctx)[0]
+        rng = np.random.default_rng(derive_seed(ctx.train.seed, "finetune_subset"))
+        count = min(len(pool), max(1, round(cfg.finetune_fraction * len(labels))))
+        return np.sort(rng.choice(pool, size=count, replace=False))
     k = ctx.num_classes
     per_class = max(1, int(cfg.finetune_fraction * len(labels) / k))
     per_class = min(per_class, int(np.bincount(labels, minlength=k).min()))
     return balanced_subset(labels, per_class * k, k, ctx.train.seed)
+
+
+def pretrain_view(cfg: SimCLRConfig, image_size: int) -> tuple:
+    """The view of each pretraining image (both views alike): SimCLR's (``method.view =
+    "simclr"``) or the notebooks' (``"authors"``), drawn per image or per batch."""
+    from pipelines.simclr_ops import authors_view, simclr_view
+    from pipelines.views import PerBatch
+
+    if cfg.view == "authors":
+        view = authors_view(cfg.color_strength, cfg.color_p)
+    else:
+        view = simclr_view(strength=cfg.color_strength, p=cfg.color_p, input_size=image_size,
+                           scale=(cfg.crop_scale_min, 1.0))
+    return tuple(PerBatch(op) for op in view) if cfg.view_draws == "batch" else view
 
 
 def model_depths(model):

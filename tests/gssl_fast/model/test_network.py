@@ -20,7 +20,7 @@ PARAMS = {
     "wrn40_2": 2.24e6,
     "resnet18_cifar": 11.17e6,
 }
-WIDTH = {"wrn28_2": 128, "wrn40_2": 128, "resnet18_cifar": 512}  # num_features; 64 for the CIFAR ResNets
+WIDTH = {"wrn28_2": 128, "wrn40_2": 128, "resnet18_cifar": 512, "resnet38v2_cifar": 256}  # 64 for the CIFAR ResNets
 
 
 def _side(name: str) -> int:

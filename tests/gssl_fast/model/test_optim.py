@@ -4,7 +4,7 @@ import pytest
 import torch
 
 from gssl_fast.config import OptimConfig
-from gssl_fast.model.optim import build_optimizer, build_scheduler, lr_factor
+from gssl_fast.model.optim import build_optimizer, build_scheduler, cosine_restarts, lr_factor
 
 
 def test_step_schedule_with_warmup_matches_ldam_drw():
@@ -55,3 +55,58 @@ def test_weight_decay_can_spare_biases_and_norm_weights():
     assert decay[id(model[0].weight)] == decay[id(model[2].weight)] == 5e-4
     assert decay[id(model[0].bias)] == decay[id(model[1].weight)] == decay[id(model[1].bias)] == 0.0
     assert len(decay) == len(list(model.parameters()))
+
+
+def tf_cosine_decay_restarts(step, first_decay_steps, t_mul=2.0, m_mul=1.0, alpha=0.0):
+    """TF's ``CosineDecayRestarts.__call__`` (keras/optimizers/schedules), transcribed
+    (factor of ``initial_learning_rate``, float64)."""
+    completed_fraction = step / first_decay_steps
+    if t_mul == 1.0:
+        i_restart = math.floor(completed_fraction)
+        completed_fraction -= i_restart
+    else:
+        i_restart = math.floor(math.log(1.0 - completed_fraction * (1.0 - t_mul)) / math.log(t_mul))
+        sum_r = (1.0 - t_mul**i_restart) / (1.0 - t_mul)
+        completed_fraction = (completed_fraction - sum_r) / t_mul**i_restart
+    cosine_decayed = 0.5 * m_mul**i_restart * (1.0 + math.cos(math.pi * completed_fraction))
+    return (1 - alpha) * cosine_decayed + alpha
+
+
+def test_cosine_restarts_is_tf_cosine_decay_restarts_per_optimizer_step():
+    """The notebooks' ``CosineDecayRestarts(0.1, 1000)`` with TF's defaults: restarts at
+    steps 1000, 3000, 7000; the scheduler's step ``s`` is TF's ``optimizer.iterations``."""
+    cfg = OptimConfig(lr=0.1, momentum=0.0, schedule="cosine_restarts", first_decay_steps=1000)
+    assert (cfg.t_mul, cfg.m_mul, cfg.alpha) == (2.0, 1.0, 0.0)
+    p = torch.nn.Parameter(torch.zeros(1))
+    opt = build_optimizer([p], cfg)
+    sched = build_scheduler(opt, cfg, steps_per_epoch=781, epochs=15)  # 50000 / 64 steps an epoch
+    lrs = []
+    for _ in range(7001):
+        lrs.append(opt.param_groups[0]["lr"])
+        opt.step()
+        sched.step()
+    pinned = {0: 1.0, 999: 0.5 * (1 + math.cos(math.pi * 0.999)), 1000: 1.0,
+              2999: 0.5 * (1 + math.cos(math.pi * 0.9995)), 3000: 1.0, 7000: 1.0}
+    for s, factor in pinned.items():
+        assert lrs[s] == pytest.approx(0.1 * factor, abs=1e-12), s
+        assert lrs[s] == pytest.approx(0.1 * tf_cosine_decay_restarts(s, 1000), abs=1e-12), s
+    assert lrs[999] < 1e-6 and lrs[2000] == pytest.approx(0.05)  # the middle of the second period (2000 steps)
+    for s in (1, 500, 1500, 2500, 5000, 6999):
+        assert lrs[s] == pytest.approx(0.1 * tf_cosine_decay_restarts(s, 1000), abs=1e-12), s
+    other = dict(first_decay_steps=10, t_mul=1.5, m_mul=0.5, alpha=0.1)
+    for s in range(0, 200, 7):
+        assert cosine_restarts(s, **other) == pytest.approx(tf_cosine_decay_restarts(s, **other), abs=1e-9), s
+    for s in range(0, 50):
+        assert cosine_restarts(s, 10, t_mul=1.0) == pytest.approx(tf_cosine_decay_restarts(s, 10, t_mul=1.0)), s
+
+
+def test_cosine_restarts_keys_are_checked():
+    from gssl_fast.config_checks import check_optim
+    from pipelines.errors import UserError
+
+    for bad, key in ((dict(t_mul=0.5), "optim.t_mul"), (dict(first_decay_steps=0), "optim.first_decay_steps"),
+                     (dict(alpha=1.5), "optim.alpha"), (dict(m_mul=0.0), "optim.m_mul")):
+        with pytest.raises(UserError, match=key):
+            check_optim(OptimConfig(schedule="cosine_restarts", **bad), "test")
+    with pytest.raises(ValueError, match="counts optimizer steps"):
+        lr_factor(OptimConfig(schedule="cosine_restarts"), 1.0, 10)

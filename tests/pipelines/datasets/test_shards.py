@@ -1,5 +1,6 @@
-"""WebDataset shards: the writer (pipelines.datasets.shards) and the torch backend's reader
-(pipelines.torch_shards), against the folder stream of the same files."""
+"""WebDataset shards: the writer (pipelines.datasets.shards) and the readers of the torch
+backend (pipelines.torch_shards) and of DALI (pipelines.dali.shards), against the folder
+stream of the same files and against each other."""
 
 from __future__ import annotations
 
@@ -16,10 +17,11 @@ from PIL import Image
 from gssl_fast.config import DataConfig
 from pipelines import make_loader
 from pipelines.datasets import list_folder
-from pipelines.datasets.shards import list_shards, write_dataset, write_shards
+from pipelines.datasets.shards import READERS, list_shards, write_dataset, write_shards
 from pipelines.datasets.testing import write_imagenet_style, write_unreadable
 from pipelines.errors import UserError
-from pipelines.stream import Decode, ShardSource, StreamSource
+from pipelines.stream import Decode, ShardSource, StreamSource, read_image
+from tests.pipelines.loader_contract import collect
 
 RRC = Decode("random_resized", scale=(0.2, 1.0))
 
@@ -43,10 +45,22 @@ def members(path: Path) -> list[tuple[str, bytes]]:
         return [(m.name, tar.extractfile(m).read()) for m in tar]
 
 
-def loader(source, **kwargs):
-    options = dict(batch_size=6, image_size=32, normalize=False, device="cpu", num_workers=0, seed=5, tasks=(),
-                   augment=False)
-    return make_loader(source, **{**options, **kwargs})
+@pytest.fixture(params=READERS)
+def reader(request) -> str:
+    """Each backend that reads shards (DALI where it is installed)."""
+    if request.param == "dali":
+        pytest.importorskip("nvidia.dali")
+    return request.param
+
+
+def loader(source, reader: str = "torch", **kwargs):
+    """A shard loader of uint8 images, the views off; ``num_workers`` for torch alone."""
+    options = dict(batch_size=6, image_size=32, normalize=False, device="cpu", seed=5, tasks=(), augment=False)
+    if reader == "torch":
+        options["num_workers"] = 0
+    else:
+        kwargs.pop("num_workers", None)
+    return make_loader(source, backend=reader, **{**options, **kwargs})
 
 
 def by_key(batches) -> dict[int, tuple[torch.Tensor, int]]:
@@ -142,9 +156,9 @@ def test_an_epoch_is_a_function_of_seed_epoch_and_rank_alone(shards):
     assert not torch.equal(first[0]["indices"], next(iter(other))["indices"])
 
 
-def test_two_ranks_read_disjoint_shards_and_take_as_many_batches(shards):
+def test_two_ranks_read_disjoint_shards_and_take_as_many_batches(shards, reader):
     source = ShardSource(list_shards(shards, "train"), RRC)
-    ranks = [loader(source, shard_id=r, num_shards=2, drop_last=True) for r in range(2)]
+    ranks = [loader(source, reader, shard_id=r, num_shards=2, drop_last=True) for r in range(2)]
     # rank 0: shards 0, 2, 4 (21 samples), rank 1: shards 1, 3, 5 (19): 19 // 6 = 3 batches each
     assert [len(r) for r in ranks] == [3, 3]
     seen = [torch.cat([b["indices"] for b in r]) for r in ranks]
@@ -152,10 +166,10 @@ def test_two_ranks_read_disjoint_shards_and_take_as_many_batches(shards):
     listing = json.loads((shards / "train.json").read_text())
     for r, s in enumerate(seen):
         assert set(s.tolist()) <= {k for shard in listing["shards"][r::2] for k in shard["keys"]}
-    every = [loader(source, shard_id=r, num_shards=2, shuffle=False) for r in range(2)]
+    every = [loader(source, reader, shard_id=r, num_shards=2, shuffle=False) for r in range(2)]
     assert sorted(torch.cat([b["indices"] for r in every for b in r]).tolist()) == list(range(40))
     with pytest.raises(UserError, match="data.root names 6 shards, fewer than the 7 processes"):
-        loader(source, shard_id=0, num_shards=7)
+        loader(source, reader, shard_id=0, num_shards=7)
 
 
 def copy_shards(shards: Path, to: Path) -> Path:
@@ -165,7 +179,7 @@ def copy_shards(shards: Path, to: Path) -> Path:
     return to
 
 
-def test_a_shard_that_ends_early_is_named_or_read_past(shards, tmp_path, capsys):
+def test_a_shard_that_ends_early_is_named_or_read_past(shards, tmp_path, capsys, reader):
     bad = copy_shards(shards, tmp_path / "shards") / "train-000001.tar"
     with tarfile.open(bad) as tar:
         cut = list(tar)[6].offset_data + 100  # inside the fourth sample's image: the third is lost too
@@ -173,16 +187,16 @@ def test_a_shard_that_ends_early_is_named_or_read_past(shards, tmp_path, capsys)
     source = list_shards(bad.parent, "train")
     with pytest.raises(UserError, match=r"shard .*train-000001.tar ends early after sample \d{9} "
                                         r"\(2 of its 7 samples read\): unexpected end of data"):
-        list(loader(ShardSource(source, RRC), shuffle=False))
-    skip = loader(ShardSource(source, RRC, on_corrupt="skip"), shuffle=False)
+        list(loader(ShardSource(source, RRC), reader, shuffle=False))
+    skip = loader(ShardSource(source, RRC, on_corrupt="skip"), reader, shuffle=False)
     keys = torch.cat([b["indices"] for b in skip])
     assert len(keys) == 35 and [name for name, _ in skip.skipped] == [str(bad)]
     assert capsys.readouterr().err.count("train-000001.tar") == 1
     with pytest.raises(UserError, match="process 0's shards ran out after 8 of the 10 batches of epoch 0"):
-        list(loader(ShardSource(source, RRC, on_corrupt="skip"), drop_last=True, batch_size=4))
+        list(loader(ShardSource(source, RRC, on_corrupt="skip"), reader, drop_last=True, batch_size=4))
 
 
-def test_an_undecodable_image_is_named_or_left_out(tree, tmp_path, capsys):
+def test_an_undecodable_image_is_named_or_left_out(tmp_path, capsys, reader):
     root = tmp_path / "tree"
     copy = write_imagenet_style(root, (4, 1), classes=2)
     write_unreadable(copy / "train" / "n00000001" / "zz_bad.JPEG", "truncated")
@@ -192,8 +206,8 @@ def test_an_undecodable_image_is_named_or_left_out(tree, tmp_path, capsys):
     source = list_shards(tmp_path / "shards", "train")
     with pytest.raises(UserError, match=rf"cannot read image {key:09d}.jpg of shard .*train-00000\d.tar: it is "
                                         "truncated"):
-        list(loader(ShardSource(source, RRC), batch_size=3))
-    skip = loader(ShardSource(source, RRC, on_corrupt="skip"), batch_size=3, num_workers=2)
+        list(loader(ShardSource(source, RRC), reader, batch_size=3))
+    skip = loader(ShardSource(source, RRC, on_corrupt="skip"), reader, batch_size=3, num_workers=2)
     keys = torch.cat([b["indices"] for b in skip]).tolist()
     assert sorted(keys) == [k for k in range(9) if k != key]
     assert capsys.readouterr().err.count(f"{key:09d}.jpg") == 1
@@ -211,3 +225,38 @@ def test_other_formats_become_pngs_of_the_pixels_a_reader_sees(tmp_path):
     streamed = by_key(loader(StreamSource(files, RRC), shuffle=False))
     sharded = by_key(loader(ShardSource(list_shards(tmp_path / "shards", "train"), RRC), shuffle=False))
     assert all(torch.equal(image, streamed[key][0]) for key, (image, _) in sharded.items()) and len(sharded) == 7
+
+
+# ---- DALI's reader against the torch reader
+
+DEVICES = ["cpu", pytest.param("cuda", marks=pytest.mark.skipif(not torch.cuda.is_available(), reason="no GPU"))]
+
+
+def reference(files, keys: torch.Tensor, epoch: int) -> torch.Tensor:
+    """``[B, 3, 32, 32]`` uint8: each key's window of its file, decoded whole by PIL (no
+    reduced-scale read), as DALI decodes it."""
+    return torch.stack([torch.from_numpy(read_image(files.paths[k], RRC, 32, seed=5, epoch=epoch, index=k,
+                                                    draft=False).copy()).permute(2, 0, 1) for k in keys.tolist()])
+
+
+@pytest.mark.parametrize("device", DEVICES)
+def test_dali_gives_the_torch_readers_batches(tree, shards, device):
+    """Rank by rank and epoch by epoch, the same keys and labels in the same batches; each
+    image DALI's decode of the same window (the torch reader's reduced-scale JPEG read
+    is close to it, PIL's whole decode closer still, up to DALI's resize)."""
+    pytest.importorskip("nvidia.dali")
+    files = list_folder(tree, "train")
+    source = ShardSource(list_shards(shards, "train"), RRC, shuffle_buffer=9)
+    for options in (dict(shard_id=0, num_shards=2, drop_last=True), dict(shard_id=1, num_shards=2, drop_last=True),
+                    dict(shuffle=False, batch_size=7)):  # a short last batch
+        dali, torch_reader = loader(source, "dali", device=device, **options), loader(source, **options)
+        assert len(dali) == len(torch_reader)
+        for epoch in (0, 1):
+            dali.set_epoch(epoch), torch_reader.set_epoch(epoch)
+            got, want = collect(dali), collect(torch_reader)
+            assert len(got) == len(want) == len(dali)
+            for a, b in zip(got, want):
+                assert torch.equal(a["indices"], b["indices"]) and torch.equal(a["labels"], b["labels"])
+                assert (a["images"].int() - b["images"].int()).abs().float().mean() < 3
+                whole = (a["images"].int() - reference(files, a["indices"], epoch).int()).abs().float()
+                assert whole.max() <= 8 and whole.mean() < 0.5, (whole.max(), whole.mean())
