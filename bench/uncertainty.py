@@ -29,7 +29,7 @@ RECIPE = """[data]
 name = "shapes"
 image_size = 32
 train_size = {train}
-val_size = 500
+val_size = {val}
 
 [model]
 backbone = "resnet8_cifar"
@@ -82,10 +82,11 @@ def main(argv=None) -> None:
     rows = []
     with tempfile.TemporaryDirectory() as tmp:
         tmp = Path(tmp)
-        ood = sources(tmp)
+        ood = sources(tmp, n=100 if args.quick else 500)
         for name, tasks in (("supervised", "[]"), ("gssl", '["rotation", "flip", "perm"]')):
             recipe = tmp / f"{name}.toml"
-            recipe.write_text(RECIPE.format(train=args.train, tasks=tasks, epochs=args.epochs))
+            recipe.write_text(RECIPE.format(train=args.train, val=100 if args.quick else 500, tasks=tasks,
+                                            epochs=args.epochs))
             python("-m", "gssl_fast.train", str(recipe), "--out", str(tmp / name))
             got = evaluate(tmp / name, ood)
             row = {"model": name, "acc1": got["acc1"], "ece": got["ece"], "ece_calibrated": got["ece_calibrated"],

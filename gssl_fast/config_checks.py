@@ -152,7 +152,7 @@ def check_loss(cfg: LossConfig, source: str) -> None:
 
 
 def check_optim(cfg: OptimConfig, source: str) -> None:
-    from gssl_fast.model.optim import OPTIMIZERS, SCHEDULES
+    from gssl_fast.model.optim import OPTIMIZERS, SCHEDULES, WARMUP_BY
 
     one_of(cfg.name, tuple(OPTIMIZERS), "optim.name", source)
     rule(cfg.lr > 0, "optim.lr", "be > 0", cfg.lr, source)
@@ -162,6 +162,7 @@ def check_optim(cfg: OptimConfig, source: str) -> None:
     rule(cfg.weight_decay >= 0, "optim.weight_decay", "be >= 0", cfg.weight_decay, source)
     one_of(cfg.schedule, tuple(SCHEDULES), "optim.schedule", source)
     rule(cfg.warmup_epochs >= 0, "optim.warmup_epochs", "be >= 0", cfg.warmup_epochs, source)
+    one_of(cfg.warmup_by, WARMUP_BY, "optim.warmup_by", source)
     if len(cfg.milestones) != len(cfg.milestone_factors):
         raise UserError(
             f"optim.milestones and optim.milestone_factors must have the same length, got "

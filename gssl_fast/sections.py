@@ -49,7 +49,7 @@ class ModelConfig:
     pretrained: bool = False  # timm weights from the local Hugging Face cache only (HF_HUB_OFFLINE=0: may download)
     drop_rate: float = 0.0  # dropout before the heads
     channels_last: bool = False  # channels-last memory format of images and weights (faster on recent GPUs)
-    init: str = "default"  # "default" (timm's) | "kaiming": kaiming-normal on every Linear and Conv weight (authors' LT)
+    init: str = "default"  # "default" (timm's) | "kaiming": kaiming-normal on every Linear and Conv weight (authors' LT) | "xavier_linear": xavier-normal Linear weights, zero biases (FixMatch's reference)
     kwargs: dict[str, Any] = field(default_factory=dict)  # extra keyword arguments of the backbone, e.g. { leaky_slope = 0.1 }
 
 
@@ -85,6 +85,7 @@ class OptimConfig:
     decay_bias_and_norm: bool = True  # false: no weight decay on biases and normalization weights (FixMatch)
     schedule: str = "cosine"  # "cosine" | "step" | "constant" | "fixmatch_cosine" (cos(7 pi k / 16 K)) | "cosine_restarts" (TF's CosineDecayRestarts), set every step
     warmup_epochs: float = 0.0  # linear warm-up from ~0 to lr
+    warmup_by: str = "step"  # "step": the warm-up grows every step | "epoch": lr x (e + 1) / warmup_epochs through epoch e (LDAM-DRW)
     milestones: tuple[int, ...] = (160, 180)  # "step": epochs at which the factor changes
     milestone_factors: tuple[float, ...] = (0.01, 0.0001)  # "step": lr multiplier from each milestone on
     first_decay_steps: int = 1000  # "cosine_restarts": optimizer steps of the first cosine period (TF's first_decay_steps)

@@ -154,12 +154,15 @@ class WideBasicBlock(nn.Module):
     """Pre-activation block: BN-act-conv3x3-BN-act-conv3x3 plus the shortcut.
 
     When the shape changes, the 1x1 shortcut conv reads the pre-activated input (as in the
-    reference WRN code); otherwise the shortcut is the raw input.
+    WRN code of Zagoruyko and of Hendrycks et al.), or the raw one with
+    ``raw_shortcut`` (FixMatch's reference, ``activate_before_residual`` off); otherwise
+    the shortcut is the raw input.
     """
 
     def __init__(self, in_chs: int, out_chs: int, stride: int, act_layer: Callable[[], nn.Module],
-                 bn_momentum: float):
+                 bn_momentum: float, raw_shortcut: bool = False):
         super().__init__()
+        self.raw_shortcut = raw_shortcut
         self.bn1 = nn.BatchNorm2d(in_chs, momentum=bn_momentum)
         self.conv1 = nn.Conv2d(in_chs, out_chs, 3, stride=stride, padding=1, bias=False)
         self.bn2 = nn.BatchNorm2d(out_chs, momentum=bn_momentum)
@@ -171,7 +174,7 @@ class WideBasicBlock(nn.Module):
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         pre = self.act1(self.bn1(x))
         out = self.conv2(self.act2(self.bn2(self.conv1(pre))))
-        return out + (x if self.shortcut is None else self.shortcut(pre))
+        return out + (x if self.shortcut is None else self.shortcut(x if self.raw_shortcut else pre))
 
 
 class WideResNet(_PooledHead):
@@ -179,12 +182,14 @@ class WideResNet(_PooledHead):
 
     ``[B, 3, 32, 32] float -> forward_features -> [B, 64k, 8, 8]``. ``drop_rate`` is applied before the
     classifier only (the papers' runs use no dropout inside blocks). FixMatch's variant is
-    ``leaky_slope=0.1, bn_momentum=0.001``; the default is the original ReLU WRN.
+    ``leaky_slope=0.1, bn_momentum=0.001, raw_shortcuts=True`` (google-research's
+    ``residual``: the first blocks of stages 2 and 3 feed their shortcut the raw input); the
+    default is the original ReLU WRN.
     """
 
     def __init__(self, depth: int = 28, widen_factor: int = 2, num_classes: int = 10, in_chans: int = 3,
                  global_pool: str = "avg", drop_rate: float = 0.0, leaky_slope: float = 0.0,
-                 bn_momentum: float = 0.1, device=None, dtype=None):
+                 bn_momentum: float = 0.1, raw_shortcuts: bool = False, device=None, dtype=None):
         super().__init__()
         if (depth - 4) % 6:
             raise ValueError(f"WideResNet depth must be 6n+4, got {depth}")
@@ -197,7 +202,8 @@ class WideResNet(_PooledHead):
         for i, out_chs in enumerate(widths):
             stride = 1 if i == 0 else 2
             blocks = [
-                WideBasicBlock(in_chs if j == 0 else out_chs, out_chs, stride if j == 0 else 1, act_layer, bn_momentum)
+                WideBasicBlock(in_chs if j == 0 else out_chs, out_chs, stride if j == 0 else 1, act_layer, bn_momentum,
+                               raw_shortcut=raw_shortcuts and i > 0)
                 for j in range(n)
             ]
             self.add_module(f"block{i + 1}", nn.Sequential(*blocks))
@@ -322,7 +328,3 @@ def resnet18_cifar(pretrained: bool = False, **kwargs) -> CifarStemResNet:
     """ResNet-18 with a 3x3 stride-1 stem and no max-pool, 11.17M parameters: the Tiny-ImageNet backbone."""
     args = dict(block=TimmBasicBlock, layers=(2, 2, 2, 2))
     return build_model_with_cfg(CifarStemResNet, "resnet18_cifar", pretrained, **dict(args, **kwargs))
-
-
-# Registered by importing it: the Keras CIFAR ResNet of G-SimCLR's notebooks (resnet38v2_cifar).
-from gssl_fast.model import keras_resnet  # noqa: E402,F401

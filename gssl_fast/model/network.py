@@ -11,6 +11,7 @@ from typing import Callable
 import timm
 import torch
 
+from gssl_fast.model import keras_resnet  # noqa: F401 (registers resnet38v2_cifar, G-SimCLR's notebooks' net)
 from gssl_fast.model.backbones import CIFAR_BACKBONES  # registers the CIFAR nets in timm
 from gssl_fast.sections import ModelConfig
 from pipelines.errors import UserError, unknown_name
@@ -58,7 +59,18 @@ def _kaiming(module: nn.Module) -> None:
 
 
 # model.init -> fn(module) re-initializing it in place
-INITS: dict[str, Callable[[nn.Module], None]] = {"default": lambda module: None, "kaiming": _kaiming}
+def _xavier_linear(module: nn.Module) -> None:
+    # FixMatch's reference (kekmodel's WideResNet): every Linear weight xavier-normal, its
+    # bias zero; convolutions keep the backbone's own initialization.
+    for m in module.modules():
+        if isinstance(m, nn.Linear):
+            nn.init.xavier_normal_(m.weight)
+            if m.bias is not None:
+                nn.init.zeros_(m.bias)
+
+
+INITS: dict[str, Callable[[nn.Module], None]] = {"default": lambda module: None, "kaiming": _kaiming,
+                                                 "xavier_linear": _xavier_linear}
 
 
 def initialize(module: nn.Module, name: str) -> nn.Module:

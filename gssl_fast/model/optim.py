@@ -100,11 +100,18 @@ SCHEDULES = {"cosine": _cosine, "step": _step, "constant": _constant, "fixmatch_
              "cosine_restarts": _cosine_restarts}
 
 
+# optim.warmup_by -> the warm-up's multiplier at fractional ``epoch`` (0-based) of a warm-up
+# of ``length`` epochs: growing with every step, or held through each epoch at (e + 1) / length
+# (the LDAM-DRW code's adjust_learning_rate, once per epoch).
+WARMUP_BY = {"step": lambda epoch, length: epoch / length,
+             "epoch": lambda epoch, length: min(math.ceil(epoch), length) / length}
+
+
 def lr_factor(cfg: OptimConfig, epoch: float, epochs: int, *, step: int | None = None) -> float:
     """Multiplier of ``cfg.lr`` at fractional ``epoch`` (0-based) of an ``epochs`` run.
 
-    Linear warm-up over ``warmup_epochs`` (from one step's worth, never 0), then the
-    schedule. ``step`` multiplies the base lr by the factor of the last milestone passed
+    Linear warm-up over ``warmup_epochs`` (from one step's worth, never 0; or per epoch,
+    ``optim.warmup_by``), then the schedule. ``step`` multiplies the base lr by the factor of the last milestone passed
     (LDAM-DRW: x0.01 from epoch 160, x0.0001 from 180). ``cosine_restarts`` reads the
     optimizer ``step`` (0-based) instead of the epoch (:func:`cosine_restarts`).
     """
@@ -115,7 +122,7 @@ def lr_factor(cfg: OptimConfig, epoch: float, epochs: int, *, step: int | None =
     else:
         factor = SCHEDULES[cfg.schedule](cfg, epoch, epochs)
     if cfg.warmup_epochs > 0 and epoch < cfg.warmup_epochs:
-        factor *= epoch / cfg.warmup_epochs
+        factor *= WARMUP_BY[cfg.warmup_by](epoch, cfg.warmup_epochs)
     return factor
 
 

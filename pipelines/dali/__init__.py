@@ -46,7 +46,8 @@ from pipelines.dali.graph import (
     transform_graph,
     unpack_codes,
 )
-from pipelines.dali.loader import DaliLoader, build_loader, make_loader
+from pipelines.dali.build import build_loader, make_loader
+from pipelines.dali.loader import DaliLoader
 from pipelines.dali.source import open_source
 
 __all__ = [

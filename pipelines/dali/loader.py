@@ -11,7 +11,6 @@ from typing import Iterator
 import numpy as np
 import torch
 
-from pipelines import loader_factory
 from pipelines.dali.graph import (
     NATIVE,
     GraphOptions,
@@ -19,19 +18,17 @@ from pipelines.dali.graph import (
     build_file_pipeline,
     dali_shard_size,
     graph_options,
-    import_dali,
     output_name,
     unpack_codes,
 )
 from pipelines.datasets import ArrayDataset, FileList
-from pipelines.datasets.arrays import IMAGENET_MEAN, IMAGENET_STD
 from pipelines.errors import UserError
 from pipelines.localizable import PARAM_KEYS, pretext_targets
 from pipelines.sampling import derive_seed, generator
-from pipelines.sources import as_array_dataset, image_side
+from pipelines.sources import as_array_dataset
 from pipelines.spec import LoaderSpec
 from pipelines.system import usable_cores
-from pipelines.views import Localizable, apply_ops, finish_view, native_prefix
+from pipelines.views import apply_ops, finish_view, native_prefix
 
 # Batches the pipeline prepares ahead of the one handed over.
 PREFETCH = 2
@@ -231,11 +228,11 @@ def _cuda_index(device: torch.device) -> int:
     return device.index if device.index is not None else torch.cuda.current_device()
 
 
-def _default_threads() -> int:
+def default_threads() -> int:
     return max(1, min(usable_cores(), 8))
 
 
-def _resolve(source, image_size: int | None, split: str) -> ArrayDataset | FileList:
+def resolve_source(source, image_size: int | None, split: str) -> ArrayDataset | FileList:
     """A folder or a ``FileList`` stays a list of files (DALI decodes them); anything
     else becomes in-memory arrays. A folder's files are screened first
     (:mod:`pipelines.dali.source`: a bad file is an error naming it, never a crash);
@@ -249,47 +246,3 @@ def _resolve(source, image_size: int | None, split: str) -> ArrayDataset | FileL
 
         return screened(list_folder(Path(source), split=split), cache_dir=default_dir())
     return as_array_dataset(source, image_size=image_size, split=split)
-
-
-def build_loader(source, spec: LoaderSpec, *, num_threads: int | None = None) -> DaliLoader:
-    """The DALI loader of ``spec``.
-
-    source: an array pair or ``ArrayDataset`` (fed from memory), or a folder (ImageFolder
-    or Tiny-ImageNet; ``spec.split`` picks train or val) or a ``FileList``, whose files
-    DALI reads and decodes itself, resized to ``spec.image_size`` (default: the first
-    file's width); or a ``pipelines.stream.StreamSource``, each file's window decoded
-    every epoch (:mod:`pipelines.dali.stream`; ``spec.image_size`` required), or a
-    ``pipelines.stream.ShardSource``: WebDataset shards in the torch backend's order,
-    each sample's window decoded so (:mod:`pipelines.dali.shards`). On CUDA the graph
-    runs on that GPU (decoding "mixed"), on the CPU otherwise. Normalization
-    defaults: ImageNet statistics for files, the source's own otherwise. num_threads:
-    DALI CPU worker threads; None = the cores this process may use, at most 8.
-    """
-    from pipelines.stream import ShardSource, StreamSource
-
-    import_dali()
-    stream = isinstance(source, (StreamSource, ShardSource))
-    if stream and spec.image_size is None:
-        raise ValueError("a stream needs image_size: its files may have any size")
-    dataset = source if stream else _resolve(source, spec.image_size, spec.split)
-    if isinstance(dataset, (FileList, StreamSource, ShardSource)):
-        side = spec.image_size or image_side(dataset.paths[0])
-        size, defaults = (side, side), (IMAGENET_MEAN, IMAGENET_STD)
-    else:
-        size, defaults = dataset.image_size, (dataset.mean, dataset.std)
-    if any(isinstance(op, Localizable) for _, view in spec.views for op in view) and (
-            size[0] != size[1] or size[0] % 2):
-        raise ValueError(f"the localizable transform needs square images with an even side, got {size[0]}x{size[1]}")
-    options = dict(size=size, normalize_to=spec.normalize_to(*defaults), num_threads=num_threads or _default_threads())
-    if isinstance(source, ShardSource):
-        from pipelines.dali.shards import DaliShardLoader
-
-        return DaliShardLoader(source, spec, **options)
-    if stream:
-        from pipelines.dali.stream import DaliStreamLoader
-
-        return DaliStreamLoader(source, spec, **options)
-    return DaliLoader(dataset, spec, **options)
-
-
-make_loader = loader_factory("dali")

@@ -61,7 +61,7 @@ def every_section_recipe():
         loss=LossConfig(name="ldam", ldam_max_margin=0.4, ldam_scale=16.0, drw=True, drw_start_epoch=3,
                         drw_beta=0.999, pretext_scale=30.0),
         optim=OptimConfig(lr=1 / 3, momentum=0.5, nesterov=True, weight_decay=0.0, decay_bias_and_norm=False, schedule="step",
-                          warmup_epochs=0.5, milestones=(2, 4, 9), milestone_factors=(0.1, 2e-4, 1e-300),
+                          warmup_epochs=0.5, warmup_by="epoch", milestones=(2, 4, 9), milestone_factors=(0.1, 2e-4, 1e-300),
                           first_decay_steps=7, t_mul=1.5, m_mul=0.5, alpha=0.125),
         train=TrainConfig(epochs=11, batch_size=3, eval_batch_size=5, seed=7, mixed_precision="bf16",
                           grad_accum_steps=2, loader="ffcv", cpu=True, num_threads=1, steps_per_epoch=4,

@@ -166,7 +166,7 @@ def test_parallel_2_runs_two_rows_at_once_into_one_table(tmp_path, capsys, monke
     monkeypatch.setenv("CUDA_VISIBLE_DEVICES", "")
     table = _two_row_table(tmp_path)
     out = tmp_path / "t"
-    args = [str(table), "--out", str(out), "--parallel", "2", *_sets("train.epochs=3", "train.steps_per_epoch=12")]
+    args = [str(table), "--out", str(out), "--parallel", "2", *_sets("train.epochs=3", "train.steps_per_epoch=60")]
     assert main(args) == 0
     said = capsys.readouterr().out.splitlines()
     starts = [i for i, line in enumerate(said) if ": started" in line]

@@ -71,7 +71,7 @@ class AutoencoderStage(_Stage):
 
     def build_model(self):
         from gssl_fast.methods.simclr.models import Autoencoder
-        from gssl_fast.methods.simclr.protocol import EarlyStopping
+        from gssl_fast.methods.simclr.early_stopping import EarlyStopping
 
         self.stopper = EarlyStopping(self.cfg.ae_patience) if self.cfg.ae_patience else None
         return Autoencoder(decoder=self.cfg.ae_decoder)

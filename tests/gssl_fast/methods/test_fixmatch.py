@@ -139,7 +139,9 @@ def test_the_papers_recipes_load():
         m = r.method
         assert (m.num_labels, m.mu, m.tau, m.lambda_u, m.ema_decay) == (4000, 7, 0.95, 1.0, 0.999)
         assert r.pretext.tasks == tasks and r.pretext.lam == 0.3
-        assert r.model.backbone == "wrn28_2" and r.model.kwargs == {"leaky_slope": 0.1, "bn_momentum": 0.001}
+        assert r.model.backbone == "wrn28_2" and r.model.init == "xavier_linear"
+        assert r.model.kwargs == {"leaky_slope": 0.1, "bn_momentum": 0.001, "raw_shortcuts": True}
+        assert (r.data.mean, r.data.std) == ((0.4914, 0.4822, 0.4465), (0.2471, 0.2435, 0.2616))  # kekmodel's
         assert (r.optim.lr, r.optim.nesterov, r.optim.decay_bias_and_norm, r.optim.schedule) == (
             0.03, True, False, "fixmatch_cosine")
         assert (r.train.steps, r.train.steps_per_epoch, r.train.global_batch_size) == (1 << 20, 1024, 64)

@@ -15,7 +15,8 @@ import torch
 
 from gssl_fast.checkpoint import stage_dir
 from gssl_fast.config import load_recipe
-from gssl_fast.methods.simclr.protocol import HEAD, EarlyStopping, fit_probe
+from gssl_fast.methods.simclr.early_stopping import EarlyStopping
+from gssl_fast.methods.simclr.protocol import HEAD, fit_probe
 from gssl_fast.methods.simclr.stages import finetune_positions, linear_split, pretrain_view
 from gssl_fast.model.optim import cosine_restarts
 from gssl_fast.run.stages import DONE
@@ -138,7 +139,7 @@ def test_fit_probe_is_adam_on_features_stopped_early_on_the_held_out_loss(monkey
 def test_fine_tuning_keeps_batchnorm_in_inference_mode():
     import timm
 
-    import gssl_fast.model.backbones  # noqa: F401
+    import gssl_fast.model.keras_resnet  # noqa: F401 (registers resnet38v2_cifar)
     from gssl_fast.methods.simclr.models import ContrastiveModel, FineTuned
     from gssl_fast.model.network import InputNormalize
 

@@ -9,7 +9,6 @@ import timm
 import torch
 import torch.nn.functional as F
 
-import gssl_fast.model.backbones  # noqa: F401  (registers the CIFAR nets)
 from gssl_fast.model.keras_resnet import KerasCifarResNet
 
 N = 4  # the notebooks' cell: n = 4; depth = n * 9 + 2; n_blocks = ((depth - 2) // 9) - 1

@@ -115,6 +115,30 @@ def test_wrn_fixmatch_variant_options():
     assert all(m.momentum == 0.001 for m in model.modules() if isinstance(m, torch.nn.BatchNorm2d))
 
 
+def test_fixmatchs_wrn_feeds_the_raw_input_to_the_later_stages_shortcuts():
+    """google-research's ``residual``: only the first stage (activate_before_residual)
+    pre-activates the shortcut's input; the first blocks of stages 2 and 3 read it raw."""
+    model = timm.create_model("wrn28_2", num_classes=0, raw_shortcuts=True)
+    assert [b.raw_shortcut for b in (model.block1[0], model.block2[0], model.block3[0])] == [False, True, True]
+    block = model.block2[0].eval()
+    seen = []
+    block.shortcut.register_forward_hook(lambda m, args, out: seen.append(args[0]))
+    x = torch.randn(2, 32, 8, 8)
+    block(x)
+    assert torch.equal(seen[0], x)
+    plain = timm.create_model("wrn28_2", num_classes=0)
+    assert not any(b.raw_shortcut for stage in (plain.block1, plain.block2, plain.block3) for b in stage)
+
+
+def test_xavier_linear_init_is_the_fixmatch_references_head():
+    from gssl_fast.model.network import initialize
+
+    torch.manual_seed(0)
+    head = initialize(torch.nn.Sequential(torch.nn.Linear(400, 600), torch.nn.Conv2d(3, 3, 1)), "xavier_linear")
+    assert torch.count_nonzero(head[0].bias) == 0
+    assert head[0].weight.std().item() == pytest.approx((2 / (400 + 600)) ** 0.5, rel=0.05)
+
+
 LAST_CONVS = [("resnet32_cifar", "layer3.4.conv2"), ("wrn28_2", "block3.3.conv2"), ("resnet18_cifar", "layer4.1.conv2")]
 
 

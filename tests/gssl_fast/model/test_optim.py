@@ -16,6 +16,24 @@ def test_step_schedule_with_warmup_matches_ldam_drw():
     assert lr_factor(cfg, 185.0, 200) == pytest.approx(0.0001)
 
 
+def test_a_warm_up_by_epoch_holds_each_epochs_lr_as_ldam_drw_does():
+    """The authors' adjust_learning_rate: lr x (e + 1) / 5 through epoch e < 5, once per epoch."""
+    cfg = OptimConfig(schedule="step", warmup_epochs=5, warmup_by="epoch", milestones=(160, 180),
+                      milestone_factors=(0.01, 0.0001))
+    opt = torch.optim.SGD([torch.zeros(1, requires_grad=True)], lr=0.1)
+    sched = build_scheduler(opt, cfg, steps_per_epoch=4, epochs=200)
+    lrs = []
+    for _ in range(4 * 7):
+        lrs.append(opt.param_groups[0]["lr"])
+        opt.step()
+        sched.step()
+    want = [0.1 * min(e + 1, 5) / 5 for e in range(7) for _ in range(4)]
+    assert lrs == pytest.approx(want)
+    by_step = OptimConfig(schedule="step", warmup_epochs=5)
+    assert lr_factor(by_step, 0.25, 200) == pytest.approx(0.05)  # the default grows every step
+    assert lr_factor(cfg, 0.25, 200) == pytest.approx(0.2)
+
+
 def test_cosine_after_warmup():
     cfg = OptimConfig(schedule="cosine", warmup_epochs=0)
     assert lr_factor(cfg, 0.0, 100) == 1.0
