@@ -54,13 +54,21 @@ def kept_source(source, dataset, split: str, folder: Path) -> str:
         return kept_stream(source, split, folder)
     path = Path(folder) / f"{split}.beton"
     if not path.exists():
-        from pipelines.ffcv.convert import convert, info_path
+        from pipelines.ffcv.convert import convert
 
-        partial = path.with_name(f"partial-{split}.beton")
-        convert(dataset, partial)
-        os.replace(info_path(partial), info_path(path))
-        os.replace(partial, path)
+        written(path, lambda partial: convert(dataset, partial))
     return str(path)
+
+
+def written(path: Path, write) -> None:
+    """``path`` (and its info file) written by ``write(partial)`` under a temporary name,
+    then renamed: a killed conversion leaves no whole-looking file."""
+    from pipelines.ffcv.convert import info_path
+
+    partial = path.with_name(f"partial-{path.name}")
+    write(partial)
+    os.replace(info_path(partial), info_path(path))
+    os.replace(partial, path)
 
 
 def kept_stream(source, split: str, folder: Path) -> str:
@@ -72,10 +80,7 @@ def kept_stream(source, split: str, folder: Path) -> str:
 
     path = Path(folder) / f"{split}-jpeg.beton"
     if not path.exists():
-        partial = path.with_name(f"partial-{split}-jpeg.beton")
-        convert_stream(source, partial)
-        os.replace(info_path(partial), info_path(path))
-        os.replace(partial, path)
+        written(path, lambda partial: convert_stream(source, partial))
         return str(path)
     info = check_stream(path, source, f"the {split} split's files")
     if info["decode"] != asdict(source.decode):  # the same files, decoded otherwise now

@@ -34,6 +34,15 @@ def args(root: Path, loader: str, **more: str) -> list[str]:
     return [a for k, v in settings.items() for a in ("--set", f"{k}={v}")]
 
 
+def with_a_broken_file(imagenet: Path, tmp_path: Path) -> tuple[Path, Path]:
+    """A copy of the tree with a truncated JPEG among the training images: (root, the file)."""
+    import shutil
+
+    root = tmp_path / "imagenet"
+    shutil.copytree(imagenet, root)
+    return root, write_unreadable(root / "train" / "n00000001" / "zz_broken.JPEG", "truncated")
+
+
 def rows(run: Path) -> list[dict]:
     return [json.loads(line) for line in (run / "metrics.jsonl").read_text().splitlines()]
 
@@ -74,11 +83,7 @@ def test_two_processes_stream_disjoint_shares(tmp_path, imagenet, loader):
 @pytest.mark.slow
 @pytest.mark.parametrize("loader", LOADERS)
 def test_a_bad_file_is_skipped_or_named(tmp_path, imagenet, loader):
-    import shutil
-
-    root = tmp_path / "imagenet"
-    shutil.copytree(imagenet, root)
-    bad = write_unreadable(root / "train" / "n00000001" / "zz_broken.JPEG", "truncated")
+    root, bad = with_a_broken_file(imagenet, tmp_path)
     skipped = train(RECIPE, tmp_path / "skip", *args(root, loader, **{"train.epochs": "1"}))
     assert skipped.returncode == 0, skipped.stderr[-2000:]
     assert "zz_broken.JPEG" in skipped.stderr + skipped.stdout
@@ -167,13 +172,9 @@ def test_two_processes_read_disjoint_shards(tmp_path, shards, loader):
 @pytest.mark.slow
 @pytest.mark.parametrize("loader", SHARD_LOADERS)
 def test_a_bad_file_in_shards_is_skipped_or_named(tmp_path, imagenet, loader):
-    import shutil
-
     from pipelines.datasets import list_folder
 
-    root = tmp_path / "imagenet"
-    shutil.copytree(imagenet, root)
-    bad = write_unreadable(root / "train" / "n00000001" / "zz_broken.JPEG", "truncated")
+    root, bad = with_a_broken_file(imagenet, tmp_path)
     member = f"{list_folder(root, 'train').paths.index(str(bad)):09d}.jpg of shard"
     keys = {**convert_to_shards(root, tmp_path / "shards"), "train.epochs": "1"}
     skipped = train(RECIPE, tmp_path / "skip", *args(keys["data.root"], loader, **keys))
