@@ -56,13 +56,16 @@ def main(argv=None) -> int:
 
     args = parse_args(argv)
     try:
+        from gssl_fast.analysis.inference import load_for_evaluation
+
+        loaded = load_for_evaluation(args.run)  # one load serves every pass
         result = evaluate_run(args.run, attacks=args.attack, limit=args.limit, batch_size=args.batch_size,
-                              seed=args.seed)
+                              seed=args.seed, loaded=loaded)
         if args.calibration or args.ood:
             from gssl_fast.analysis.evaluations import uncertainty_run
 
             result.update(uncertainty_run(args.run, calibration=args.calibration, fraction=args.calibration_fraction,
-                                          sources=args.ood, batch_size=args.batch_size))
+                                          sources=args.ood, batch_size=args.batch_size, loaded=loaded))
         for name, value in result.items():
             exact = any(k in name for k in ("nll", "brier", "temperature"))  # not percentages
             print(f"{name} {value:.4f}" if exact else f"{name} {value:.2f}", flush=True)
@@ -72,9 +75,11 @@ def main(argv=None) -> int:
     return 0
 
 
-def evaluate_run(run, *, attacks=(), limit: int = 0, batch_size: int = 0, seed: int = 0) -> dict[str, float]:
+def evaluate_run(run, *, attacks=(), limit: int = 0, batch_size: int = 0, seed: int = 0,
+                 loaded=None) -> dict[str, float]:
     """Clean top-1 / top-5 and robust top-1 (percent) of a run on its validation split,
-    with the plain torch loader on the CPU or the first GPU, in one process."""
+    with the plain torch loader on the CPU or the first GPU, in one process. ``loaded``:
+    what ``load_for_evaluation(run)`` gave, when the caller has it already."""
     from accelerate import Accelerator
 
     from gssl_fast.model.attacks import get_attack, robust_accuracy
@@ -82,7 +87,7 @@ def evaluate_run(run, *, attacks=(), limit: int = 0, batch_size: int = 0, seed: 
     from gssl_fast.run.progress import progressed
     from pipelines.torch import make_loader
 
-    recipe, method, model, dataset = load_for_evaluation(run)
+    recipe, method, model, dataset = loaded or load_for_evaluation(run)
     accelerator = Accelerator(cpu=not torch.cuda.is_available())
     model = model.to(accelerator.device)
     loader = make_loader(dataset, batch_size=batch_size or recipe.train.eval_batch_size, tasks=(), augment=False,

@@ -25,16 +25,17 @@ HISTOGRAM_BINS = 30
 
 
 def uncertainty_run(run, *, calibration: bool = False, fraction: float = 0.1, sources=(), batch_size: int = 0,
-                    device: str | None = None) -> dict[str, float]:
+                    device: str | None = None, loaded=None) -> dict[str, float]:
     """The calibration figures (``ece``, ``nll``, ``brier``, each also ``_calibrated``, and
     ``temperature``) and, per OOD source, ``ood_[<source>_]<score>_{auroc,aupr,fpr95}``
     (the source's name only when there are several) of ``run`` (a run folder or
-    checkpoint); writes the JSON files of the module docstring into the run folder."""
+    checkpoint); writes the JSON files of the module docstring into the run folder.
+    ``loaded``: what ``load_for_evaluation(run)`` gave, when the caller has it already."""
     from gssl_fast.analysis.inference import load_for_evaluation
     from gssl_fast.run.stages import trained_checkpoint
 
     folder = trained_checkpoint(run).run_dir
-    recipe, _, model, val = load_for_evaluation(run)
+    recipe, _, model, val = loaded or load_for_evaluation(run)
     device = torch.device(device or ("cuda" if torch.cuda.is_available() else "cpu"))
     passes = Passes(model.to(device), recipe, batch_size or recipe.train.eval_batch_size, device)
     inside = passes.run(val, "val")

@@ -87,19 +87,13 @@ class Data:
         """The images of ``split`` (of ``subset`` of it) as they are, each once over all
         processes: the validation loader, or the training images for a method's own use."""
         from pipelines import make_loader
-
-        from pipelines.stream import streamed
+        from pipelines.stream import decodes, streamed
 
         # A streamed split is decoded as validation is: no random window of the training images.
-        decode = self.stream_decodes()["val"] if streamed(self.cfg) else None
+        decode = decodes(self.cfg)["val"] if streamed(self.cfg) else None
         return make_loader(self.sources[split], batch_size=train.eval_batch_size, tasks=(), augment=False,
                            shuffle=False, drop_last=False, seed=train.seed, subset=subset, decode=decode,
                            **self._common())
-
-    def stream_decodes(self) -> dict:
-        from pipelines.stream import decodes
-
-        return decodes(self.cfg)
 
     def _common(self) -> dict:
         # Loaders deliver uint8 pixels; the model's first layer normalizes (model.network.InputNormalize).
