@@ -70,11 +70,31 @@ def open_source(backend: str, cfg, split: str):
     return dataset, dataset
 
 
-def kept_source(backend: str, source, dataset, split: str, folder) -> object:
-    """What the loader of ``backend`` reads, written into ``folder`` where the backend
-    reads a file of its own making (FFCV's ``.beton``); ``source`` itself otherwise."""
+def keep_sources(backend: str, sources: dict, datasets: dict, folder, *, report=None) -> dict:
+    """``{split: what the loader of backend reads}``: ``sources`` (``{split: source}``
+    as :func:`open_source` gave them), written into ``folder`` where the backend reads a
+    file of its own making (FFCV's ``.beton``). With ``report`` (a path), the images the
+    datasets left out (``data.on_corrupt = "skip"``) are listed there first
+    (``pipelines.datasets.decode.record_skipped``) and counted on stdout."""
+    if report is not None:
+        _report(datasets, report)
     module = _backend(backend)
-    return module.kept_source(source, dataset, split, folder) if hasattr(module, "kept_source") else source
+    keep = getattr(module, "kept_source", None)
+    if keep is None:
+        return dict(sources)
+    return {split: keep(source, datasets[split], split, folder) for split, source in sources.items()}
+
+
+def _report(datasets: dict, path) -> None:
+    from pipelines.datasets.decode import record_skipped, shown
+
+    skipped = {split: list(getattr(dataset, "skipped", ())) for split, dataset in datasets.items()}
+    record_skipped(path, skipped)
+    for split, rows in skipped.items():
+        if rows:
+            print(f"data: left out {len(rows)} unreadable {split} image{'s' if len(rows) > 1 else ''} "
+                  f"(data.on_corrupt = \"skip\"), e.g. {shown(rows[0][0])}: it {rows[0][1]}; all listed in {path}",
+                  flush=True)
 
 
 def _backend(backend: str):

@@ -30,7 +30,8 @@ class Data:
     backend's loader reads}``; datasets: ``{split: the dataset}`` (``labels [N] int64``,
     ``classes``); mean, std: the model input's normalization in [0, 1] units
     (``data.mean`` / ``data.std``, else the dataset's, else ImageNet's);
-    accelerator: whose process reads which shard, and on which device.
+    accelerator: whose process reads which shard, and on which device; report: the
+    run's list of skipped images, once the run folder is open (:meth:`kept`).
     """
 
     cfg: DataConfig
@@ -40,6 +41,7 @@ class Data:
     mean: tuple[float, ...]
     std: tuple[float, ...]
     accelerator: Any
+    report: Path | None = None
 
     @property
     def train(self):
@@ -54,17 +56,30 @@ class Data:
         """This data with what each loader reads written into the open run folder where
         the backend reads a file of its own (FFCV's ``.beton`` in ``<run>/data/``,
         converted once by the main process), and the images ``data.on_corrupt = "skip"``
-        left out listed in ``<run>/skipped_images.txt``."""
-        from pipelines import kept_source
+        left out listed in ``<run>/skipped_images.txt`` (``pipelines.keep_sources``)."""
+        from pipelines import keep_sources
 
-        if self.accelerator.is_main_process:
-            report_skipped(self.datasets, run_dir / SKIPPED_FILE)
-        sources = {}
-        for split in SPLITS:
-            with main_first(self.accelerator):
-                sources[split] = kept_source(self.backend, self.sources[split], self.datasets[split], split,
-                                             run_dir / "data")
-        return replace(self, sources=sources)
+        report = run_dir / SKIPPED_FILE
+        main = self.accelerator.is_main_process
+        with main_first(self.accelerator):
+            sources = keep_sources(self.backend, self.sources, self.datasets, run_dir / "data",
+                                   report=report if main else None)
+        return replace(self, sources=sources, report=report)
+
+    def note_skipped(self, loaders: dict) -> None:
+        """Adds the files the loaders left out as they read them (``loaders``: ``{split:
+        [loader]}``; a stream's ``skipped``, files found unreadable in an epoch) on any
+        process to the run's list of skipped images. Every process calls it."""
+        mine = [(split, row) for split, each in loaders.items() for loader in each
+                for row in getattr(loader, "skipped", ())]
+        if self.accelerator.num_processes > 1:
+            from accelerate.utils import gather_object
+
+            mine = gather_object(mine)
+        if self.report is not None and mine and self.accelerator.is_main_process:
+            from pipelines.datasets.decode import record_skipped
+
+            record_skipped(self.report, {split: [row for s, row in mine if s == split] for split in loaders})
 
     def stream_loaders(self, train: TrainConfig, flip_axis: str, streams: dict) -> dict:
         """One loader per stream of a method (``{name: Stream}``), one shard per process.
@@ -142,25 +157,6 @@ def main_first(accelerator):
     finally:
         if accelerator.is_main_process:
             accelerator.wait_for_everyone()
-
-
-def report_skipped(datasets: dict, path: Path) -> None:
-    """Counts the unreadable images ``data.on_corrupt = "skip"`` left out of each split
-    (``datasets``: ``{split: dataset}``) in the log, and lists them in ``path`` (split,
-    file, what is wrong; tab-separated)."""
-    skipped = {split: getattr(dataset, "skipped", ()) for split, dataset in datasets.items()}
-    if not any(skipped.values()):
-        return
-    from pipelines.atomic import write_text_atomic
-    from pipelines.datasets.decode import shown
-
-    write_text_atomic(path, "".join(f"{split}\t{shown(p)}\t{why}\n" for split, rows in skipped.items()
-                                    for p, why in rows))
-    for split, rows in skipped.items():
-        if rows:
-            print(f"data: left out {len(rows)} unreadable {split} image{'s' if len(rows) > 1 else ''} "
-                  f"(data.on_corrupt = \"skip\"), e.g. {shown(rows[0][0])}: it {rows[0][1]}; all listed in {path}",
-                  flush=True)
 
 
 def stream_views(data, flip_axis: str, stream) -> dict:

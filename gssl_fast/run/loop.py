@@ -192,9 +192,7 @@ def one_epoch(run: Run, epoch: int, partial: Partial | None, preemption, best: t
         names, sums, images = train_one_epoch(run, epoch, steps=steps, progress=progress, start=partial,
                                               preemption=preemption)
     except Stopped as stop:
-        stop.path = checkpoint.save_checkpoint(run.folder, epoch, recipe_to_toml(run.recipe), run.method,
-                                               run.optimizer, run.scheduler, accelerator, train.keep_checkpoints + 1,
-                                               partial=stop.partial.state(accelerator))
+        stop.path = save(run, epoch, partial=stop.partial.state(accelerator))
         stop.where = f"epoch {epoch + 1}, step {stop.partial.step}"
         raise
     finally:
@@ -202,14 +200,21 @@ def one_epoch(run: Run, epoch: int, partial: Partial | None, preemption, best: t
     row, best, trained = epoch_report(run, epoch, (names, sums, images, steps), time.perf_counter() - start, best)
     row["seconds"] = time.perf_counter() - start
     log_row(run, row, trained)
-    path = checkpoint.save_checkpoint(run.folder, epoch + 1, recipe_to_toml(run.recipe), run.method, run.optimizer,
-                                      run.scheduler, accelerator, train.keep_checkpoints)
+    path = save(run, epoch + 1)
     signum = preemption.agreed(0, True, accelerator) if epoch < plan.epochs - 1 else 0
     if signum:  # asked for while the epoch was evaluated or saved
         stop = Stopped(signum, Partial())
         stop.path, stop.where = path, f"the end of epoch {epoch + 1}"
         raise stop
     return best
+
+
+def save(run: Run, epochs_done: int, partial: dict | None = None) -> Path:
+    """Checkpoints ``run`` after ``epochs_done`` epochs (and ``partial``'s step of the
+    next: a preempted epoch, kept beside the ``train.keep_checkpoints`` newest)."""
+    keep = run.recipe.train.keep_checkpoints + (partial is not None)
+    return checkpoint.save_checkpoint(run.folder, epochs_done, recipe_to_toml(run.recipe), run.method, run.optimizer,
+                                      run.scheduler, run.accelerator, keep, partial=partial)
 
 
 def epoch_report(run: Run, epoch: int, trained: tuple, train_seconds: float,
@@ -224,6 +229,7 @@ def epoch_report(run: Run, epoch: int, trained: tuple, train_seconds: float,
     broadcast_buffers(plain, accelerator)
     report = run.method.evaluate(plain, run.val_loader, accelerator=accelerator, epoch=epoch,
                                  last=epoch == run.plan.epochs - 1)
+    run.machine.data.note_skipped({"train": list(run.loaders.values()), "val": [run.val_loader]})
     fields = epoch_row(names, sums, steps)
     row = {**run.log.tags(), "epoch": epoch, "lr": run.optimizer.param_groups[0]["lr"], **fields, **report}
     if "val_acc1" in row and row["val_acc1"] > best[0]:

@@ -100,7 +100,8 @@ def load_dataset(cfg, split: str) -> ArrayDataset:
         raise unknown_name("dataset (data.name)", cfg.name, DATASETS)
     dataset = DATASETS[cfg.name](cfg, split)
     if split == "train" and cfg.longtail != "none":
-        dataset = dataset.subset(_longtail_keep(dataset.labels, cfg, dataset.num_classes))
+        keep = _longtail_keep(dataset.labels, cfg, dataset.num_classes)
+        dataset = dataset.subset(keep)
     return dataset.resized(cfg.image_size)
 
 

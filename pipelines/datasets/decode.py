@@ -80,6 +80,30 @@ def shown(path: str) -> str:
     return os.fsencode(path).decode("utf-8", "backslashreplace")
 
 
+def record_skipped(path, skipped: dict) -> dict[str, list]:
+    """Adds the images left out of each split (``skipped``: ``{split: [(file, what is
+    wrong)]}``) to the list at ``path`` (a line each: split, file, what is wrong;
+    tab-separated), each file once, the rows already there kept; written atomically,
+    and only when something is new. Returns ``{split: rows new to the list}``."""
+    from pathlib import Path
+
+    from pipelines.atomic import write_text_atomic
+
+    path = Path(path)
+    lines = path.read_text(encoding="utf-8").splitlines() if path.is_file() else []
+    listed = {tuple(line.split("\t")[:2]) for line in lines}
+    new = {}
+    for split, rows in skipped.items():
+        for file, why in rows:
+            if (split, shown(file)) not in listed:
+                listed.add((split, shown(file)))
+                new.setdefault(split, []).append((file, why))
+    if new:
+        lines += [f"{split}\t{shown(file)}\t{why}" for split, rows in new.items() for file, why in rows]
+        write_text_atomic(path, "".join(line + "\n" for line in lines))
+    return new
+
+
 def _each(n: int, fn, workers: int) -> None:
     """``fn(i)`` for ``i`` in ``0..n-1`` on ``workers`` threads (PIL releases the GIL
     while decoding); 0 = the cores this process may use, 1 = no thread pool."""

@@ -43,6 +43,11 @@ def with_a_broken_file(imagenet: Path, tmp_path: Path) -> tuple[Path, Path]:
     return root, write_unreadable(root / "train" / "n00000001" / "zz_broken.JPEG", "truncated")
 
 
+def listed(run: Path) -> list[list[str]]:
+    """The (split, file) of each image the run's skipped_images.txt lists."""
+    return [line.split("\t")[:2] for line in (run / "skipped_images.txt").read_text().splitlines()]
+
+
 def rows(run: Path) -> list[dict]:
     return [json.loads(line) for line in (run / "metrics.jsonl").read_text().splitlines()]
 
@@ -87,6 +92,8 @@ def test_a_bad_file_is_skipped_or_named(tmp_path, imagenet, loader):
     skipped = train(RECIPE, tmp_path / "skip", *args(root, loader, **{"train.epochs": "1"}))
     assert skipped.returncode == 0, skipped.stderr[-2000:]
     assert "zz_broken.JPEG" in skipped.stderr + skipped.stdout
+    # Found as the stream reads it (or, for FFCV, as its .beton is written): listed all the same.
+    assert listed(tmp_path / "skip") == [["train", str(bad)]]
     named = train(RECIPE, tmp_path / "error", *args(root, loader, **{"train.epochs": "1", "data.on_corrupt": "error"}))
     assert named.returncode == 2
     assert f"cannot read image {bad}" in named.stderr and "Traceback" not in named.stderr
@@ -180,6 +187,8 @@ def test_a_bad_file_in_shards_is_skipped_or_named(tmp_path, imagenet, loader):
     skipped = train(RECIPE, tmp_path / "skip", *args(keys["data.root"], loader, **keys))
     assert skipped.returncode == 0, skipped.stderr[-2000:]
     assert member in skipped.stderr + skipped.stdout
+    assert [row[0] for row in listed(tmp_path / "skip")] == ["train"]
+    assert member in listed(tmp_path / "skip")[0][1]
     named = train(RECIPE, tmp_path / "error", *args(keys["data.root"], loader, **keys, **{"data.on_corrupt": "error"}))
     assert named.returncode == 2
     assert f"cannot read image {member}" in named.stderr and "Traceback" not in named.stderr

@@ -9,7 +9,7 @@ from PIL import Image
 
 from gssl_fast.config import DataConfig
 from pipelines.datasets import DATASETS
-from pipelines.datasets.decode import decode_files, read_rgb, screen_files, to_rgb
+from pipelines.datasets.decode import decode_files, read_rgb, record_skipped, screen_files, to_rgb
 from pipelines.datasets.folders import list_folder
 from pipelines.datasets.testing import (
     CONVERTIBLE,
@@ -107,6 +107,20 @@ def test_skip_leaves_unreadable_files_out_and_lists_them(tmp_path, kind):
     screened = screen_files(files, workers=1)
     assert list(screened.paths) == kept and screened.skipped == dataset.skipped
     assert screened.labels.tolist() == dataset.labels.tolist()
+
+
+def test_the_list_of_skipped_files_grows_and_keeps_each_once(tmp_path):
+    path = tmp_path / "run" / "skipped_images.txt"
+    odd = os.fsdecode(b"odd_\xff.jpg")  # a name that is no UTF-8: listed escaped, matched again
+    first = {"train": [("a.jpg", "is empty"), (odd, "is truncated")], "val": []}
+    assert record_skipped(path, first) == {"train": first["train"]}
+    assert path.read_text().splitlines() == ["train\ta.jpg\tis empty", "train\todd_\\xff.jpg\tis truncated"]
+    written = os.stat(path).st_mtime_ns
+    assert record_skipped(path, first) == {} and os.stat(path).st_mtime_ns == written, "nothing new: not rewritten"
+    later = {"train": [(odd, "is truncated"), ("b.jpg", "is empty")], "val": [("a.jpg", "is empty")]}
+    assert record_skipped(path, later) == {"train": [("b.jpg", "is empty")], "val": [("a.jpg", "is empty")]}
+    assert [line.split("\t")[:2] for line in path.read_text().splitlines()] == [
+        ["train", "a.jpg"], ["train", "odd_\\xff.jpg"], ["train", "b.jpg"], ["val", "a.jpg"]]
 
 
 def test_skipped_files_stay_out_of_dali_batches(tmp_path):
