@@ -5,7 +5,8 @@ a G-SSL model trained with the same settings on the built-in data.
 
 Both runs: the shapes dataset at 32 px, ResNet-8, the same seed, optimizer and epochs;
 the G-SSL run adds the three gated pretext heads (rotation, flip, perm), the supervised
-run has none (``pretext.tasks = []``). Each is evaluated by ``python -m gssl_fast.evaluate
+run has none (``pretext.tasks = []``); both hold 0.1 of each class out of training
+(``data.calibration_fraction``), the images the temperature is fitted on. Each is evaluated by ``python -m gssl_fast.evaluate
 RUN --calibration --ood SOURCE`` against two OOD sources written here: uniform noise
 images, and the shapes dataset's images with their colours inverted (near the data, a
 harder source). Rows: accuracy, ECE before / after temperature scaling, and per source
@@ -30,6 +31,7 @@ name = "shapes"
 image_size = 32
 train_size = {train}
 val_size = {val}
+calibration_fraction = 0.1
 
 [model]
 backbone = "resnet8_cifar"

@@ -64,6 +64,8 @@ def check_data(cfg: DataConfig, source: str) -> None:
           cfg.imbalance_ratio, source)
     rule(0 <= cfg.val_fraction < 1, "data.val_fraction", "be in [0, 1) (0: the dataset's own val split)",
          cfg.val_fraction, source)
+    rule(0 <= cfg.calibration_fraction < 1, "data.calibration_fraction", "be in [0, 1) (0: train on every "
+         "training image)", cfg.calibration_fraction, source)
     rule(cfg.train_size > 0, "data.train_size", "be > 0", cfg.train_size, source)
     rule(cfg.val_size > 0, "data.val_size", "be > 0", cfg.val_size, source)
     rule(cfg.seed >= 0, "data.seed", "be >= 0", cfg.seed, source)
@@ -112,6 +114,8 @@ def check_shards(cfg: DataConfig, source: str) -> None:
          "--set data.longtail=...)")
     rule(not shards or not cfg.val_fraction, "data.val_fraction", "be 0 for shards: the validation shards are "
          "data.val_root", cfg.val_fraction, source)
+    rule(not shards or not cfg.calibration_fraction, "data.calibration_fraction", "be 0 for shards, which are read "
+         "in their order only", cfg.calibration_fraction, source)
 
 
 def check_model(cfg: ModelConfig, source: str) -> None:

@@ -19,8 +19,11 @@ USAGE = """Evaluates a finished run on its whole validation split, one line per 
 RUN_DIR is a run folder (its newest checkpoint) or a checkpoint file; works on a run of
 any method. Prints ``acc1 93.10``, ``acc5 99.80`` and ``<attack>_acc1 43.21`` lines;
 --calibration adds ``ece``, ``nll``, ``brier``, their ``_calibrated`` values and the
-``temperature`` fitted on a held-out share of the training split (written to
-RUN_DIR/temperature.json, used by load_model(..., calibrated=True)); --ood SOURCE adds
+``temperature`` fitted on the training images the run held out of training
+(data.calibration_fraction; else on a share of those it trained on, as it says),
+written to RUN_DIR/temperature.json and used by load_model(..., calibrated=True).
+The validation images are read as the run read them: a streamed dataset from its files
+or shards again, centre-cropped as in training. --ood SOURCE adds
 ``ood_<score>_auroc``, ``_aupr`` and ``_fpr95`` for the scores msp, energy, pretext and
 msp_pretext (the last two need pretext heads). SOURCE: a dataset name with an optional
 root (``cifar100``, ``cifar100:data/cifar-100-python``, ``shapes``) or an image folder.
@@ -43,7 +46,8 @@ def parse_args(argv=None):
     p.add_argument("--calibration", action="store_true",
                    help="ECE, NLL and Brier score before and after temperature scaling")
     p.add_argument("--calibration-fraction", type=float, default=0.1, metavar="F",
-                   help="share of each class of the training split the temperature is fitted on (default 0.1)")
+                   help="for a run that trained on every training image (data.calibration_fraction = 0): the "
+                        "share of each class of them the temperature is fitted on (default 0.1)")
     p.add_argument("--ood", action="append", default=[], metavar="SOURCE",
                    help="out-of-distribution scores against this source's validation images; repeatable")
     return p.parse_args(argv)
@@ -85,13 +89,11 @@ def evaluate_run(run, *, attacks=(), limit: int = 0, batch_size: int = 0, seed: 
     from gssl_fast.model.attacks import get_attack, robust_accuracy
     from gssl_fast.analysis.inference import load_for_evaluation
     from gssl_fast.run.progress import progressed
-    from pipelines.torch import make_loader
 
-    recipe, method, model, dataset = loaded or load_for_evaluation(run)
+    recipe, method, model, val = loaded or load_for_evaluation(run)
     accelerator = Accelerator(cpu=not torch.cuda.is_available())
     model = model.to(accelerator.device)
-    loader = make_loader(dataset, batch_size=batch_size or recipe.train.eval_batch_size, tasks=(), augment=False,
-                         normalize=False, shuffle=False, device=accelerator.device)
+    loader = val.loader(batch_size or recipe.train.eval_batch_size, accelerator.device)
     report = evaluate(model, progressed(loader, "clean"), accelerator=accelerator, num_classes=method.ctx.num_classes)
     result = {"acc1": report["val_acc1"], "acc5": report["val_acc5"]}
     attacked = min(len(loader), -(-limit // loader.batch_size)) if limit else len(loader)

@@ -26,6 +26,7 @@ class DataConfig:
     val_size: int = 2000  # images of the built-in dataset's val split
     seed: int = 0  # seed of the built-in dataset's generator, and of data.val_fraction's draw
     val_fraction: float = 0.0  # a single ImageFolder tree: this share of each class held out as the val split
+    calibration_fraction: float = 0.0  # this share of each class of the train split held out of training (seeded by data.seed); evaluate --calibration fits its temperature on it
     beton: str = ""  # FFCV .beton of the train split (train.loader = "ffcv"); "" = convert on first use
     on_corrupt: str = "error"  # an unreadable image file: "error" (stop, naming it) | "skip" (leave it out, counted)
     decode_cache: bool = True  # keep folder datasets decoded by PIL on disk, so a restart does not decode again

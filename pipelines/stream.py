@@ -252,7 +252,9 @@ def open_stream(cfg, split: str) -> StreamSource:
     from pipelines.datasets import list_files
     from pipelines.datasets.decode import check_on_corrupt
 
-    return StreamSource(list_files(cfg, split), decodes(cfg)[split], check_on_corrupt(cfg.on_corrupt))
+    # The calibration share of the training images is read as validation images are.
+    decode = decodes(cfg)["train" if split == "train" else "val"]
+    return StreamSource(list_files(cfg, split), decode, check_on_corrupt(cfg.on_corrupt))
 
 
 def left_out(bad: list[tuple[str, str]], source: StreamSource, skipped: list, *, whole_batch: bool) -> None:

@@ -12,6 +12,7 @@ the pretext transforms are applied batched on that device, as in training.
 from __future__ import annotations
 
 import json
+import sys
 from pathlib import Path
 
 import numpy as np
@@ -56,13 +57,13 @@ class Passes:
         self.heads = bool(getattr(model, "tasks", ()))
 
     @torch.no_grad()
-    def run(self, dataset, desc: str, subset=None) -> dict[str, torch.Tensor]:
+    def run(self, split, desc: str, subset=None) -> dict[str, torch.Tensor]:
+        """The passes over ``split`` (``gssl_fast.analysis.split.EvalSplit``), or over
+        ``subset`` (``[M]`` positions) of it."""
         from gssl_fast.analysis.uncertainty import pretext_score
         from gssl_fast.run.progress import progressed
-        from pipelines.torch import make_loader
 
-        loader = make_loader(dataset, batch_size=self.batch_size, tasks=(), augment=False, normalize=False,
-                             shuffle=False, device=self.device, subset=subset)
+        loader = split.loader(self.batch_size, self.device, subset=subset)
         logits, labels, pretext = [], [], []
         for batch in progressed(loader, desc):
             logits.append(self.model(batch["images"])["logits"].float().cpu())
@@ -74,28 +75,47 @@ class Passes:
 
 
 def calibrate(passes: Passes, recipe, inside: dict, fraction: float, folder: Path) -> dict[str, float]:
-    """Temperature fitted on ``fraction`` of each class of the training split (never the
-    validation split), the figures before and after it; writes temperature.json and
-    calibration.json."""
+    """Temperature fitted on the training images the run held out of training
+    (``data.calibration_fraction``), or, for a run that trained on every one, on a
+    seeded ``fraction`` of each class of them (said, since the model has seen those);
+    never on the validation split. The figures before and after it; writes
+    temperature.json and calibration.json."""
     from gssl_fast.analysis.inference import TEMPERATURE
     from gssl_fast.analysis.uncertainty import calibration, fit_temperature
     from pipelines.atomic import write_text_atomic
-    from pipelines.datasets import load_dataset
+
+    fit, fitted_on = calibration_pass(passes, recipe, fraction)
+    t = fit_temperature(fit["logits"], fit["labels"])
+    before, after = calibration(inside["logits"], inside["labels"]), calibration(inside["logits"], inside["labels"], t)
+    write_text_atomic(folder / TEMPERATURE, json.dumps({"temperature": t, "fitted_on": fitted_on}))
+    write_text_atomic(folder / CALIBRATION, json.dumps({"temperature": t, "fitted_on": fitted_on, "before": before,
+                                                        "after": after}))
+    out = {k: before[k] for k in ("ece", "nll", "brier")}
+    out.update({f"{k}_calibrated": after[k] for k in ("ece", "nll", "brier")})
+    return {**out, "temperature": t}
+
+
+def calibration_pass(passes: Passes, recipe, fraction: float) -> tuple[dict, str]:
+    """The passes over the images the temperature is fitted on, and what they are."""
+    from gssl_fast.analysis.split import eval_split
+    from pipelines.datasets import CALIBRATION
+
+    data = recipe.data
+    if data.calibration_fraction:
+        held = eval_split(data, CALIBRATION)
+        return passes.run(held, "calibration split"), (f"{len(held)} training images held out of training "
+                                                         f"(data.calibration_fraction = {data.calibration_fraction:g})")
     from pipelines.sampling import held_out_positions
 
     if not 0 < fraction < 1:
         raise UserError(f"--calibration-fraction must be in (0, 1), got {fraction}")
-    train = load_dataset(recipe.data, "train")
+    train = eval_split(data, "train")
     held = held_out_positions(train.labels, fraction, recipe.train.seed)
-    fit = passes.run(train, "calibration split", subset=held)
-    t = fit_temperature(fit["logits"], fit["labels"])
-    before, after = calibration(inside["logits"], inside["labels"]), calibration(inside["logits"], inside["labels"], t)
-    write_text_atomic(folder / TEMPERATURE, json.dumps({"temperature": t, "fitted_on": f"{len(held)} training images "
-                                                        f"({fraction:g} of each class, seed {recipe.train.seed})"}))
-    write_text_atomic(folder / CALIBRATION, json.dumps({"temperature": t, "before": before, "after": after}))
-    out = {k: before[k] for k in ("ece", "nll", "brier")}
-    out.update({f"{k}_calibrated": after[k] for k in ("ece", "nll", "brier")})
-    return {**out, "temperature": t}
+    print(f"calibration: the temperature is fitted on {len(held)} training images the model trained on "
+          "(data.calibration_fraction = 0); hold a share out of training with data.calibration_fraction "
+          "for a fit on images it has not seen", file=sys.stderr, flush=True)
+    return passes.run(train, "calibration split", subset=held), (
+        f"{len(held)} training images the model trained on ({fraction:g} of each class, seed {recipe.train.seed})")
 
 
 def ood(passes: Passes, recipe, inside: dict, sources, folder: Path) -> dict[str, float]:
@@ -134,13 +154,17 @@ def source_name(source: str) -> str:
 
 
 def ood_dataset(source: str, data):
-    """The validation images of ``source`` at the run's ``data.image_size``: a dataset name
-    of ``pipelines.datasets.DATASETS`` with an optional ``:ROOT`` (default: where
+    """The validation images of ``source`` at the run's ``data.image_size``, read as the
+    run read its own (``gssl_fast.analysis.split.EvalSplit``; streamed with the run's
+    validation crop when the run streamed and ``source`` is a folder dataset): a dataset
+    name of ``pipelines.datasets.DATASETS`` with an optional ``:ROOT`` (default: where
     ``python -m gssl_fast.fetch`` puts it), or an image folder (ImageFolder tree)."""
     import dataclasses
 
-    from pipelines.datasets import DATASETS, load_dataset
+    from gssl_fast.analysis.split import eval_split
+    from pipelines.datasets import DATASETS, FOLDER_DATASETS
     from pipelines.datasets.fetch import ARCHIVES, DEFAULT_ROOT
+    from pipelines.stream import streamed
 
     name, _, root = source.partition(":")
     if name not in DATASETS:
@@ -149,10 +173,12 @@ def ood_dataset(source: str, data):
         name, root = "imagefolder", source
     elif not root and name in ARCHIVES:
         root = str(Path(DEFAULT_ROOT) / ARCHIVES[name].folder)
-    cfg = dataclasses.replace(data, name=name, root=root, longtail="none", val_fraction=0.0, stream=False,
-                              crop="pad", download=False, mirror="")
+    stream = streamed(data) and name in FOLDER_DATASETS
+    cfg = dataclasses.replace(data, name=name, root=root, longtail="none", val_fraction=0.0, calibration_fraction=0.0,
+                              val_root="", beton="", stream=stream, crop=data.crop if stream else "pad",
+                              download=False, mirror="")
     split = "val" if name != "imagefolder" or (Path(root) / "val").is_dir() else "train"
-    return load_dataset(cfg, split)
+    return eval_split(cfg, split)
 
 
 # ------------------------------------------------------------------ what the report shows of them

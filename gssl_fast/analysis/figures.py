@@ -71,11 +71,12 @@ def gradcam_column(run: Path, count: int) -> CamColumn:
 
     _, model, val = _load(run)
     idx = np.linspace(0, len(val.labels) - 1, count).astype(int)
-    pixels = torch.from_numpy(val.images[idx]).permute(0, 3, 1, 2).float() / 255.0
+    images = val.images(idx)
+    pixels = torch.from_numpy(images).permute(0, 3, 1, 2).float() / 255.0
     layer = dict(model.backbone.named_modules())[last_conv_name(model.backbone)]
     with GradCAM(model=Classifier(model), target_layers=[layer]) as cam:
         maps = cam(input_tensor=pixels, targets=[ClassifierOutputTarget(int(y)) for y in val.labels[idx]])
-    return CamColumn(run.name, val.images[idx], val.labels[idx], list(val.classes), maps)
+    return CamColumn(run.name, images, val.labels[idx], list(val.classes), maps)
 
 
 def _wrap(text: str, width: int) -> str:
@@ -145,9 +146,9 @@ def tsne_figure(run: Path, out: Path, count: int, name: str) -> PageFigure:
     plt = _plt()
     _, model, val = _load(run)
     idx = np.linspace(0, len(val.labels) - 1, min(count, len(val.labels))).astype(int)
-    feats = []
+    images, feats = val.images(idx), []
     for start in tqdm(range(0, len(idx), 256), desc=f"features {run.name}", file=sys.stderr):
-        batch = torch.from_numpy(val.images[idx[start:start + 256]]).permute(0, 3, 1, 2)
+        batch = torch.from_numpy(images[start:start + 256]).permute(0, 3, 1, 2)
         feats.append(model(batch)["features"].float())
     feats = torch.cat(feats).numpy()
     points = TSNE(n_components=2, perplexity=min(30.0, len(idx) - 1.0), init="pca", random_state=0).fit_transform(feats)

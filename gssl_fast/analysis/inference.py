@@ -60,11 +60,12 @@ def load_run(path: str | os.PathLike):
 
 def load_for_evaluation(path: str | os.PathLike):
     """``(recipe, method, model, val)``: a run's evaluated weights (``method.eval_model()``,
-    eval mode) and its recipe's validation split as an ``ArrayDataset``."""
-    from pipelines.datasets import load_dataset
+    eval mode) and its recipe's validation split as the run read it
+    (``gssl_fast.analysis.split.EvalSplit``)."""
+    from gssl_fast.analysis.split import eval_split
 
     recipe, method, _ = load_run(path)
-    return recipe, method, method.eval_model().eval(), load_dataset(recipe.data, "val")
+    return recipe, method, method.eval_model().eval(), eval_split(recipe.data, "val")
 
 
 def load_model(path: str | os.PathLike, *, device: str | torch.device = "cpu", calibrated: bool = False) -> nn.Module:

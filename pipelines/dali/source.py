@@ -118,8 +118,9 @@ def open_source(cfg, split: str):
     (``pipelines.stream.open_shards``: none read, each sample screened when first fed);
     with ``cfg.stream`` the ``StreamSource`` twice (``pipelines.stream.open_stream``:
     nothing read yet, each file screened when first fed); else a folder dataset's
-    screened ``FileList`` twice (a long-tailed train split stays an array subset), else
-    the decoded ``ArrayDataset`` twice. Writes nothing but the decode cache."""
+    screened ``FileList`` twice (a long-tailed train split, or one less its calibration
+    share, stays an array subset), else the decoded ``ArrayDataset`` twice. Writes
+    nothing but the decode cache."""
     from pipelines.stream import open_streamed
 
     source = open_streamed(cfg, split)
@@ -127,7 +128,8 @@ def open_source(cfg, split: str):
         return source, source
     from pipelines.datasets import FOLDER_DATASETS
 
-    if cfg.name not in FOLDER_DATASETS or (split == "train" and cfg.longtail != "none"):
+    held = cfg.longtail != "none" or getattr(cfg, "calibration_fraction", 0.0)
+    if cfg.name not in FOLDER_DATASETS or (split == "train" and held):
         from pipelines.datasets import load_dataset
 
         dataset = load_dataset(cfg, split)

@@ -64,43 +64,73 @@ SHARD_DATASETS: dict[str, Callable] = {
 }
 
 
+# The share of the training images data.calibration_fraction holds out of training, read
+# as a split of its own (evaluate --calibration fits its temperature on it).
+CALIBRATION = "calibration"
+
+
 def list_files(cfg, split: str) -> FileList:
     """The files of ``split`` of the folder dataset ``cfg.name``, the train split
-    subsampled to a long tail as :func:`load_dataset` does; nothing decoded."""
-    check_split(split)
+    subsampled to a long tail and less its calibration share as :func:`load_dataset`
+    does; nothing decoded."""
+    base = _base_split(split)
     if cfg.name not in FOLDER_DATASETS:
         raise unknown_name("dataset of image files (data.name, with data.stream)", cfg.name, FOLDER_DATASETS)
-    files = FOLDER_DATASETS[cfg.name](cfg, split)
-    if split == "train" and cfg.longtail != "none":
-        keep = _longtail_keep(files.labels, cfg, len(files.classes))
+    files = FOLDER_DATASETS[cfg.name](cfg, base)
+    keep = _training_positions(files.labels, len(files.classes), cfg, split) if base == "train" else None
+    if keep is not None:
         files = FileList(tuple(files.paths[i] for i in keep), files.labels[keep], files.classes, files.skipped)
     return files
 
 
-def _longtail_keep(labels, cfg, num_classes: int):
-    try:
-        return longtail_indices(labels, cfg.longtail, cfg.imbalance_ratio, num_classes=num_classes)
-    except ValueError as e:  # a bad data.longtail / data.imbalance_ratio
-        raise UserError(str(e)) from None
+def _base_split(split: str) -> str:
+    """The split of the dataset that ``split`` is read from (the calibration share: train)."""
+    return "train" if split == CALIBRATION else check_split(split)
+
+
+def _training_positions(labels, num_classes: int, cfg, split: str):
+    """``[M]`` positions of the train split's images that ``split`` ("train" or
+    "calibration") holds: the long tail of ``data.longtail``, less (for "calibration":
+    only) a seeded ``data.calibration_fraction`` of each of its classes. None: all."""
+    import numpy as np
+
+    keep = None
+    if cfg.longtail != "none":
+        try:
+            keep = np.asarray(longtail_indices(labels, cfg.longtail, cfg.imbalance_ratio, num_classes=num_classes))
+        except ValueError as e:  # a bad data.longtail / data.imbalance_ratio
+            raise UserError(str(e)) from None
+    fraction = getattr(cfg, "calibration_fraction", 0.0)
+    if not fraction:
+        if split == CALIBRATION:
+            raise UserError("the calibration split is the share of the training images that "
+                            "data.calibration_fraction holds out of training, and it is 0 in this recipe")
+        return keep
+    from pipelines.sampling import derive_seed, held_out_positions
+
+    pool = np.arange(len(labels)) if keep is None else keep
+    held = held_out_positions(np.asarray(labels)[pool], fraction, derive_seed(cfg.seed, CALIBRATION))
+    return pool[held] if split == CALIBRATION else np.delete(pool, held)
 
 
 def load_dataset(cfg, split: str) -> ArrayDataset:
-    """The ``split`` ("train" or "val") of the dataset ``cfg.name`` (a DataConfig).
+    """The ``split`` ("train", "val" or "calibration") of the dataset ``cfg.name`` (a DataConfig).
 
     The train split is subsampled to a long tail when ``cfg.longtail != "none"``
-    (``longtail_indices``: LDAM-DRW's per-class counts and selection). Images whose size
+    (``longtail_indices``: LDAM-DRW's per-class counts and selection), then a seeded
+    ``cfg.calibration_fraction`` of each class is held out of it: the "calibration" split. Images whose size
     differs from ``cfg.image_size`` are resized to ``image_size x image_size`` with PIL's
     bilinear filter, antialiased when shrinking (``resize_images``).
     """
-    check_split(split)
+    base = _base_split(split)
     if cfg.name in SHARD_DATASETS:
         raise UserError(f"data.name = {cfg.name!r} is read from its shards as a stream (train.loader = \"torch\"); "
                         "it has no in-memory form")
     if cfg.name not in DATASETS:
         raise unknown_name("dataset (data.name)", cfg.name, DATASETS)
-    dataset = DATASETS[cfg.name](cfg, split)
-    if split == "train" and cfg.longtail != "none":
-        keep = _longtail_keep(dataset.labels, cfg, dataset.num_classes)
+    dataset = DATASETS[cfg.name](cfg, base)
+    keep = _training_positions(dataset.labels, dataset.num_classes, cfg, split) if base == "train" else None
+    if keep is not None:
         dataset = dataset.subset(keep)
     return dataset.resized(cfg.image_size)
 

@@ -51,7 +51,7 @@ def every_section_recipe():
         data=DataConfig(name="tinyimagenet", root='dir with "quotes" \\ and é\t', image_size=48, crop_padding=0, hflip=False,
                         mean=(0.1 + 0.2, 0.5, 1.0), std=(1e-05, 0.2, 0.3), longtail="step",
                         imbalance_ratio=0.02, train_size=7, val_size=3, seed=5, beton="x.beton", val_fraction=0.25,
-                        on_corrupt="skip", decode_cache=False, cache_dir="cache dir", stream=True, crop="random_resized",
+                        calibration_fraction=0.1, on_corrupt="skip", decode_cache=False, cache_dir="cache dir", stream=True, crop="random_resized",
                         crop_scale=(0.25, 0.75), crop_ratio=(0.5, 2.0), val_crop_fraction=0.5, workers=3, download=True,
                         mirror="http://mirror.example/cifar", val_root="shards/val-{0..3}.tar", shuffle_buffer=7),
         model=ModelConfig(backbone="resnet18", pretrained=True, drop_rate=0.25, channels_last=True, init="kaiming",

@@ -60,6 +60,16 @@ def test_the_imagenet_recipe_trains_streamed(tmp_path, imagenet, loader):
     assert [r["epoch"] for r in log] == [0, 1]
     assert log[0]["train_images"] == 48 and len(log[0]["val_per_class"]) == 4
     assert "val_acc1" in log[-1] and "gate" in json.dumps(log[-1])
+    evaluated_as_trained(tmp_path / "run")
+
+
+def evaluated_as_trained(run: Path) -> None:
+    """gssl_fast.evaluate reads the validation images as the run's loader did (streamed,
+    centre-cropped): the same accuracy as the run's last epoch logged."""
+    from gssl_fast.evaluate import evaluate_run
+
+    got, last = evaluate_run(run), rows(run)[-1]
+    assert (got["acc1"], got["acc5"]) == pytest.approx((last["val_acc1"], last["val_acc5"]))
 
 
 @pytest.mark.slow
@@ -132,6 +142,7 @@ def test_the_imagenet_recipe_trains_from_shards(tmp_path, shards, loader):
     assert [r["epoch"] for r in log] == [0, 1]
     assert log[0]["train_images"] == 48 and len(log[0]["val_per_class"]) == 4
     assert "val_acc1" in log[-1] and "gate" in json.dumps(log[-1])
+    evaluated_as_trained(tmp_path / "run")
 
 
 def test_shard_keys_are_checked_with_the_recipe(shards):

@@ -3,8 +3,10 @@ and `python -m gssl_fast.evaluate RUN --calibration --ood SOURCE` on a trained r
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import math
+import re
 
 import numpy as np
 import pytest
@@ -117,3 +119,30 @@ def test_a_trained_gssl_run_separates_noise_and_calibrates(tmp_path, capsys):
     assert json.loads((tmp_path / "run" / "ood.json").read_text())[str(tmp_path / "noise")]["pretext"]["histogram"]
     model = gssl_fast.load_model(tmp_path / "run", calibrated=True)
     assert model.temperature == pytest.approx(float(lines["temperature"]), rel=1e-3)
+
+
+def test_the_temperature_is_fitted_on_the_share_held_out_of_training(tmp_path, capsys):
+    from gssl_fast.config import load_recipe
+    from gssl_fast.evaluate import main as evaluate
+    from gssl_fast.train import main as train
+    from pipelines.datasets import load_dataset
+    from tests.gssl_fast.tiny import write_tiny
+
+    recipe = write_tiny(tmp_path)  # 128 training images of 4 classes, batches of 32
+    held, plain = tmp_path / "held", tmp_path / "plain"
+    assert train([str(recipe), "--out", str(held), "--set", "data.calibration_fraction=0.25"]) == 0
+    assert train([str(recipe), "--out", str(plain)]) == 0
+    trained = {run: json.loads((run / "metrics.jsonl").read_text().splitlines()[-1])["train_images"]
+               for run in (held, plain)}
+    assert trained == {held: 96, plain: 128}, "the held-out quarter is never trained on"
+    capsys.readouterr()
+    assert evaluate([str(held), "--calibration"]) == 0
+    assert "trained on" not in capsys.readouterr().err
+    share = len(load_dataset(dataclasses.replace(load_recipe(recipe).data, calibration_fraction=0.25), "calibration"))
+    fitted = json.loads((held / "temperature.json").read_text())["fitted_on"]
+    assert fitted.startswith(f"{share} training images held out of training"), fitted
+    assert evaluate([str(plain), "--calibration"]) == 0
+    printed = capsys.readouterr()
+    assert re.search(r"fitted on \d+ training images the model trained on", printed.err)
+    assert all(len(line.split()) == 2 for line in printed.out.splitlines()), "stdout: one metric a line"
+    assert "the model trained on" in json.loads((plain / "temperature.json").read_text())["fitted_on"]

@@ -107,3 +107,45 @@ def test_resize_is_antialiased():
     assert small.shape == (1, 8, 8, 3) and np.all(np.abs(small.astype(int) - 128) <= 2)
     flat = np.full((2, 10, 10, 3), 90, dtype=np.uint8)
     assert np.all(resize_images(flat, 25) == 90)
+
+
+def _rows(dataset) -> list[bytes]:
+    return sorted(image.tobytes() + bytes([label]) for image, label in zip(dataset.images, dataset.labels))
+
+
+@pytest.mark.parametrize("longtail", ["none", "exp"])
+def test_the_calibration_share_is_held_out_of_the_train_split(longtail):
+    cfg = DataConfig(train_size=500, val_size=50, longtail=longtail, imbalance_ratio=0.1)
+    whole = load_dataset(cfg, "train")
+    held_cfg = dataclasses.replace(cfg, calibration_fraction=0.2)
+    train, held = load_dataset(held_cfg, "train"), load_dataset(held_cfg, "calibration")
+    assert len(held) and sorted(_rows(train) + _rows(held)) == _rows(whole)
+    counts = whole.class_counts()
+    expected = [min(n - 1, max(1, round(0.2 * n))) for n in counts]
+    assert held.class_counts().tolist() == expected
+    assert _rows(load_dataset(held_cfg, "val")) == _rows(load_dataset(cfg, "val")), "the val split is untouched"
+    again = load_dataset(held_cfg, "calibration")
+    assert np.array_equal(again.images, held.images), "the share is drawn with data.seed: the same every time"
+
+
+def test_the_calibration_split_needs_a_share():
+    with pytest.raises(UserError, match="data.calibration_fraction"):
+        load_dataset(DataConfig(train_size=20), "calibration")
+
+
+def test_a_folder_lists_the_calibration_share_as_it_decodes_it(tmp_path):
+    from pipelines.datasets import list_files
+    from pipelines.datasets.testing import write_image_folder
+
+    rng = np.random.default_rng(0)
+    images = rng.integers(0, 256, (30, 8, 8, 3), dtype=np.uint8)
+    root = write_image_folder(tmp_path / "tree", list(images), np.arange(30) % 3)
+    cfg = DataConfig(name="imagefolder", root=str(root), image_size=8, val_fraction=0.2, calibration_fraction=0.25,
+                     decode_cache=False)
+    for split in ("train", "calibration"):
+        files, decoded = list_files(cfg, split), load_dataset(cfg, split)
+        assert files.labels.tolist() == decoded.labels.tolist()
+        assert np.array_equal(np.stack([np.asarray(Image.open(p).convert("RGB")) for p in files.paths]), decoded.images)
+    train, held = list_files(cfg, "train").paths, list_files(cfg, "calibration").paths
+    whole = list_files(dataclasses.replace(cfg, calibration_fraction=0.0), "train").paths
+    assert not set(train) & set(held) and sorted(train + held) == sorted(whole)
