@@ -33,7 +33,7 @@ import numpy as np
 
 from pipelines.errors import UserError
 from gssl_fast.analysis.evaluations import uncertainty_figures
-from gssl_fast.analysis.figures import PageFigure, _plt, gradcam_figures, tsne_figure
+from gssl_fast.analysis.figures import PageFigure, _plt, gradcam_column, gradcam_figures, tsne_figure
 from gssl_fast.run.log import MetricsLog
 from gssl_fast.run.progress import is_number, metric_items
 
@@ -232,6 +232,8 @@ def _section(heading: str, figures: list[PageFigure], note: str = "") -> str:
 
 def write_report(runs: list[Path], out: Path, *, images: int = 8, tsne: int = 500, table: str | None = None) -> Path:
     """Writes the figures and ``index.html`` into ``out``; returns the page."""
+    from gssl_fast.analysis.inference import load_for_evaluation
+
     for run in runs:
         if not (run / "metrics.jsonl").is_file():
             raise UserError(f"{run} is not a run folder (no metrics.jsonl); give the folder a training run wrote")
@@ -239,8 +241,12 @@ def write_report(runs: list[Path], out: Path, *, images: int = 8, tsne: int = 50
     logs = {run.name: MetricsLog(run / "metrics.jsonl").read() for run in runs}
     declared = {run.name: declared_metrics(run) for run in runs}
     curves = curve_figures(logs, out, declared)
-    cams, note = gradcam_figures(runs, out, images)
-    points = [tsne_figure(run, out, tsne, f"tsne_{i}.png") for i, run in enumerate(runs)]
+    columns, points = [], []
+    for i, run in enumerate(runs):  # each run's model and validation images loaded once, for both figures
+        loaded = load_for_evaluation(run)
+        columns.append(gradcam_column(run, images, loaded))
+        points.append(tsne_figure(run, out, tsne, f"tsne_{i}.png", loaded))
+    cams, note = gradcam_figures(columns, out)
     trust, ood_rows = uncertainty_figures(runs, out)
     sections = "\n".join([_section("Training curves", curves), _section("Grad-CAM (Figure 7)", cams, note),
                           _section("t-SNE of the validation features (Figure 8)", points),

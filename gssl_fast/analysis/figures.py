@@ -33,10 +33,12 @@ def _plt():
     return plt
 
 
-def _load(run: Path):
+def _load(run: Path, loaded=None):
+    """``(recipe, model, val)`` of ``run``: from ``loaded`` (what
+    ``load_for_evaluation(run)`` gave) when the caller has it already."""
     from gssl_fast.analysis.inference import load_for_evaluation
 
-    recipe, _, model, val = load_for_evaluation(run)
+    recipe, _, model, val = loaded or load_for_evaluation(run)
     return recipe, model, val
 
 
@@ -60,16 +62,16 @@ class CamColumn:
         return digest.hexdigest()
 
 
-def gradcam_column(run: Path, count: int) -> CamColumn:
+def gradcam_column(run: Path, count: int, loaded=None) -> CamColumn:
     """Grad-CAM of the true class on the last conv layer of ``run``'s model for ``count``
-    validation images spread over its split."""
+    validation images spread over its split (``loaded``: as for :func:`_load`)."""
     from pytorch_grad_cam import GradCAM
     from pytorch_grad_cam.utils.model_targets import ClassifierOutputTarget
 
     from gssl_fast.analysis.inference import Classifier
     from gssl_fast.model.network import last_conv_name
 
-    _, model, val = _load(run)
+    _, model, val = _load(run, loaded)
     idx = np.linspace(0, len(val.labels) - 1, count).astype(int)
     images = val.images(idx)
     pixels = torch.from_numpy(images).permute(0, 3, 1, 2).float() / 255.0
@@ -108,14 +110,13 @@ def draw_gradcam(columns: list[CamColumn]):
     return fig
 
 
-def gradcam_figures(runs: list[Path], out: Path, count: int) -> tuple[list[PageFigure], str]:
-    """Grad-CAM grids (Figure 7): one of every run when their validation images are the
-    same, else one per set of runs that share them. Returns the figures and a note for
-    the page ("" when there is one grid)."""
+def gradcam_figures(columns: list[CamColumn], out: Path) -> tuple[list[PageFigure], str]:
+    """Grad-CAM grids (Figure 7) of the runs' ``columns`` (:func:`gradcam_column`): one of
+    every run when their validation images are the same, else one per set of runs that
+    share them. Returns the figures and a note for the page ("" when there is one grid)."""
     plt = _plt()
     groups: dict[str, list[CamColumn]] = {}
-    for run in runs:
-        column = gradcam_column(run, count)
+    for column in columns:
         groups.setdefault(column.image_key(), []).append(column)
     figures = []
     for i, group in enumerate(groups.values(), start=1):
@@ -138,13 +139,14 @@ def gradcam_figures(runs: list[Path], out: Path, count: int) -> tuple[list[PageF
 
 
 @torch.no_grad()
-def tsne_figure(run: Path, out: Path, count: int, name: str) -> PageFigure:
-    """t-SNE of the pooled features of ``count`` validation images, coloured by class (Figure 8)."""
+def tsne_figure(run: Path, out: Path, count: int, name: str, loaded=None) -> PageFigure:
+    """t-SNE of the pooled features of ``count`` validation images, coloured by class
+    (Figure 8; ``loaded``: as for :func:`_load`)."""
     from sklearn.manifold import TSNE
     from tqdm import tqdm
 
     plt = _plt()
-    _, model, val = _load(run)
+    _, model, val = _load(run, loaded)
     idx = np.linspace(0, len(val.labels) - 1, min(count, len(val.labels))).astype(int)
     images, feats = val.images(idx), []
     for start in tqdm(range(0, len(idx), 256), desc=f"features {run.name}", file=sys.stderr):
