@@ -225,10 +225,11 @@ def check_recipe(recipe: Recipe, source: str) -> None:
     if recipe.data.name in SHARD_DATASETS:
         rule(recipe.train.loader in READERS, "train.loader", "be one of " + ", ".join(map(repr, READERS)) + " for "
              "data.name = \"webdataset\" (the loaders that read shards)", recipe.train.loader, source)
-    # DALI's and FFCV's streams resample bilinearly; only the torch stream has the other filters.
-    rule(recipe.data.crop_interpolation == "bilinear" or recipe.train.loader == "torch", "data.crop_interpolation",
+    # FFCV's crop-and-resize decoder has one filter of its own (OpenCV's area); the torch and
+    # DALI streams resample with either.
+    rule(recipe.data.crop_interpolation == "bilinear" or recipe.train.loader != "ffcv", "data.crop_interpolation",
          f"be \"bilinear\" with train.loader = {show(recipe.train.loader)} (\"bicubic\" needs train.loader = "
-         "\"torch\")", recipe.data.crop_interpolation, source)
+         "\"torch\" or \"dali\")", recipe.data.crop_interpolation, source)
     size = recipe.data.image_size
     if recipe.pretext.tasks and size % 2:
         raise UserError(

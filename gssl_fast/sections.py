@@ -38,7 +38,7 @@ class DataConfig:
     crop_scale: tuple[float, float] = (0.08, 1.0)  # data.crop = "random_resized": the window's area fraction of the image, [min, max]
     crop_ratio: tuple[float, float] = (0.75, 1.3333333333333333)  # data.crop = "random_resized": the window's aspect ratio w / h, [min, max]
     val_crop_fraction: float = 0.875  # data.crop = "random_resized": validation takes the centred square of this share of the shorter side (timm's crop_pct)
-    crop_interpolation: str = "bilinear"  # filter resampling a streamed image or window to data.image_size: "bilinear" | "bicubic" (train.loader = "torch")
+    crop_interpolation: str = "bilinear"  # filter resampling a streamed image or window to data.image_size: "bilinear" | "bicubic" (train.loader = "torch" or "dali")
     workers: int = 0  # decoding processes of the torch stream (threads for DALI and FFCV); 0 = the cores this process may use
     download: bool = False  # fetch the official archive of data.name (cifar10, cifar100, tinyimagenet) into data.root's folder first, when missing
     mirror: str = ""  # with data.download: fetch the archive's file name from this URL instead of the official one (same checksum)

@@ -114,7 +114,7 @@ class DaliShardLoader(DaliLoader):
         if self._pool is None:  # screens samples; PIL releases the GIL
             self._pool = ThreadPoolExecutor(self.num_threads, thread_name_prefix="dali-shards-screen")
         return build_stream_pipeline(self._feed(epoch), size=self.spec.image_size, labelled=True,
-                                     **self._pipeline_kwargs(epoch))
+                                     interpolation=self.decode.interpolation, **self._pipeline_kwargs(epoch))
 
     def _feed(self, epoch: int):
         """The epoch's batches for ``fn.external_source`` (:meth:`_fed`): the next

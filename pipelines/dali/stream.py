@@ -106,7 +106,8 @@ class DaliStreamLoader(DaliLoader):
     def _build(self, epoch: int):
         if self._pool is None:  # reads and screens files; PIL and file reads release the GIL
             self._pool = ThreadPoolExecutor(self.num_threads, thread_name_prefix="dali-stream-feed")
-        return build_stream_pipeline(self._feed(epoch), size=self.spec.image_size, **self._pipeline_kwargs(epoch))
+        return build_stream_pipeline(self._feed(epoch), size=self.spec.image_size,
+                                     interpolation=self.decode.interpolation, **self._pipeline_kwargs(epoch))
 
     def _feed(self, epoch: int):
         """The epoch's batches for ``fn.external_source`` (:meth:`_fed`), the files of
@@ -147,10 +148,15 @@ class DaliStreamLoader(DaliLoader):
         return rows
 
 
-def build_stream_pipeline(batches, *, size: int, views: dict, labelled: bool = False, **pipeline_kwargs):
+# Decode.interpolation -> DALI's filter; both antialiased when shrinking, as PIL's are.
+INTERPOLATIONS = {"bilinear": "INTERP_LINEAR", "bicubic": "INTERP_CUBIC"}
+
+
+def build_stream_pipeline(batches, *, size: int, views: dict, labelled: bool = False, interpolation: str = "bilinear",
+                          **pipeline_kwargs):
     """Pipeline over the batches of :meth:`DaliStreamLoader._fed` from ``batches``: each
     file's window decoded (ROI decode; "mixed" when the pipeline has a GPU), resized to
-    ``size x size`` (linear, antialiased), then the graph of each of ``views``
+    ``size x size`` (``interpolation``, antialiased), then the graph of each of ``views``
     (``{name: GraphOptions}``). ``labelled``: each batch holds its ``[b]`` int64 labels
     last, an output ``labels`` (a shard's samples carry their own). Returns ``(pipeline,
     output names)``."""
@@ -165,7 +171,8 @@ def build_stream_pipeline(batches, *, size: int, views: dict, labelled: bool = F
         images = fn.decoders.image_slice(data, start=start, shape=shape, axis_names="HW", output_type=types.RGB,
                                          adjust_orientation=False, jpeg_fancy_upsampling=True,
                                          device="mixed" if gpu else "cpu")
-        images = fn.resize(images, size=[size, size], antialias=True)
+        images = fn.resize(images, size=[size, size], antialias=True,
+                           interp_type=getattr(types, INTERPOLATIONS[interpolation]))
         out = view_graphs(images, index, views)
         if labelled:
             out["labels"] = label[0]

@@ -76,7 +76,7 @@ def test_every_key_of_every_section_differs_from_default():
     same = {(section, f.name) for section, cls in classes.items() for f in dataclasses.fields(cls)
             if getattr(getattr(recipe, section), f.name) == (
                 f.default if f.default_factory is dataclasses.MISSING else f.default_factory())}
-    # sgd stays: momentum and the schedule apply to it; bilinear stays: bicubic needs the torch loader, not ffcv.
+    # sgd stays: momentum and the schedule apply to it; bilinear stays: bicubic needs the torch or DALI loader, not ffcv.
     assert same == {("optim", "name"), ("method", "name"), ("data", "crop_interpolation")}
 
 
@@ -221,8 +221,8 @@ BAD = [
     ("[data]\ncrop_interpolation = 'bicubic'", ['data.crop_interpolation must be "bilinear" unless data.stream = '
                                                "true", "got 'bicubic'"]),
     ("[data]\nname = 'tinyimagenet'\nstream = true\ncrop = 'random_resized'\ncrop_interpolation = 'bicubic'\n"
-     "[train]\nloader = 'dali'", ['data.crop_interpolation must be "bilinear" with train.loader = \'dali\'',
-                                 '"bicubic" needs train.loader = "torch"']),
+     "[train]\nloader = 'ffcv'", ['data.crop_interpolation must be "bilinear" with train.loader = \'ffcv\'',
+                                 '"bicubic" needs train.loader = "torch" or "dali"']),
     ("[data]\nlongtail = 'linear'", ["data.longtail must be one of 'none', 'exp', 'step', got 'linear'"]),
     ("[data]\nimbalance_ratio = 0", ["data.imbalance_ratio must be in (0, 1]", "got 0.0"]),
     ("[data]\nimbalance_ratio = 1.5", ["data.imbalance_ratio must be in (0, 1]"]),

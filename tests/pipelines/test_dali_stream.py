@@ -93,6 +93,18 @@ def test_each_file_is_its_reference_window(noise_png, decode, device):
         assert (b["images"].int() - off.int()).abs().float().mean() > 10
 
 
+@pytest.mark.parametrize("device", DEVICES)
+def test_a_bicubic_window_is_resized_as_pil_resizes_it(noise_png, device):
+    """data.crop_interpolation = "bicubic" (torchvision's RandomResizedCrop(interpolation=3)):
+    DALI's antialiased cubic filter within its rounding of PIL's bicubic, and far from the
+    bilinear filter on noise."""
+    cubic = Decode("random_resized", scale=(0.1, 0.8), interpolation="bicubic")
+    diff = differences(stream(noise_png, cubic, device=device), noise_png, cubic)
+    assert diff.mean() < 1 and diff.mean((1, 2, 3)).max() < 1.5, (diff.mean(), diff.mean((1, 2, 3)).max())
+    linear = Decode("random_resized", scale=(0.1, 0.8), interpolation="bilinear")
+    assert differences(stream(noise_png, cubic, device=device), noise_png, linear).mean() > 4
+
+
 def one_pixel_off(path: str, decode: Decode, index: int) -> torch.Tensor:
     """``[3, S, S]`` uint8: the reference read of epoch 0 with its window moved a pixel
     (down or up; right or left when it is as tall as the image)."""
