@@ -141,30 +141,33 @@ def fit(recipe: Recipe, *, out=None, resume=None, overwrite=False, stage: str | 
     from gssl_fast.run.loop import Machine, open_run, train_run
     from gssl_fast.methods import MethodContext, build_method
     from gssl_fast.run.log import MetricsLog
-    from gssl_fast.run.folder import METRICS, check_run_folder, open_run_folder, record_recipe, run_dir_of
+    from gssl_fast.run.folder import METRICS, FolderLock, check_run_folder, open_run_folder, record_recipe, run_dir_of
     from gssl_fast.run.stages import check_stage, run_stages
 
     started, train = time.perf_counter(), recipe.train
     run_dir = run_dir_of(recipe.name, out)
     start_from = check_run_folder(run_dir, resume, overwrite, stage=stage)
     accelerator = make_accelerator(train, run_dir)
-    threads = set_threads(train, accelerator)
-    recipe = dataclasses.replace(recipe, train=per_process(train, accelerator.num_processes))
-    set_seed(recipe.train.seed)  # the same initial weights on every process
-    data = open_data(recipe.data, recipe.train.loader, accelerator)
-    method = build_method(recipe.method, MethodContext.of(recipe, data.class_counts, data.mean, data.std,
-                                                          train_labels=data.train.labels, classes=tuple(data.train.classes),
-                                                          run_dir=run_dir, main_process=accelerator.is_main_process))
-    check_stage(method, run_dir, stage)
-    for check in method.batch_checks():
-        check.refuse_empty(accelerator.num_processes)
-    open_run_folder(run_dir, overwrite, accelerator)
-    machine = Machine(accelerator, threads, data.kept(run_dir))
-    if method.stages():
-        run_stages(recipe, method, run_dir, machine, resume=resume, only=stage)
-    else:
-        run = open_run(recipe, method, machine, run_dir, MetricsLog(run_dir / METRICS))
-        train_run(run, start_from, before_start=lambda: record_recipe(recipe, run_dir, accelerator))
+    with FolderLock(run_dir, accelerator) as lock:  # before anything in the folder can change
+        threads = set_threads(train, accelerator)
+        recipe = dataclasses.replace(recipe, train=per_process(train, accelerator.num_processes))
+        set_seed(recipe.train.seed)  # the same initial weights on every process
+        data = open_data(recipe.data, recipe.train.loader, accelerator)
+        method = build_method(recipe.method, MethodContext.of(recipe, data.class_counts, data.mean, data.std,
+                                                              train_labels=data.train.labels,
+                                                              classes=tuple(data.train.classes), run_dir=run_dir,
+                                                              main_process=accelerator.is_main_process))
+        check_stage(method, run_dir, stage)
+        for check in method.batch_checks():
+            check.refuse_empty(accelerator.num_processes)
+        open_run_folder(run_dir, overwrite, accelerator)
+        lock.take()  # a folder made just now
+        machine = Machine(accelerator, threads, data.kept(run_dir))
+        if method.stages():
+            run_stages(recipe, method, run_dir, machine, resume=resume, only=stage)
+        else:
+            run = open_run(recipe, method, machine, run_dir, MetricsLog(run_dir / METRICS))
+            train_run(run, start_from, before_start=lambda: record_recipe(recipe, run_dir, accelerator))
     accelerator.end_training()
     if accelerator.is_main_process:
         from gssl_fast.run.progress import run_summary

@@ -5,11 +5,14 @@ A start is decided in two steps so that nothing is lost by a run that fails to s
 :func:`check_run_folder` only refuses (it writes nothing) and runs before the recipe,
 data, model and batch arithmetic are checked; :func:`open_run_folder` creates the
 folder and, under ``--overwrite``, removes the earlier run, once all of that passed.
+One trainer at a time: :class:`FolderLock` refuses a second one on the same folder.
 """
 
 from __future__ import annotations
 
+import os
 import shutil
+import time
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -24,6 +27,72 @@ CONFIG, HISTORY, METRICS = "config.toml", "config_history", "metrics.jsonl"
 # labeled subset), skipped images, tracker events and the report drawn from the old run.
 RUN_OUTPUTS = (checkpoint.CHECKPOINT_DIR, METRICS, CONFIG, HISTORY, "data", checkpoint.STAGES_DIR, "labeled_indices.txt",
                SKIPPED_FILE, "tensorboard", "report")
+
+
+# The trainer's lock; kept by --overwrite, which must not free the folder for another trainer.
+LOCK = ".trainer.lock"
+
+
+class FolderLock:
+    """The run folder for one trainer at a time: the main process holds a POSIX lock on
+    ``<run>/.trainer.lock`` (which names the holder) until the run ends. The kernel drops
+    it when the process dies, however it dies, and a forked worker never holds it. A
+    second trainer on the folder (another terminal, a ladder row whose job still runs)
+    is refused, in every one of its processes, before it changes anything: the lock is
+    taken on entry where an earlier trainer left its file, and the file is written only
+    once the folder is open (:meth:`take` with ``create``)."""
+
+    def __init__(self, run_dir: Path, accelerator):
+        self.run_dir, self.accelerator, self.file = Path(run_dir), accelerator, None
+
+    def __enter__(self) -> "FolderLock":
+        self.take(create=False)
+        return self
+
+    def __exit__(self, *exc) -> None:
+        if self.file is not None:
+            self.file.close()  # closing the file drops the lock
+            self.file = None
+
+    def take(self, *, create: bool = True) -> None:
+        """Takes the lock unless held (``create``: making the file, and naming this
+        process in it); every process calls it, and each raises the UserError when
+        another trainer holds it."""
+        refused = None
+        if self.accelerator.is_main_process:
+            refused = self._lock(create)
+        if self.accelerator.num_processes > 1:
+            from accelerate.utils import broadcast_object_list
+
+            refused = broadcast_object_list([refused], from_process=0)[0]
+        if refused:
+            raise UserError(refused)
+
+    def _lock(self, create: bool) -> str | None:
+        import fcntl
+        import socket
+
+        path = self.run_dir / LOCK
+        if self.file is None:
+            if not (create or path.is_file()):
+                return None  # no trainer has opened this folder
+            f = open(path, "a+" if create else "r+", encoding="utf-8")
+            try:
+                fcntl.lockf(f, fcntl.LOCK_EX | fcntl.LOCK_NB)
+            except OSError:
+                f.seek(0)
+                holder = f.read().strip() or "a process that did not say which"
+                f.close()
+                return (f"{self.run_dir} is being trained by another trainer ({holder}); wait for it to end or "
+                        "stop it, then continue with --resume auto, or train in another folder with --out")
+            self.file = f
+        if create:
+            self.file.seek(0)
+            self.file.truncate()
+            since = time.strftime("%Y-%m-%d %H:%M:%S")
+            self.file.write(f"pid {os.getpid()} on {socket.gethostname()}, since {since}\n")
+            self.file.flush()
+        return None
 
 
 def run_dir_of(name: str, out) -> Path:

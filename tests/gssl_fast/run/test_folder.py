@@ -12,7 +12,7 @@ import pytest
 from gssl_fast.train import main
 from tests.gssl_fast.tiny import write_tiny
 
-ROOT = Path(__file__).resolve().parents[2]
+ROOT = Path(__file__).resolve().parents[3]
 QUICK = ["--set", "train.steps_per_epoch=1"]
 
 
@@ -49,6 +49,40 @@ def test_overwrite_that_fails_to_start_leaves_the_earlier_run_as_it_was(finished
     captured = capsys.readouterr()
     assert "removing" not in captured.out and captured.err.startswith("error: ")
     assert snapshot(run) == before
+
+
+HOLD = """import sys, time
+from types import SimpleNamespace
+from gssl_fast.run.folder import FolderLock
+lock = FolderLock(sys.argv[1], SimpleNamespace(is_main_process=True, num_processes=1))
+lock.take()
+print("held", flush=True)
+time.sleep(600)
+"""
+
+
+def test_a_second_trainer_on_a_folder_is_refused_until_the_first_is_gone(finished, capsys):
+    import signal
+    import subprocess
+    import sys
+
+    recipe, run = finished
+    holder = subprocess.Popen([sys.executable, "-c", HOLD, str(run)], cwd=ROOT, stdout=subprocess.PIPE, text=True)
+    try:
+        assert holder.stdout.readline().strip() == "held"
+        before = snapshot(run)
+        capsys.readouterr()
+        for how in (["--resume", "auto"], ["--overwrite"]):
+            assert main([str(recipe), "--out", str(run), *QUICK, *how]) == 2
+            err = capsys.readouterr().err
+            assert f"is being trained by another trainer (pid {holder.pid} on " in err, err
+            assert snapshot(run) == before, "nothing in the folder changed"
+    finally:
+        holder.send_signal(signal.SIGKILL)
+        holder.wait()
+    # The kernel dropped the dead holder's lock: the folder is free at once.
+    assert main([str(recipe), "--out", str(run), *QUICK, "--overwrite"]) == 0
+    assert (run / ".trainer.lock").read_text().startswith("pid ")
 
 
 @pytest.mark.parametrize("case", BAD_STARTS)
