@@ -567,6 +567,8 @@ def run_rows(table: Table, out: Path, args) -> tuple[list[str], list[Failure]]:
     """Runs (or with ``--dry-run`` prints) the selected rows, one at a time or side by
     side, then the evaluation of each row that has trained and needs one (a row trained
     earlier too); returns the rows that ran or were evaluated, and those that failed."""
+    from gssl_fast.run.folder import trained_by
+
     todo, failed, trained = [], [], []
     for row in table.rows:
         if args.rows and row.name not in args.rows:
@@ -584,6 +586,10 @@ def run_rows(table: Table, out: Path, args) -> tuple[list[str], list[Failure]]:
         if (out / row.name / FINISHED).exists():
             print(f"{row.name}: finished, skipped", flush=True)
             trained.append(row)
+            continue
+        holder = trained_by(out / row.name)
+        if holder:  # a job of an earlier ladder still trains it
+            print(f"{row.name}: being trained ({holder}), skipped; rerun the ladder once it ends", flush=True)
             continue
         todo.append(row)
 

@@ -95,6 +95,22 @@ class FolderLock:
         return None
 
 
+def trained_by(run_dir: Path) -> str | None:
+    """Who holds the trainer's lock on ``run_dir`` (its pid and host), or None when no
+    trainer runs there. The lock is tried and let go at once."""
+    import fcntl
+
+    path = Path(run_dir) / LOCK
+    if not path.is_file():
+        return None
+    with open(path, "r+", encoding="utf-8") as f:
+        try:
+            fcntl.lockf(f, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except OSError:
+            return f.read().strip() or "a process that did not say which"
+    return None
+
+
 def run_dir_of(name: str, out) -> Path:
     """The run folder: ``out``, or ``runs/<recipe name>``."""
     return Path(out) if out else Path("runs") / name

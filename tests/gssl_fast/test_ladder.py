@@ -77,6 +77,32 @@ def test_two_rows_run_and_fill_the_table(tmp_path, capsys):
 TWO_ROWS = ["--rows", "c10-rho0.01-ldam-drw", "c10-rho0.01-lorot-e"]
 
 
+def test_a_row_another_trainer_still_trains_is_skipped_not_started_twice(tmp_path, capsys):
+    """A rerun of the ladder while an earlier one's job still trains a row (a Slurm job
+    outlives the ladder that submitted it) leaves that row to it."""
+    import signal
+    import subprocess
+    import sys
+
+    from tests.gssl_fast.run.test_folder import HOLD, ROOT
+
+    row = "c10-rho0.01-ldam-drw"
+    (tmp_path / "t1" / row).mkdir(parents=True)
+    holder = subprocess.Popen([sys.executable, "-c", HOLD, str(tmp_path / "t1" / row)], cwd=ROOT,
+                              stdout=subprocess.PIPE, text=True)
+    try:
+        assert holder.stdout.readline().strip() == "held"
+        capsys.readouterr()
+        assert main([str(TABLES / "table1.toml"), "--rows", row, "--out", str(tmp_path / "t1"),
+                     "--set", f"data.root={tmp_path}"]) == 0
+        out = capsys.readouterr().out
+        assert f"{row}: being trained (pid {holder.pid} on " in out and "skipped" in out, out
+        assert sorted(p.name for p in (tmp_path / "t1" / row).iterdir()) == [".trainer.lock"], "nothing started"
+    finally:
+        holder.send_signal(signal.SIGKILL)
+        holder.wait()
+
+
 @pytest.mark.parametrize("bad", ["train.epoch=3", "train.epochs=-3"], ids=["unknown key", "invalid value"])
 def test_a_recipe_error_in_every_row_is_said_once_and_nothing_runs(tmp_path, capsys, bad):
     # The rows' own overrides differ (their message names them), the error is the same.
