@@ -63,13 +63,16 @@ def main(argv=None) -> int:
         from gssl_fast.analysis.inference import load_for_evaluation
 
         loaded = load_for_evaluation(args.run)  # one load serves every pass
+        uncertain = args.calibration or bool(args.ood)
+        # The calibration and OOD pass over the validation images gives the accuracy too.
         result = evaluate_run(args.run, attacks=args.attack, limit=args.limit, batch_size=args.batch_size,
-                              seed=args.seed, loaded=loaded)
-        if args.calibration or args.ood:
+                              seed=args.seed, loaded=loaded, clean=not uncertain)
+        if uncertain:
             from gssl_fast.analysis.evaluations import uncertainty_run
 
-            result.update(uncertainty_run(args.run, calibration=args.calibration, fraction=args.calibration_fraction,
-                                          sources=args.ood, batch_size=args.batch_size, loaded=loaded))
+            more = uncertainty_run(args.run, calibration=args.calibration, fraction=args.calibration_fraction,
+                                   sources=args.ood, batch_size=args.batch_size, loaded=loaded, accuracy=True)
+            result = {"acc1": more.pop("acc1"), "acc5": more.pop("acc5"), **result, **more}
         for name, value in result.items():
             exact = any(k in name for k in ("nll", "brier", "temperature"))  # not percentages
             print(f"{name} {value:.4f}" if exact else f"{name} {value:.2f}", flush=True)
@@ -80,10 +83,11 @@ def main(argv=None) -> int:
 
 
 def evaluate_run(run, *, attacks=(), limit: int = 0, batch_size: int = 0, seed: int = 0,
-                 loaded=None) -> dict[str, float]:
-    """Clean top-1 / top-5 and robust top-1 (percent) of a run on its validation split,
-    with the plain torch loader on the CPU or the first GPU, in one process. ``loaded``:
-    what ``load_for_evaluation(run)`` gave, when the caller has it already."""
+                 loaded=None, clean: bool = True) -> dict[str, float]:
+    """Clean top-1 / top-5 (unless not ``clean``) and robust top-1 (percent) of a run on
+    its validation split, with the plain torch loader on the CPU or the first GPU, in one
+    process. ``loaded``: what ``load_for_evaluation(run)`` gave, when the caller has it
+    already."""
     from accelerate import Accelerator
 
     from gssl_fast.model.attacks import get_attack, robust_accuracy
@@ -94,8 +98,11 @@ def evaluate_run(run, *, attacks=(), limit: int = 0, batch_size: int = 0, seed: 
     accelerator = Accelerator(cpu=not torch.cuda.is_available())
     model = model.to(accelerator.device)
     loader = val.loader(batch_size or recipe.train.eval_batch_size, accelerator.device)
-    report = evaluate(model, progressed(loader, "clean"), accelerator=accelerator, num_classes=method.ctx.num_classes)
-    result = {"acc1": report["val_acc1"], "acc5": report["val_acc5"]}
+    result = {}
+    if clean:
+        report = evaluate(model, progressed(loader, "clean"), accelerator=accelerator,
+                          num_classes=method.ctx.num_classes)
+        result.update(acc1=report["val_acc1"], acc5=report["val_acc5"])
     attacked = min(len(loader), -(-limit // loader.batch_size)) if limit else len(loader)
     for name in attacks:
         robust = robust_accuracy(model, progressed(loader, name, total=attacked), get_attack(name),

@@ -26,12 +26,14 @@ HISTOGRAM_BINS = 30
 
 
 def uncertainty_run(run, *, calibration: bool = False, fraction: float = 0.1, sources=(), batch_size: int = 0,
-                    device: str | None = None, loaded=None) -> dict[str, float]:
+                    device: str | None = None, loaded=None, accuracy: bool = False) -> dict[str, float]:
     """The calibration figures (``ece``, ``nll``, ``brier``, each also ``_calibrated``, and
     ``temperature``) and, per OOD source, ``ood_[<source>_]<score>_{auroc,aupr,fpr95}``
     (the source's name only when there are several) of ``run`` (a run folder or
     checkpoint); writes the JSON files of the module docstring into the run folder.
-    ``loaded``: what ``load_for_evaluation(run)`` gave, when the caller has it already."""
+    ``loaded``: what ``load_for_evaluation(run)`` gave, when the caller has it already;
+    ``accuracy``: ``acc1`` and ``acc5`` of the validation pass too (as
+    ``gssl_fast.model.metrics.evaluate`` gives them)."""
     from gssl_fast.analysis.inference import load_for_evaluation
     from gssl_fast.run.stages import trained_checkpoint
 
@@ -41,6 +43,13 @@ def uncertainty_run(run, *, calibration: bool = False, fraction: float = 0.1, so
     passes = Passes(model.to(device), recipe, batch_size or recipe.train.eval_batch_size, device)
     inside = passes.run(val, "val")
     out = {}
+    if accuracy:
+        from gssl_fast.model.metrics import accuracy_report, topk_predictions
+
+        k = min(5, inside["logits"].shape[1])
+        report = accuracy_report(topk_predictions(inside["logits"], k).numpy(), inside["labels"].numpy(),
+                                 inside["logits"].shape[1])
+        out.update(acc1=report["val_acc1"], acc5=report["val_acc5"])
     if calibration:
         out.update(calibrate(passes, recipe, inside, fraction, folder))
     if sources:

@@ -136,8 +136,12 @@ def test_the_temperature_is_fitted_on_the_share_held_out_of_training(tmp_path, c
                for run in (held, plain)}
     assert trained == {held: 96, plain: 128}, "the held-out quarter is never trained on"
     capsys.readouterr()
+    assert evaluate([str(held)]) == 0
+    alone = capsys.readouterr().out.splitlines()
     assert evaluate([str(held), "--calibration"]) == 0
-    assert "trained on" not in capsys.readouterr().err
+    printed = capsys.readouterr()
+    assert "trained on" not in printed.err
+    assert printed.out.splitlines()[:2] == alone, "the accuracy from the calibration pass is the plain one"
     share = len(load_dataset(dataclasses.replace(load_recipe(recipe).data, calibration_fraction=0.25), "calibration"))
     fitted = json.loads((held / "temperature.json").read_text())["fitted_on"]
     assert fitted.startswith(f"{share} training images held out of training"), fitted
