@@ -37,6 +37,9 @@ POLL_S = 0.5  # between two looks at the running rows
 RESUBMITS = 2  # of a row whose job died (--slurm)
 TAIL_CHARS = 1 << 16  # of a row's output, read for its "error: " line
 SLURM_TIME = "24:00:00"
+# CPU cores a row's job asks for per GPU (or in all, without GPUs): its loaders decode
+# there, and Slurm's own default of one core would starve them.
+SLURM_CPUS_PER_GPU = 8
 PR_SET_PDEATHSIG = 1  # linux/prctl.h
 
 
@@ -52,6 +55,8 @@ def add_arguments(p) -> None:
                    help=f"time limit per job: minutes or [D-]HH:MM:SS (default {SLURM_TIME})")
     p.add_argument("--slurm-mem", type=float, default=None, metavar="GB",
                    help="memory per job (default: the partition's)")
+    p.add_argument("--slurm-cpus", type=int, default=None, metavar="N",
+                   help=f"CPU cores per job, for its data loaders (default {SLURM_CPUS_PER_GPU} per GPU)")
 
 
 def check_args(args) -> None:
@@ -65,11 +70,13 @@ def check_args(args) -> None:
         raise UserError(f"--parallel {args.parallel} runs each row as one process on one GPU; --launch "
                         f"{args.launch!r} needs the rows one at a time, or --slurm with --slurm-gpus")
     for flag, value in (("--slurm-gpus", args.slurm_gpus), ("--slurm-time", args.slurm_time),
-                        ("--slurm-mem", args.slurm_mem)):
+                        ("--slurm-mem", args.slurm_mem), ("--slurm-cpus", args.slurm_cpus)):
         if value is not None and args.slurm is None:
             raise UserError(f"{flag} {value} sets the jobs of --slurm PARTITION, which is not given")
     if args.slurm_gpus is not None and args.slurm_gpus < 0:
         raise UserError(f"--slurm-gpus {args.slurm_gpus}: give 0 or more GPUs per job")
+    if args.slurm_cpus is not None and args.slurm_cpus < 1:
+        raise UserError(f"--slurm-cpus {args.slurm_cpus}: give 1 or more CPU cores per job")
     if args.slurm_mem is not None and args.slurm_mem <= 0:
         raise UserError(f"--slurm-mem {args.slurm_mem:g}: give the memory per job in GB, more than 0")
     if args.slurm_time is not None:
@@ -268,9 +275,10 @@ class SlurmRows:
                             "--slurm local runs the jobs here)")
         self.out, self.table_name = out, table_name
         self.executor = submitit.AutoExecutor(folder=out / "slurm", cluster=cluster)
-        self.executor.update_parameters(
-            timeout_min=minutes(args.slurm_time or SLURM_TIME), gpus_per_node=1 if args.slurm_gpus is None else
-            args.slurm_gpus, mem_gb=args.slurm_mem, slurm_partition=args.slurm)
+        gpus = 1 if args.slurm_gpus is None else args.slurm_gpus
+        self.executor.update_parameters(timeout_min=minutes(args.slurm_time or SLURM_TIME), gpus_per_node=gpus,
+                                        cpus_per_task=args.slurm_cpus or SLURM_CPUS_PER_GPU * max(gpus, 1),
+                                        mem_gb=args.slurm_mem, slurm_partition=args.slurm)
 
     def free(self) -> bool:
         return True  # the queue decides when jobs run

@@ -259,7 +259,8 @@ def test_slurm_jobs_one_preempted_one_killed_still_end_in_a_complete_table(tmp_p
     strikers = [threading.Thread(target=strike, args=a) for a in (("a", signal.SIGUSR2), ("b", signal.SIGKILL))]
     for t in strikers:
         t.start()
-    args = [str(table), "--out", str(out), "--slurm", "local", "--slurm-gpus", "0", "--slurm-time", "30",
+    args = [str(table), "--out", str(out), "--slurm", "local", "--slurm-gpus", "0", "--slurm-cpus", "2",
+            "--slurm-time", "30",
             *_sets("train.epochs=4", "train.steps_per_epoch=24", "train.num_threads=1")]
     try:
         assert main(args) == 0
@@ -286,7 +287,10 @@ def test_slurm_jobs_one_preempted_one_killed_still_end_in_a_complete_table(tmp_p
     (["--slurm-gpus", "2"], "--slurm-gpus 2"),
     (["--slurm", "gpu", "--slurm-time", "1h"], "--slurm-time '1h'"),
     (["--slurm", "gpu", "--slurm-mem", "0"], "--slurm-mem 0"),
-], ids=["parallel 0", "parallel and slurm", "parallel and launch", "slurm-gpus alone", "slurm-time", "slurm-mem"])
+    (["--slurm-cpus", "4"], "--slurm-cpus 4"),
+    (["--slurm", "gpu", "--slurm-cpus", "0"], "--slurm-cpus 0"),
+], ids=["parallel 0", "parallel and slurm", "parallel and launch", "slurm-gpus alone", "slurm-time", "slurm-mem",
+        "slurm-cpus alone", "slurm-cpus"])
 def test_side_by_side_flags_are_checked_in_one_line(tmp_path, capsys, extra, named):
     assert main([str(TABLES / "table1.toml"), *TWO_ROWS, "--out", str(tmp_path / "t"), *extra]) == 2
     err = capsys.readouterr().err
