@@ -65,11 +65,11 @@ class EvalSplit:
         for batch in self.loader(64, "cpu", subset=subset):
             for image, index in zip(batch["images"], batch["indices"].tolist()):
                 if index in wanted:
-                    found[index] = image.permute(1, 2, 0).numpy()
+                    found[index] = image.permute(1, 2, 0).numpy().copy()  # a loader may reuse its buffers
         missing = sorted(wanted - set(found))
         if missing:
-            raise UserError(f"the {self.name} images at positions {missing[:5]} could not be read "
-                            "(left out as unreadable?)")
+            raise UserError(f"the {self.name} images at positions {missing[:5]} were left out of the stream as "
+                            "unreadable (data.on_corrupt = \"skip\"); the run's skipped_images.txt lists them")
         return np.stack([found[p] for p in positions.tolist()])
 
 
