@@ -10,8 +10,10 @@ One trainer at a time: :class:`FolderLock` refuses a second one on the same fold
 
 from __future__ import annotations
 
+import errno
 import os
 import shutil
+import sys
 import time
 from dataclasses import dataclass
 from pathlib import Path
@@ -31,6 +33,7 @@ RUN_OUTPUTS = (checkpoint.CHECKPOINT_DIR, METRICS, CONFIG, HISTORY, "data", chec
 
 # The trainer's lock; kept by --overwrite, which must not free the folder for another trainer.
 LOCK = ".trainer.lock"
+HELD = (errno.EACCES, errno.EAGAIN)  # what lockf says when another process holds the lock
 
 
 class FolderLock:
@@ -44,6 +47,7 @@ class FolderLock:
 
     def __init__(self, run_dir: Path, accelerator):
         self.run_dir, self.accelerator, self.file = Path(run_dir), accelerator, None
+        self.unguarded = False  # the file system does not lock files
 
     def __enter__(self) -> "FolderLock":
         self.take(create=False)
@@ -73,13 +77,21 @@ class FolderLock:
         import socket
 
         path = self.run_dir / LOCK
+        if self.unguarded:
+            return None
         if self.file is None:
             if not (create or path.is_file()):
                 return None  # no trainer has opened this folder
             f = open(path, "a+" if create else "r+", encoding="utf-8")
             try:
                 fcntl.lockf(f, fcntl.LOCK_EX | fcntl.LOCK_NB)
-            except OSError:
+            except OSError as e:
+                if e.errno not in HELD:  # a file system without locks: train unguarded, and say so once
+                    f.close()
+                    self.unguarded = True
+                    print(f"warning: {path}: the file system does not lock files ({e.strerror}); nothing stops "
+                          "a second trainer on this folder", file=sys.stderr, flush=True)
+                    return None
                 f.seek(0)
                 holder = f.read().strip() or "a process that did not say which"
                 f.close()
@@ -106,8 +118,8 @@ def trained_by(run_dir: Path) -> str | None:
     with open(path, "r+", encoding="utf-8") as f:
         try:
             fcntl.lockf(f, fcntl.LOCK_EX | fcntl.LOCK_NB)
-        except OSError:
-            return f.read().strip() or "a process that did not say which"
+        except OSError as e:
+            return (f.read().strip() or "a process that did not say which") if e.errno in HELD else None
     return None
 
 

@@ -85,6 +85,18 @@ def test_a_second_trainer_on_a_folder_is_refused_until_the_first_is_gone(finishe
     assert (run / ".trainer.lock").read_text().startswith("pid ")
 
 
+def test_a_file_system_without_locks_trains_unguarded_and_says_so_once(tmp_path, capsys, monkeypatch):
+    import errno
+    import fcntl
+
+    def no_locks(*_):
+        raise OSError(errno.ENOLCK, "No locks available")
+
+    monkeypatch.setattr(fcntl, "lockf", no_locks)
+    assert main([str(write_tiny(tmp_path)), "--out", str(tmp_path / "run"), *QUICK]) == 0
+    assert capsys.readouterr().err.count("the file system does not lock files (No locks available)") == 1
+
+
 @pytest.mark.parametrize("case", BAD_STARTS)
 def test_a_run_that_fails_to_start_leaves_no_folder(tmp_path, case):
     out = tmp_path / "fresh"
