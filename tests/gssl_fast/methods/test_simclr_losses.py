@@ -121,6 +121,9 @@ def _shard_worker(rank, port, out_dir):
         torch.save({"loss": loss.detach(), "z1_grad": z1.grad, "z2_grad": z2.grad,
                     "model_loss": model_loss.detach(), "weight_grad": model.module.weight.grad},
                    f"{out_dir}/rank{rank}.pt")
+        # Both ranks done with the group before either tears it down: gloo aborts a rank
+        # ("terminate called without an active exception") whose peer left mid-exchange.
+        dist.barrier()
     finally:
         dist.destroy_process_group()
 
