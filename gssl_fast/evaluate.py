@@ -94,6 +94,8 @@ def evaluate_run(run, *, attacks=(), limit: int = 0, batch_size: int = 0, seed: 
     from gssl_fast.analysis.inference import load_for_evaluation
     from gssl_fast.run.progress import progressed
 
+    if not (clean or attacks):
+        return {}
     recipe, method, model, val = loaded or load_for_evaluation(run)
     accelerator = Accelerator(cpu=not torch.cuda.is_available())
     model = model.to(accelerator.device)

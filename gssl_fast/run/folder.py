@@ -73,7 +73,6 @@ class FolderLock:
             raise UserError(refused)
 
     def _lock(self, create: bool) -> str | None:
-        import fcntl
         import socket
 
         path = self.run_dir / LOCK
@@ -84,16 +83,14 @@ class FolderLock:
                 return None  # no trainer has opened this folder
             f = open(path, "a+" if create else "r+", encoding="utf-8")
             try:
-                fcntl.lockf(f, fcntl.LOCK_EX | fcntl.LOCK_NB)
-            except OSError as e:
-                if e.errno not in HELD:  # a file system without locks: train unguarded, and say so once
-                    f.close()
-                    self.unguarded = True
-                    print(f"warning: {path}: the file system does not lock files ({e.strerror}); nothing stops "
-                          "a second trainer on this folder", file=sys.stderr, flush=True)
-                    return None
-                f.seek(0)
-                holder = f.read().strip() or "a process that did not say which"
+                holder = _held_by(f)
+            except OSError as e:  # a file system without locks: train unguarded, and say so once
+                f.close()
+                self.unguarded = True
+                print(f"warning: {path}: the file system does not lock files ({e.strerror}); nothing stops "
+                      "a second trainer on this folder", file=sys.stderr, flush=True)
+                return None
+            if holder:
                 f.close()
                 return (f"{self.run_dir} is being trained by another trainer ({holder}); wait for it to end or "
                         "stop it, then continue with --resume auto, or train in another folder with --out")
@@ -107,20 +104,32 @@ class FolderLock:
         return None
 
 
-def trained_by(run_dir: Path) -> str | None:
-    """Who holds the trainer's lock on ``run_dir`` (its pid and host), or None when no
-    trainer runs there. The lock is tried and let go at once."""
+def _held_by(f) -> str | None:
+    """Takes the lock on the open lock file ``f``: None when it is taken, else who holds
+    it (what the file says). OSError: the file system does not lock files."""
     import fcntl
 
+    try:
+        fcntl.lockf(f, fcntl.LOCK_EX | fcntl.LOCK_NB)
+    except OSError as e:
+        if e.errno not in HELD:
+            raise
+        f.seek(0)
+        return f.read().strip() or "a process that did not say which"
+    return None
+
+
+def trained_by(run_dir: Path) -> str | None:
+    """Who holds the trainer's lock on ``run_dir`` (its pid and host), or None when no
+    trainer runs there (or the file system cannot tell). The lock is tried and let go at once."""
     path = Path(run_dir) / LOCK
     if not path.is_file():
         return None
     with open(path, "r+", encoding="utf-8") as f:
         try:
-            fcntl.lockf(f, fcntl.LOCK_EX | fcntl.LOCK_NB)
-        except OSError as e:
-            return (f.read().strip() or "a process that did not say which") if e.errno in HELD else None
-    return None
+            return _held_by(f)
+        except OSError:
+            return None
 
 
 def run_dir_of(name: str, out) -> Path:

@@ -118,9 +118,10 @@ def load_dataset(cfg, split: str) -> ArrayDataset:
 
     The train split is subsampled to a long tail when ``cfg.longtail != "none"``
     (``longtail_indices``: LDAM-DRW's per-class counts and selection), then a seeded
-    ``cfg.calibration_fraction`` of each class is held out of it: the "calibration" split. Images whose size
-    differs from ``cfg.image_size`` are resized to ``image_size x image_size`` with PIL's
-    bilinear filter, antialiased when shrinking (``resize_images``).
+    ``cfg.calibration_fraction`` of each class is held out of it: the "calibration"
+    split. Images whose size differs from ``cfg.image_size`` are resized to
+    ``image_size x image_size`` with PIL's bilinear filter, antialiased when shrinking
+    (``resize_images``).
     """
     base = _base_split(split)
     if cfg.name in SHARD_DATASETS:
